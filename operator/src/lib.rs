@@ -1,0 +1,1 @@
+//! The Weft operator (work in progress).

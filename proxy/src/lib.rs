@@ -1,0 +1,1 @@
+//! The Weft proxy (work in progress).
