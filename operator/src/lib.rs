@@ -1,1 +1,76 @@
-//! The Weft operator (work in progress).
+//! The Weft operator: the whole control plane in one reconciling process.
+//!
+//! Domain logic (what a Mesh's status should say, and later certificate signing,
+//! policy resolution, the injection patch) is plain Rust tested without a cluster; the
+//! Kubernetes watches, controllers and servers are thin layers over it.
+//!
+//! Threading: one multi-threaded tokio runtime runs the controllers and the admin
+//! server; a SIGTERM or SIGINT stops the controllers after their in-flight reconciles
+//! and then the admin server.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+mod config;
+pub mod mesh;
+pub mod metrics;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+pub use self::config::{Args, LogFormat};
+
+/// Runs the operator until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client: set KUBECONFIG or run in a pod")?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let admin = admin::serve(
+        args.admin_addr,
+        metrics.clone(),
+        ready_rx,
+        shutdown_rx.clone(),
+    )
+    .await?;
+    tracing::info!(addr = %args.admin_addr, "admin server listening");
+
+    let mesh = tokio::spawn(mesh::controller::run(
+        mesh::controller::Context::new(client, metrics, &args.pod_name),
+        ready_tx,
+        wait_for(shutdown_rx),
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    mesh.await.context("mesh controller panicked")?;
+    admin.await.context("admin server panicked")?;
+    Ok(())
+}
+
+/// Resolves once `shutdown` turns true.
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

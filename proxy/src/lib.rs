@@ -1,1 +1,72 @@
-//! The Weft proxy (work in progress).
+//! The Weft proxy: a sidecar that captures a pod's traffic, speaks mTLS to other
+//! proxies, and is configured only by what it streams from the operator.
+//!
+//! Today it runs its admin server; `/ready` stays false until the proxy holds an
+//! identity and a configuration, which the identity and discovery work brings.
+//!
+//! Threading: one multi-threaded tokio runtime. SIGTERM or SIGINT starts a graceful
+//! shutdown: stop accepting, let in-flight work drain within the grace period, exit.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+pub use self::config::Config;
+
+/// Why the proxy could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on the admin address {addr}: {source}")]
+    AdminBind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains within the grace period.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let readiness = admin::Readiness::default();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let admin = admin::serve(config.admin_addr, metrics, readiness, shutdown_rx)
+        .await
+        .map_err(|source| Error::AdminBind {
+            addr: config.admin_addr,
+            source,
+        })?;
+    tracing::info!(addr = %config.admin_addr, "admin server listening");
+
+    shutdown_signal().await;
+    tracing::info!(grace_period = ?config.shutdown_grace_period, "shutting down");
+    let _ = shutdown_tx.send(true);
+    if tokio::time::timeout(config.shutdown_grace_period, admin)
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; exiting with connections still open");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

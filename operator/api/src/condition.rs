@@ -93,8 +93,22 @@ mod tests {
             condition("Accepted", ConditionStatus::True, "A", "", Some(1), at(100)),
         ];
         let desired = vec![
-            condition("Ready", ConditionStatus::True, "B", "new words", Some(2), at(200)),
-            condition("Accepted", ConditionStatus::False, "C", "", Some(2), at(200)),
+            condition(
+                "Ready",
+                ConditionStatus::True,
+                "B",
+                "new words",
+                Some(2),
+                at(200),
+            ),
+            condition(
+                "Accepted",
+                ConditionStatus::False,
+                "C",
+                "",
+                Some(2),
+                at(200),
+            ),
         ];
         let merged = carry_transition_times(&current, desired);
         assert_eq!(merged[0].last_transition_time, Time(at(100)));

@@ -141,10 +141,22 @@ mod tests {
 
     #[test]
     fn refuses_negative_and_garbage() {
-        assert!(matches!("-5m".parse::<Duration>(), Err(DurationError::Negative(_))));
-        assert!(matches!("soon".parse::<Duration>(), Err(DurationError::Invalid { .. })));
-        assert!(matches!("10".parse::<Duration>(), Err(DurationError::Invalid { .. })));
-        assert!(matches!("".parse::<Duration>(), Err(DurationError::Invalid { .. })));
+        assert!(matches!(
+            "-5m".parse::<Duration>(),
+            Err(DurationError::Negative(_))
+        ));
+        assert!(matches!(
+            "soon".parse::<Duration>(),
+            Err(DurationError::Invalid { .. })
+        ));
+        assert!(matches!(
+            "10".parse::<Duration>(),
+            Err(DurationError::Invalid { .. })
+        ));
+        assert!(matches!(
+            "".parse::<Duration>(),
+            Err(DurationError::Invalid { .. })
+        ));
     }
 
     #[test]

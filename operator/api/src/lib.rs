@@ -32,7 +32,9 @@ pub use self::{
     mesh::{Mesh, MeshSpec, MeshState},
     mesh_status::{MeshStatus, MeshStatusSpec, WorkloadState},
     port::{Port, PortError, ServerPort},
-    server_authorization::{ServerAuthorization, ServerAuthorizationSpec, ServerAuthorizationState},
+    server_authorization::{
+        ServerAuthorization, ServerAuthorizationSpec, ServerAuthorizationState,
+    },
     service_profile::{ServiceProfile, ServiceProfileSpec, ServiceProfileState},
 };
 

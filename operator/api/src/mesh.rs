@@ -4,9 +4,7 @@
 //! `Ready=False, reason=NotTheActiveMesh`. Every field has a default, so
 //! `metadata.name: default` and an empty spec is a complete, working mesh.
 
-use k8s_openapi::{
-    api::core::v1::ResourceRequirements, apimachinery::pkg::apis::meta::v1::Time,
-};
+use k8s_openapi::{api::core::v1::ResourceRequirements, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +23,10 @@ pub mod conditions {
 }
 
 /// The configuration of the Weft service mesh. The active Mesh is the one named `default`.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) repeats keys such as type_"
+)]
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "weft.dev",
@@ -37,13 +39,42 @@ pub mod conditions {
     category = "weft",
     doc = "The configuration of the Weft service mesh. The active Mesh is named `default`; \
            any other Mesh is reported as Ready=False with reason NotTheActiveMesh.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Trust-Domain", type_ = "string", json_path = ".spec.trustDomain"),
-    printcolumn(name = "Meshed-Pods", type_ = "integer", json_path = ".status.meshedPods"),
-    printcolumn(name = "Proxies", type_ = "integer", json_path = ".status.connectedProxies"),
-    printcolumn(name = "Issuer-Expiry", type_ = "string", json_path = ".status.issuer.notAfter", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Trust-Domain",
+        type_ = "string",
+        json_path = ".spec.trustDomain"
+    ),
+    printcolumn(
+        name = "Meshed-Pods",
+        type_ = "integer",
+        json_path = ".status.meshedPods"
+    ),
+    printcolumn(
+        name = "Proxies",
+        type_ = "integer",
+        json_path = ".status.connectedProxies"
+    ),
+    printcolumn(
+        name = "Issuer-Expiry",
+        type_ = "string",
+        json_path = ".status.issuer.notAfter",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshSpec {
@@ -151,7 +182,9 @@ pub struct TrustAnchorSpec {
 }
 
 /// Where the trust anchor comes from: `Generated` or `External`.
-#[derive(schemars::JsonSchema, Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 pub enum TrustAnchorMode {
     #[default]
     Generated,
@@ -199,7 +232,9 @@ pub struct ProxySpec {
 }
 
 /// A proxy log format.
-#[derive(schemars::JsonSchema, Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -230,7 +265,10 @@ pub struct ProxyPorts {
 pub struct InjectionSpec {
     /// Namespaces never injected, in addition to `kube-system` and the operator's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(length(min = 1, max = 63), pattern(crate::DNS_LABEL_PATTERN)))]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 63), pattern(crate::DNS_LABEL_PATTERN))
+    )]
     pub excluded_namespaces: Vec<String>,
 
     /// Inbound ports never captured (the traffic reaches the application directly).
@@ -251,7 +289,9 @@ pub struct InjectionSpec {
 }
 
 /// The default inbound policy of pod ports no ServerAuthorization selects.
-#[derive(schemars::JsonSchema, Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum DefaultInboundPolicy {
     #[default]
@@ -278,7 +318,9 @@ pub struct WebhookSpec {
 }
 
 /// A webhook failure policy: `Ignore` or `Fail`.
-#[derive(schemars::JsonSchema, Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 pub enum FailurePolicy {
     #[default]
     Ignore,

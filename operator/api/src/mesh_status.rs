@@ -20,6 +20,10 @@ pub mod conditions {
 }
 
 /// The mesh's view of one workload. Written only by the Weft operator.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) repeats keys such as type_"
+)]
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "weft.dev",
@@ -33,13 +37,34 @@ pub mod conditions {
     category = "weft",
     doc = "The mesh's view of one workload: pods, identity, certificates, proxies in sync. \
            Written only by the Weft operator.",
-    printcolumn(name = "Workload", type_ = "string", json_path = ".spec.workload.kind", priority = 1),
-    printcolumn(name = "Meshed", type_ = "string", json_path = ".status.summary.meshed"),
+    printcolumn(
+        name = "Workload",
+        type_ = "string",
+        json_path = ".spec.workload.kind",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Meshed",
+        type_ = "string",
+        json_path = ".status.summary.meshed"
+    ),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.summary.ready"),
-    printcolumn(name = "In-Sync", type_ = "string", json_path = ".status.summary.inSync"),
+    printcolumn(
+        name = "In-Sync",
+        type_ = "string",
+        json_path = ".status.summary.inSync"
+    ),
     printcolumn(name = "Identity", type_ = "string", json_path = ".status.identity"),
-    printcolumn(name = "Cert-Expiry", type_ = "string", json_path = ".status.certificateExpiry"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Cert-Expiry",
+        type_ = "string",
+        json_path = ".status.certificateExpiry"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshStatusSpec {

@@ -17,6 +17,10 @@ pub mod conditions {
 }
 
 /// Allows clients to reach a server: a port of the pods a selector picks.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) repeats keys such as type_"
+)]
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "weft.dev",
@@ -30,8 +34,16 @@ pub mod conditions {
     doc = "Allows clients to reach a server: a port of the pods a selector picks.",
     printcolumn(name = "Port", type_ = "string", json_path = ".spec.server.port"),
     printcolumn(name = "Pods", type_ = "integer", json_path = ".status.matchedPods"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ServerAuthorizationSpec {
@@ -101,7 +113,13 @@ pub struct ClientSpec {
 pub struct MeshTlsClients {
     /// SPIFFE ids (`spiffe://cluster.local/ns/shop/sa/web`), or `*` for any mesh identity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(length(min = 1, max = 512), pattern(r"^(\*|spiffe://[a-z0-9.-]+(/[A-Za-z0-9._~%!$&'()*+,;=:@-]+)+)$")))]
+    #[schemars(
+        length(max = 256),
+        inner(
+            length(min = 1, max = 512),
+            pattern(r"^(\*|spiffe://[a-z0-9.-]+(/[A-Za-z0-9._~%!$&'()*+,;=:@-]+)+)$")
+        )
+    )]
     pub identities: Vec<String>,
 
     /// ServiceAccounts whose pods are allowed.

@@ -22,6 +22,10 @@ pub mod conditions {
 }
 
 /// Routes, retries, timeouts and traffic split for one Service in this namespace.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) repeats keys such as type_"
+)]
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "weft.dev",
@@ -35,9 +39,22 @@ pub mod conditions {
     doc = "Routes, retries, timeouts and traffic split for one Service.",
     printcolumn(name = "Service", type_ = "string", json_path = ".spec.service"),
     printcolumn(name = "Routes", type_ = "integer", json_path = ".status.routeCount"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Config-Version", type_ = "string", json_path = ".status.configVersion", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Config-Version",
+        type_ = "string",
+        json_path = ".status.configVersion",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.routes.all(r, self.routes.exists_one(o, o.name == r.name))")

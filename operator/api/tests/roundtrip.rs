@@ -11,21 +11,29 @@ where
     T: serde::de::DeserializeOwned + serde::Serialize + PartialEq + std::fmt::Debug,
 {
     let parsed: T = serde_saphyr::from_str(yaml).expect("example parses");
-    let json = serde_json::to_value(&parsed).unwrap();
-    let again: T = serde_json::from_value(json).unwrap();
+    let json = serde_json::to_value(&parsed).expect("serializes");
+    let again: T = serde_json::from_value(json).expect("deserializes what it serialized");
     assert_eq!(parsed, again);
     parsed
 }
 
 #[test]
 fn minimal_mesh_gets_every_default() {
-    let mesh: Mesh = round_trip("apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {}\n");
+    let mesh: Mesh = round_trip(
+        "apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {}\n",
+    );
     let spec = &mesh.spec;
     assert_eq!(spec.trust_domain, "cluster.local");
     assert_eq!(spec.identity.trust_anchor.mode, TrustAnchorMode::Generated);
-    assert_eq!(spec.identity.workload_certificate_lifetime.get(), std::time::Duration::from_secs(24 * 3600));
+    assert_eq!(
+        spec.identity.workload_certificate_lifetime.get(),
+        std::time::Duration::from_secs(24 * 3600)
+    );
     assert!(spec.identity.automatic_rotation);
-    assert_eq!(spec.default_inbound_policy, DefaultInboundPolicy::AllUnauthenticated);
+    assert_eq!(
+        spec.default_inbound_policy,
+        DefaultInboundPolicy::AllUnauthenticated
+    );
     let opaque: Vec<u16> = spec.opaque_ports.iter().map(|p| p.get()).collect();
     assert_eq!(opaque, [25, 587, 3306, 4444, 5432, 6379, 9300, 11211]);
     assert_eq!(spec.proxy.ports.inbound.get(), 4143);
@@ -37,9 +45,16 @@ fn minimal_mesh_gets_every_default() {
 
 #[test]
 fn examples_mesh_yaml_parses() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/mesh.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/mesh.yaml"
+    ))
+    .unwrap();
     let mesh: Mesh = round_trip(&text);
-    assert_eq!(mesh.metadata.name.as_deref(), Some(weft_api::ACTIVE_MESH_NAME));
+    assert_eq!(
+        mesh.metadata.name.as_deref(),
+        Some(weft_api::ACTIVE_MESH_NAME)
+    );
 }
 
 #[test]
@@ -50,7 +65,10 @@ fn durations_keep_their_text_through_a_round_trip() {
     );
     let out = serde_json::to_value(&mesh).unwrap();
     assert_eq!(out["spec"]["identity"]["issuerLifetime"], "1h30m");
-    assert_eq!(mesh.spec.identity.issuer_lifetime, "1h30m".parse::<Duration>().unwrap());
+    assert_eq!(
+        mesh.spec.identity.issuer_lifetime,
+        "1h30m".parse::<Duration>().unwrap()
+    );
 }
 
 #[test]
@@ -84,7 +102,13 @@ spec:
   - {service: books-v2, weight: 10}
 "#,
     );
-    assert_eq!(sp.spec.routes[0].timeout.as_ref().map(|t| t.get().as_millis()), Some(300));
+    assert_eq!(
+        sp.spec.routes[0]
+            .timeout
+            .as_ref()
+            .map(|t| t.get().as_millis()),
+        Some(300)
+    );
     assert_eq!(sp.spec.traffic_split[0].weight, 10);
 }
 
@@ -94,7 +118,10 @@ fn server_authorization_round_trips_ports_by_number_and_name() {
         "apiVersion: weft.dev/v1alpha1\nkind: ServerAuthorization\nmetadata: {name: a, namespace: shop}\n\
          spec: {server: {podSelector: {matchLabels: {app: books}}, port: 8080}, client: {unauthenticated: true}}\n",
     );
-    assert_eq!(by_number.spec.server.port, ServerPort::Number(Port::new(8080).unwrap()));
+    assert_eq!(
+        by_number.spec.server.port,
+        ServerPort::Number(Port::new(8080).unwrap())
+    );
     let by_name: ServerAuthorization = round_trip(
         "apiVersion: weft.dev/v1alpha1\nkind: ServerAuthorization\nmetadata: {name: a, namespace: shop}\n\
          spec: {server: {podSelector: {}, port: http}, client: {meshTLS: {identities: ['*']}}}\n",

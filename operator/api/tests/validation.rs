@@ -9,16 +9,26 @@ use weft_api::{Mesh, MeshStatus, ServerAuthorization, ServiceProfile};
 /// Every complaint the schema of `crd` has about `object`, each naming its field.
 fn complaints(crd: &CustomResourceDefinition, object: &Value) -> Vec<String> {
     let schema = serde_json::to_value(
-        crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).unwrap(),
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("every Weft CRD has a schema"),
     )
-    .unwrap();
-    let structural = jsonschema::validator_for(&schema).expect("the CRD schema is a valid JSON schema");
+    .expect("a schema is JSON");
+    let structural =
+        jsonschema::validator_for(&schema).expect("the CRD schema is a valid JSON schema");
     let mut found: Vec<String> = structural
         .iter_errors(object)
         .map(|e| format!("{}: {e}", e.instance_path()))
         .collect();
     if let Err(errors) = kube::core::cel::Validator::new().validate(&schema, object, None) {
-        found.extend(errors.into_vec().into_iter().map(|e| format!("{}: {}", e.field_path, e.message)));
+        found.extend(
+            errors
+                .into_vec()
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field_path, e.message)),
+        );
     }
     found
 }
@@ -26,7 +36,10 @@ fn complaints(crd: &CustomResourceDefinition, object: &Value) -> Vec<String> {
 #[track_caller]
 fn assert_valid(crd: &CustomResourceDefinition, object: Value) {
     let found = complaints(crd, &object);
-    assert!(found.is_empty(), "expected {object} to be valid, got {found:#?}");
+    assert!(
+        found.is_empty(),
+        "expected {object} to be valid, got {found:#?}"
+    );
 }
 
 /// `object` is refused, and some complaint names `field`.
@@ -81,14 +94,22 @@ fn mesh_minimal_and_full_are_valid() {
 
 #[test]
 fn mesh_refuses_unknown_default_policy() {
-    assert_refused(&Mesh::crd(), mesh(json!({"defaultInboundPolicy": "allow-all"})), "defaultInboundPolicy");
+    assert_refused(
+        &Mesh::crd(),
+        mesh(json!({"defaultInboundPolicy": "allow-all"})),
+        "defaultInboundPolicy",
+    );
 }
 
 #[test]
 fn mesh_refuses_negative_or_unparsable_lifetimes() {
     let crd = Mesh::crd();
     for bad in ["-5m", "soon", "24", "1d", ""] {
-        assert_refused(&crd, mesh(json!({"identity": {"issuerLifetime": bad}})), "issuerLifetime");
+        assert_refused(
+            &crd,
+            mesh(json!({"identity": {"issuerLifetime": bad}})),
+            "issuerLifetime",
+        );
         assert_refused(
             &crd,
             mesh(json!({"identity": {"workloadCertificateLifetime": bad}})),
@@ -110,24 +131,50 @@ fn mesh_refuses_lifetimes_in_the_wrong_order() {
         mesh(json!({"identity": {"trustAnchor": {"lifetime": "24h"}, "issuerLifetime": "48h"}})),
         "trustAnchor.lifetime",
     );
-    assert_refused(&crd, mesh(json!({"identity": {"workloadCertificateLifetime": "30s"}})), "workloadCertificateLifetime");
+    assert_refused(
+        &crd,
+        mesh(json!({"identity": {"workloadCertificateLifetime": "30s"}})),
+        "workloadCertificateLifetime",
+    );
 }
 
 #[test]
 fn mesh_refuses_a_trust_domain_that_is_not_a_dns_name() {
     let crd = Mesh::crd();
-    for bad in ["Not A DNS Name", "a..b", "-leading.dash", "under_score.local", ""] {
+    for bad in [
+        "Not A DNS Name",
+        "a..b",
+        "-leading.dash",
+        "under_score.local",
+        "",
+    ] {
         assert_refused(&crd, mesh(json!({"trustDomain": bad})), "trustDomain");
     }
-    assert_refused(&crd, mesh(json!({"trustDomain": "a".repeat(254)})), "trustDomain");
+    assert_refused(
+        &crd,
+        mesh(json!({"trustDomain": "a".repeat(254)})),
+        "trustDomain",
+    );
 }
 
 #[test]
 fn mesh_external_anchor_needs_a_secret_and_generated_has_none() {
     let crd = Mesh::crd();
-    assert_refused(&crd, mesh(json!({"identity": {"trustAnchor": {"mode": "External"}}})), "secretName");
-    assert_refused(&crd, mesh(json!({"identity": {"trustAnchor": {"secretName": "x"}}})), "secretName");
-    assert_refused(&crd, mesh(json!({"identity": {"trustAnchor": {"mode": "Imported"}}})), "mode");
+    assert_refused(
+        &crd,
+        mesh(json!({"identity": {"trustAnchor": {"mode": "External"}}})),
+        "secretName",
+    );
+    assert_refused(
+        &crd,
+        mesh(json!({"identity": {"trustAnchor": {"secretName": "x"}}})),
+        "secretName",
+    );
+    assert_refused(
+        &crd,
+        mesh(json!({"identity": {"trustAnchor": {"mode": "Imported"}}})),
+        "mode",
+    );
 }
 
 #[test]
@@ -135,13 +182,37 @@ fn mesh_refuses_bad_ports_and_webhook_settings() {
     let crd = Mesh::crd();
     assert_refused(&crd, mesh(json!({"opaquePorts": [0]})), "opaquePorts");
     assert_refused(&crd, mesh(json!({"opaquePorts": [70000]})), "opaquePorts");
-    assert_refused(&crd, mesh(json!({"proxy": {"ports": {"inbound": 4140}}})), "ports");
+    assert_refused(
+        &crd,
+        mesh(json!({"proxy": {"ports": {"inbound": 4140}}})),
+        "ports",
+    );
     assert_refused(&crd, mesh(json!({"proxy": {"uid": 0}})), "uid");
-    assert_refused(&crd, mesh(json!({"proxy": {"logFormat": "xml"}})), "logFormat");
-    assert_refused(&crd, mesh(json!({"webhook": {"timeoutSeconds": 0}})), "timeoutSeconds");
-    assert_refused(&crd, mesh(json!({"webhook": {"timeoutSeconds": 31}})), "timeoutSeconds");
-    assert_refused(&crd, mesh(json!({"webhook": {"failurePolicy": "Maybe"}})), "failurePolicy");
-    assert_refused(&crd, mesh(json!({"injection": {"skipOutboundSubnets": ["nope"]}})), "skipOutboundSubnets");
+    assert_refused(
+        &crd,
+        mesh(json!({"proxy": {"logFormat": "xml"}})),
+        "logFormat",
+    );
+    assert_refused(
+        &crd,
+        mesh(json!({"webhook": {"timeoutSeconds": 0}})),
+        "timeoutSeconds",
+    );
+    assert_refused(
+        &crd,
+        mesh(json!({"webhook": {"timeoutSeconds": 31}})),
+        "timeoutSeconds",
+    );
+    assert_refused(
+        &crd,
+        mesh(json!({"webhook": {"failurePolicy": "Maybe"}})),
+        "failurePolicy",
+    );
+    assert_refused(
+        &crd,
+        mesh(json!({"injection": {"skipOutboundSubnets": ["nope"]}})),
+        "skipOutboundSubnets",
+    );
 }
 
 fn profile(spec: Value) -> Value {
@@ -174,27 +245,39 @@ fn service_profile_good_example_is_valid() {
 #[test]
 fn service_profile_refuses_bad_routes_and_budgets() {
     let crd = ServiceProfile::crd();
-    assert_refused(&crd, profile(json!({"service": "books", "routes": [route("a"), route("a")]})), "routes");
+    assert_refused(
+        &crd,
+        profile(json!({"service": "books", "routes": [route("a"), route("a")]})),
+        "routes",
+    );
     assert_refused(&crd, profile(json!({"service": "Books_Svc"})), "service");
     assert_refused(
         &crd,
-        profile(json!({"service": "b", "routes": [{"name": "x", "condition": {"method": "get", "pathRegex": "/"}}]})),
+        profile(
+            json!({"service": "b", "routes": [{"name": "x", "condition": {"method": "get", "pathRegex": "/"}}]}),
+        ),
         "method",
     );
     assert_refused(
         &crd,
-        profile(json!({"service": "b", "routes": [{"name": "x", "condition": {"pathRegex": "/"},
-            "responseClasses": [{"condition": {"min": 599, "max": 500}}]}]})),
+        profile(
+            json!({"service": "b", "routes": [{"name": "x", "condition": {"pathRegex": "/"},
+            "responseClasses": [{"condition": {"min": 599, "max": 500}}]}]}),
+        ),
         "responseClasses",
     );
     assert_refused(
         &crd,
-        profile(json!({"service": "b", "routes": [{"name": "x", "condition": {"pathRegex": "/"}, "timeout": "-1s"}]})),
+        profile(
+            json!({"service": "b", "routes": [{"name": "x", "condition": {"pathRegex": "/"}, "timeout": "-1s"}]}),
+        ),
         "timeout",
     );
     assert_refused(
         &crd,
-        profile(json!({"service": "b", "retryBudget": {"retryRatio": 2.0, "minRetriesPerSecond": 1, "ttl": "10s"}})),
+        profile(
+            json!({"service": "b", "retryBudget": {"retryRatio": 2.0, "minRetriesPerSecond": 1, "ttl": "10s"}}),
+        ),
         "retryRatio",
     );
     assert_refused(
@@ -232,13 +315,22 @@ fn server_authorization_good_examples_are_valid() {
                        "networks": [{"cidr": "198.18.0.0/16", "except": ["198.18.5.0/24"]}, {"cidr": "fd00::/8"}]},
         })),
     );
-    assert_valid(&crd, authorization(json!({"server": server(json!(9090)), "client": {"meshTLS": {"identities": ["*"]}}})));
+    assert_valid(
+        &crd,
+        authorization(
+            json!({"server": server(json!(9090)), "client": {"meshTLS": {"identities": ["*"]}}}),
+        ),
+    );
 }
 
 #[test]
 fn server_authorization_refuses_bad_clients_and_ports() {
     let crd = ServerAuthorization::crd();
-    assert_refused(&crd, authorization(json!({"server": server(json!(8080)), "client": {}})), "client");
+    assert_refused(
+        &crd,
+        authorization(json!({"server": server(json!(8080)), "client": {}})),
+        "client",
+    );
     assert_refused(
         &crd,
         authorization(json!({"server": server(json!(8080)), "client": {"meshTLS": {}}})),
@@ -246,7 +338,9 @@ fn server_authorization_refuses_bad_clients_and_ports() {
     );
     assert_refused(
         &crd,
-        authorization(json!({"server": server(json!(8080)), "client": {"networks": [{"cidr": "10.0.0.0/33"}]}})),
+        authorization(
+            json!({"server": server(json!(8080)), "client": {"networks": [{"cidr": "10.0.0.0/33"}]}}),
+        ),
         "cidr",
     );
     assert_refused(
@@ -257,19 +351,29 @@ fn server_authorization_refuses_bad_clients_and_ports() {
     );
     assert_refused(
         &crd,
-        authorization(json!({"server": server(json!(8080)), "client": {"meshTLS": {"identities": ["bob"]}}})),
+        authorization(
+            json!({"server": server(json!(8080)), "client": {"meshTLS": {"identities": ["bob"]}}}),
+        ),
         "identities",
     );
-    assert_refused(&crd, authorization(json!({"server": server(json!(0)), "client": {"unauthenticated": true}})), "port");
     assert_refused(
         &crd,
-        authorization(json!({"server": server(json!("Http_Port")), "client": {"unauthenticated": true}})),
+        authorization(json!({"server": server(json!(0)), "client": {"unauthenticated": true}})),
         "port",
     );
     assert_refused(
         &crd,
-        authorization(json!({"server": {"podSelector": {}, "port": 80, "protocol": "HTTP/3"},
-            "client": {"unauthenticated": true}})),
+        authorization(
+            json!({"server": server(json!("Http_Port")), "client": {"unauthenticated": true}}),
+        ),
+        "port",
+    );
+    assert_refused(
+        &crd,
+        authorization(
+            json!({"server": {"podSelector": {}, "port": 80, "protocol": "HTTP/3"},
+            "client": {"unauthenticated": true}}),
+        ),
         "protocol",
     );
 }

@@ -1,0 +1,62 @@
+//! The operator's configuration: flags, each also settable by an environment variable.
+
+use std::net::SocketAddr;
+
+/// The Weft operator: the control plane of the Weft service mesh.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "weft-operator", version, about)]
+pub struct Args {
+    /// Where the admin server (`/healthz`, `/readyz`, `/metrics`) listens.
+    #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "0.0.0.0:9990")]
+    pub admin_addr: SocketAddr,
+
+    /// The log filter, in `tracing` directive syntax (`info`, `weft_operator=debug`).
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// The log format.
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+
+    /// The operator's pod name, to tell replicas apart in Events.
+    #[arg(long, env = "WEFT_POD_NAME", default_value = "")]
+    pub pod_name: String,
+}
+
+/// A log format.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_and_flags() {
+        let args = Args::try_parse_from(["weft-operator"]).unwrap();
+        assert_eq!(args.admin_addr, "0.0.0.0:9990".parse().unwrap());
+        assert_eq!(args.log_format, LogFormat::Plain);
+        let args = Args::try_parse_from([
+            "weft-operator",
+            "--log-format=json",
+            "--admin-addr=127.0.0.1:1",
+        ])
+        .unwrap();
+        assert_eq!(args.log_format, LogFormat::Json);
+        assert_eq!(args.admin_addr.port(), 1);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let err = Args::try_parse_from(["weft-operator", "--admin-addr=nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("--admin-addr"), "{err}");
+        let err = Args::try_parse_from(["weft-operator", "--log-format=xml"]).unwrap_err();
+        assert!(err.to_string().contains("--log-format"), "{err}");
+    }
+}

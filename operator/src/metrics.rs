@@ -1,0 +1,106 @@
+//! The operator's Prometheus metrics, served on the admin port's `/metrics`.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of reconcile metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// The controller: `mesh`, ...
+    pub controller: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// Every metric of the operator.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_seconds: Family<ControllerLabel, Histogram>,
+}
+
+/// The `controller` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    pub controller: &'static str,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weft_operator");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles run, by controller and result",
+            reconciles.clone(),
+        );
+        let reconcile_seconds = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
+        });
+        registry.register(
+            "reconcile_seconds",
+            "Time spent in one reconcile",
+            reconcile_seconds.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_seconds,
+        }
+    }
+
+    /// Counts one reconcile of `controller` that took `seconds`.
+    pub fn reconciled(&self, controller: &'static str, ok: bool, seconds: f64) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { controller, result })
+            .inc();
+        self.reconcile_seconds
+            .get_or_create(&ControllerLabel { controller })
+            .observe(seconds);
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciles_are_counted_in_text_format() {
+        let m = Metrics::new();
+        m.reconciled("mesh", true, 0.002);
+        m.reconciled("mesh", false, 0.2);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"weft_operator_reconciles_total{controller="mesh",result="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weft_operator_reconciles_total{controller="mesh",result="error"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_operator_reconcile_seconds_count{controller=\"mesh\"} 2"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,149 @@
+//! The admin server (port 4191): `/live`, `/ready`, `/metrics`.
+//!
+//! `/ready` answers 200 only once the proxy has both its identity (a workload
+//! certificate) and its configuration from the operator; until then 503 with what is
+//! missing, so a native sidecar's startup probe holds the application back.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::{body::Bytes, service::service_fn};
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::metrics::Metrics;
+
+/// What the proxy still needs before it is ready.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    identity: Arc<AtomicBool>,
+    config: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// Records that the proxy holds a valid workload certificate (or lost it).
+    pub fn set_identity(&self, ok: bool) {
+        self.identity.store(ok, Ordering::Release);
+    }
+
+    /// Records that the proxy has its configuration from the operator (or lost it).
+    pub fn set_config(&self, ok: bool) {
+        self.config.store(ok, Ordering::Release);
+    }
+
+    /// `Ok` when ready, else what is missing.
+    pub fn check(&self) -> Result<(), String> {
+        let mut missing = Vec::new();
+        if !self.identity.load(Ordering::Acquire) {
+            missing.push("no identity certificate yet");
+        }
+        if !self.config.load(Ordering::Acquire) {
+            missing.push("no configuration from the operator yet");
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing.join(", "))
+        }
+    }
+}
+
+/// Binds `addr` and serves until `shutdown` turns true.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        let graceful = GracefulShutdown::new();
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "admin accept failed");
+                        continue;
+                    }
+                },
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let (metrics, readiness) = (metrics.clone(), readiness.clone());
+            let service = service_fn(move |req| {
+                let response = respond(&req, &metrics, &readiness);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = graceful.watch(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+            tokio::spawn(async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(%error, "admin connection closed with an error");
+                }
+            });
+        }
+        graceful.shutdown().await;
+    }))
+}
+
+fn respond<B>(req: &Request<B>, metrics: &Metrics, readiness: &Readiness) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    match req.uri().path() {
+        "/live" => plain(StatusCode::OK, "live\n".into()),
+        "/ready" => match readiness.check() {
+            Ok(()) => plain(StatusCode::OK, "ready\n".into()),
+            Err(missing) => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {missing}\n"),
+            ),
+        },
+        "/metrics" => plain(StatusCode::OK, metrics.encode()),
+        _ => plain(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_identity_and_config() {
+        let r = Readiness::default();
+        let err = r.check().unwrap_err();
+        assert!(
+            err.contains("identity") && err.contains("configuration"),
+            "{err}"
+        );
+        r.set_identity(true);
+        assert_eq!(
+            r.check().unwrap_err(),
+            "no configuration from the operator yet"
+        );
+        r.set_config(true);
+        assert!(r.check().is_ok());
+        r.set_identity(false);
+        assert!(r.check().is_err());
+    }
+}

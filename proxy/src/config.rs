@@ -1,0 +1,499 @@
+//! The proxy's configuration, read from `WEFT_PROXY_*` environment variables.
+//!
+//! Every variable is a named constant with its default beside it. Parsing reports every
+//! bad variable at once (the binary then exits with code 64, `EX_USAGE`), so a broken
+//! injection template is fixed in one round, not one variable at a time.
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+pub const ENV_LOG: &str = "WEFT_PROXY_LOG";
+pub const DEFAULT_LOG: &str = "warn,weft=info";
+
+pub const ENV_LOG_FORMAT: &str = "WEFT_PROXY_LOG_FORMAT";
+pub const DEFAULT_LOG_FORMAT: &str = "plain";
+
+pub const ENV_ADMIN_LISTEN_ADDR: &str = "WEFT_PROXY_ADMIN_LISTEN_ADDR";
+pub const DEFAULT_ADMIN_LISTEN_ADDR: &str = "0.0.0.0:4191";
+
+pub const ENV_INBOUND_LISTEN_ADDR: &str = "WEFT_PROXY_INBOUND_LISTEN_ADDR";
+pub const DEFAULT_INBOUND_LISTEN_ADDR: &str = "0.0.0.0:4143";
+
+pub const ENV_OUTBOUND_LISTEN_ADDR: &str = "WEFT_PROXY_OUTBOUND_LISTEN_ADDR";
+pub const DEFAULT_OUTBOUND_LISTEN_ADDR: &str = "127.0.0.1:4140";
+
+/// The operator's proxy API, `host:port`.
+pub const ENV_CONTROL_ADDR: &str = "WEFT_PROXY_CONTROL_ADDR";
+pub const DEFAULT_CONTROL_ADDR: &str = "weft-proxy-api.weft-system.svc.cluster.local:8090";
+
+/// The projected ServiceAccount token (audience `weft.dev/identity`) sent with `Certify`.
+pub const ENV_IDENTITY_TOKEN_FILE: &str = "WEFT_PROXY_IDENTITY_TOKEN_FILE";
+pub const DEFAULT_IDENTITY_TOKEN_FILE: &str = "/var/run/secrets/weft.dev/identity/token";
+
+/// The trust bundle (PEM), mounted from the namespace's ConfigMap.
+pub const ENV_TRUST_BUNDLE_FILE: &str = "WEFT_PROXY_TRUST_BUNDLE_FILE";
+pub const DEFAULT_TRUST_BUNDLE_FILE: &str = "/var/run/weft.dev/trust/ca-bundle.pem";
+
+/// How long protocol detection waits for a client's first bytes before treating the
+/// connection as opaque TCP (so server-speaks-first protocols never hang).
+pub const ENV_DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
+pub const DEFAULT_DETECT_TIMEOUT: &str = "10s";
+
+/// How long in-flight work may drain after SIGTERM.
+pub const ENV_SHUTDOWN_GRACE_PERIOD: &str = "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD";
+pub const DEFAULT_SHUTDOWN_GRACE_PERIOD: &str = "30s";
+
+/// Inbound ports proxied as opaque TCP, comma-separated.
+pub const ENV_INBOUND_OPAQUE_PORTS: &str = "WEFT_PROXY_INBOUND_OPAQUE_PORTS";
+pub const DEFAULT_INBOUND_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
+
+/// The policy of inbound ports no authorization selects.
+pub const ENV_DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
+pub const DEFAULT_DEFAULT_INBOUND_POLICY: &str = "all-unauthenticated";
+
+/// The proxy's whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub log: String,
+    pub log_format: LogFormat,
+    pub admin_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
+    pub control_addr: ControlAddr,
+    pub identity_token_file: String,
+    pub trust_bundle_file: String,
+    pub detect_timeout: Duration,
+    pub shutdown_grace_period: Duration,
+    pub inbound_opaque_ports: Vec<u16>,
+    pub default_inbound_policy: DefaultPolicy,
+}
+
+/// A log format.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// The default inbound policy, as the Mesh names them.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DefaultPolicy {
+    AllUnauthenticated,
+    AllAuthenticated,
+    ClusterAuthenticated,
+    Deny,
+}
+
+/// The operator's address: a host name or IP, and a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+/// One bad variable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidVar {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Every bad variable found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError(pub Vec<InvalidVar>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} bad variables):", self.0.len())?;
+        for var in &self.0 {
+            writeln!(f, "  {}={:?}: {}", var.name, var.value, var.reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::parse(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, reporting every bad variable.
+    pub fn parse(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut vars = Vars {
+            lookup,
+            invalid: Vec::new(),
+        };
+        let log = vars.get(ENV_LOG, DEFAULT_LOG, parse_log);
+        let log_format = vars.get(ENV_LOG_FORMAT, DEFAULT_LOG_FORMAT, parse_log_format);
+        let admin_addr = vars.get(
+            ENV_ADMIN_LISTEN_ADDR,
+            DEFAULT_ADMIN_LISTEN_ADDR,
+            parse_socket_addr,
+        );
+        let inbound_addr = vars.get(
+            ENV_INBOUND_LISTEN_ADDR,
+            DEFAULT_INBOUND_LISTEN_ADDR,
+            parse_socket_addr,
+        );
+        let outbound_addr = vars.get(
+            ENV_OUTBOUND_LISTEN_ADDR,
+            DEFAULT_OUTBOUND_LISTEN_ADDR,
+            parse_socket_addr,
+        );
+        let control_addr = vars.get(ENV_CONTROL_ADDR, DEFAULT_CONTROL_ADDR, parse_control_addr);
+        let identity_token_file = vars.get(
+            ENV_IDENTITY_TOKEN_FILE,
+            DEFAULT_IDENTITY_TOKEN_FILE,
+            parse_path,
+        );
+        let trust_bundle_file =
+            vars.get(ENV_TRUST_BUNDLE_FILE, DEFAULT_TRUST_BUNDLE_FILE, parse_path);
+        let detect_timeout = vars.get(ENV_DETECT_TIMEOUT, DEFAULT_DETECT_TIMEOUT, parse_duration);
+        let shutdown_grace_period = vars.get(
+            ENV_SHUTDOWN_GRACE_PERIOD,
+            DEFAULT_SHUTDOWN_GRACE_PERIOD,
+            parse_duration,
+        );
+        let inbound_opaque_ports = vars.get(
+            ENV_INBOUND_OPAQUE_PORTS,
+            DEFAULT_INBOUND_OPAQUE_PORTS,
+            parse_ports,
+        );
+        let default_inbound_policy = vars.get(
+            ENV_DEFAULT_INBOUND_POLICY,
+            DEFAULT_DEFAULT_INBOUND_POLICY,
+            parse_default_policy,
+        );
+
+        if let (Some(admin), Some(inbound), Some(outbound)) =
+            (admin_addr, inbound_addr, outbound_addr)
+        {
+            let ports = [admin.port(), inbound.port(), outbound.port()];
+            if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
+                vars.invalid.push(InvalidVar {
+                    name: ENV_ADMIN_LISTEN_ADDR,
+                    value: admin.to_string(),
+                    reason: format!(
+                        "the admin, inbound and outbound ports must differ (have {}, {}, {})",
+                        ports[0], ports[1], ports[2]
+                    ),
+                });
+            }
+        }
+
+        let (
+            Some(log),
+            Some(log_format),
+            Some(admin_addr),
+            Some(inbound_addr),
+            Some(outbound_addr),
+            Some(control_addr),
+            Some(identity_token_file),
+            Some(trust_bundle_file),
+            Some(detect_timeout),
+            Some(shutdown_grace_period),
+            Some(inbound_opaque_ports),
+            Some(default_inbound_policy),
+        ) = (
+            log,
+            log_format,
+            admin_addr,
+            inbound_addr,
+            outbound_addr,
+            control_addr,
+            identity_token_file,
+            trust_bundle_file,
+            detect_timeout,
+            shutdown_grace_period,
+            inbound_opaque_ports,
+            default_inbound_policy,
+        )
+        else {
+            return Err(ConfigError(vars.invalid));
+        };
+        if !vars.invalid.is_empty() {
+            return Err(ConfigError(vars.invalid));
+        }
+        Ok(Config {
+            log,
+            log_format,
+            admin_addr,
+            inbound_addr,
+            outbound_addr,
+            control_addr,
+            identity_token_file,
+            trust_bundle_file,
+            detect_timeout,
+            shutdown_grace_period,
+            inbound_opaque_ports,
+            default_inbound_policy,
+        })
+    }
+}
+
+/// The variables, and the bad ones found so far.
+struct Vars<L> {
+    lookup: L,
+    invalid: Vec<InvalidVar>,
+}
+
+impl<L: Fn(&str) -> Option<String>> Vars<L> {
+    /// The parsed value of `name`, or of `default` when unset; `None` (and the variable
+    /// recorded as bad) when the value does not parse.
+    fn get<T>(
+        &mut self,
+        name: &'static str,
+        default: &str,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let value = (self.lookup)(name).unwrap_or_else(|| default.to_string());
+        match parse(&value) {
+            Ok(parsed) => Some(parsed),
+            Err(reason) => {
+                self.invalid.push(InvalidVar {
+                    name,
+                    value,
+                    reason,
+                });
+                None
+            }
+        }
+    }
+}
+
+fn parse_log(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_:=,.-[]{}".contains(c));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("expected a log filter such as `info` or `warn,weft=debug`".into())
+    }
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "plain" => Ok(LogFormat::Plain),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected `plain` or `json`".into()),
+    }
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "expected an address and port such as 0.0.0.0:4143 or [::]:4143".into())
+}
+
+fn parse_control_addr(s: &str) -> Result<ControlAddr, String> {
+    let err = || {
+        "expected host:port, such as weft-proxy-api.weft-system.svc.cluster.local:8090".to_string()
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 && valid_host => Ok(ControlAddr {
+            host: host.to_string(),
+            port,
+        }),
+        _ => Err(err()),
+    }
+}
+
+fn parse_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.to_string())
+    } else {
+        Err("expected an absolute path".into())
+    }
+}
+
+/// A duration as `<number><unit>`, with unit `ms`, `s`, `m` or `h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || "expected a duration such as 500ms, 10s, 5m or 1h".to_string();
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().map_err(|_| err())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    };
+    ms.map(Duration::from_millis).ok_or_else(err)
+}
+
+fn parse_ports(s: &str) -> Result<Vec<u16>, String> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|p| match p.trim().parse::<u16>() {
+            Ok(port) if port != 0 => Ok(port),
+            _ => Err(format!(
+                "{:?} is not a port from 1 to 65535 (expected a list such as 3306,5432)",
+                p.trim()
+            )),
+        })
+        .collect()
+}
+
+fn parse_default_policy(s: &str) -> Result<DefaultPolicy, String> {
+    match s {
+        "all-unauthenticated" => Ok(DefaultPolicy::AllUnauthenticated),
+        "all-authenticated" => Ok(DefaultPolicy::AllAuthenticated),
+        "cluster-authenticated" => Ok(DefaultPolicy::ClusterAuthenticated),
+        "deny" => Ok(DefaultPolicy::Deny),
+        _ => Err(
+            "expected all-unauthenticated, all-authenticated, cluster-authenticated or deny".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.admin_addr.port(), 4191);
+        assert_eq!(c.inbound_addr.port(), 4143);
+        assert_eq!(c.outbound_addr, "127.0.0.1:4140".parse().unwrap());
+        assert_eq!(c.control_addr.port, 8090);
+        assert_eq!(c.detect_timeout, Duration::from_secs(10));
+        assert_eq!(c.shutdown_grace_period, Duration::from_secs(30));
+        assert_eq!(
+            c.inbound_opaque_ports,
+            [25, 587, 3306, 4444, 5432, 6379, 9300, 11211]
+        );
+        assert_eq!(c.default_inbound_policy, DefaultPolicy::AllUnauthenticated);
+        assert_eq!(c.log_format, LogFormat::Plain);
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let c = parse(&[
+            (ENV_LOG, "debug"),
+            (ENV_LOG_FORMAT, "json"),
+            (ENV_ADMIN_LISTEN_ADDR, "[::]:9191"),
+            (ENV_INBOUND_LISTEN_ADDR, "0.0.0.0:9143"),
+            (ENV_OUTBOUND_LISTEN_ADDR, "127.0.0.1:9140"),
+            (ENV_CONTROL_ADDR, "198.19.0.20:8090"),
+            (ENV_IDENTITY_TOKEN_FILE, "/t"),
+            (ENV_TRUST_BUNDLE_FILE, "/b.pem"),
+            (ENV_DETECT_TIMEOUT, "500ms"),
+            (ENV_SHUTDOWN_GRACE_PERIOD, "2m"),
+            (ENV_INBOUND_OPAQUE_PORTS, "3306, 5432"),
+            (ENV_DEFAULT_INBOUND_POLICY, "deny"),
+        ])
+        .unwrap();
+        assert_eq!(c.log, "debug");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.admin_addr, "[::]:9191".parse().unwrap());
+        assert_eq!(
+            c.control_addr,
+            ControlAddr {
+                host: "198.19.0.20".into(),
+                port: 8090
+            }
+        );
+        assert_eq!(c.identity_token_file, "/t");
+        assert_eq!(c.detect_timeout, Duration::from_millis(500));
+        assert_eq!(c.shutdown_grace_period, Duration::from_secs(120));
+        assert_eq!(c.inbound_opaque_ports, [3306, 5432]);
+        assert_eq!(c.default_inbound_policy, DefaultPolicy::Deny);
+        assert_eq!(
+            parse(&[(ENV_INBOUND_OPAQUE_PORTS, "")])
+                .unwrap()
+                .inbound_opaque_ports,
+            Vec::<u16>::new()
+        );
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_at_once() {
+        let err = parse(&[
+            (ENV_LOG, "info; rm -rf"),
+            (ENV_LOG_FORMAT, "xml"),
+            (ENV_ADMIN_LISTEN_ADDR, "4191"),
+            (ENV_INBOUND_LISTEN_ADDR, "0.0.0.0:99999"),
+            (ENV_CONTROL_ADDR, "no-port"),
+            (ENV_IDENTITY_TOKEN_FILE, "relative/token"),
+            (ENV_DETECT_TIMEOUT, "-1s"),
+            (ENV_SHUTDOWN_GRACE_PERIOD, "30"),
+            (ENV_INBOUND_OPAQUE_PORTS, "3306,0,http"),
+            (ENV_DEFAULT_INBOUND_POLICY, "allow"),
+        ])
+        .unwrap_err();
+        let names: Vec<&str> = err.0.iter().map(|v| v.name).collect();
+        assert_eq!(
+            names,
+            [
+                ENV_LOG,
+                ENV_LOG_FORMAT,
+                ENV_ADMIN_LISTEN_ADDR,
+                ENV_INBOUND_LISTEN_ADDR,
+                ENV_CONTROL_ADDR,
+                ENV_IDENTITY_TOKEN_FILE,
+                ENV_DETECT_TIMEOUT,
+                ENV_SHUTDOWN_GRACE_PERIOD,
+                ENV_INBOUND_OPAQUE_PORTS,
+                ENV_DEFAULT_INBOUND_POLICY,
+            ]
+        );
+        let report = err.to_string();
+        assert!(report.contains("10 bad variables"), "{report}");
+        assert!(
+            report.contains("WEFT_PROXY_LOG_FORMAT=\"xml\": expected `plain` or `json`"),
+            "{report}"
+        );
+        assert!(report.contains("\"0\" is not a port"), "{report}");
+    }
+
+    #[test]
+    fn ports_must_differ() {
+        let err = parse(&[(ENV_ADMIN_LISTEN_ADDR, "0.0.0.0:4143")]).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(err.0[0].reason.contains("must differ"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "10", "1.5s", "10d", "-1s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn control_addresses() {
+        assert_eq!(
+            parse_control_addr("[::1]:8090"),
+            Ok(ControlAddr {
+                host: "::1".into(),
+                port: 8090
+            })
+        );
+        for bad in ["", ":8090", "host:", "host:0", "host:http", "bad host:1"] {
+            assert!(parse_control_addr(bad).is_err(), "{bad:?}");
+        }
+    }
+}
