@@ -12,6 +12,7 @@
 
 pub mod admin;
 mod config;
+pub mod identity;
 pub mod mesh;
 pub mod metrics;
 pub mod telemetry;
