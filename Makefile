@@ -4,8 +4,10 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+WEFT_CACHE ?= $(HOME)/.cache/weft
+KUBECONFIG_E2E := $(WEFT_CACHE)/cluster/admin.kubeconfig
 
-.PHONY: help build unit test lint fmt crds run
+.PHONY: help build unit test e2e lint fmt crds run cluster-up cluster-down install
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -14,9 +16,21 @@ build: ## Build every binary (debug)
 	$(CARGO) build --workspace --locked
 
 unit: ## Unit and in-process integration tests (fast, no cluster)
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --exclude weft-e2e
 
-test: unit ## Everything: unit, integration and end-to-end tests
+test: unit e2e ## Everything: unit, integration and end-to-end tests
+
+e2e: cluster-up install ## End-to-end tests on the local cluster (brought up if needed)
+	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --locked -p weft-e2e -- --test-threads=2
+
+cluster-up: ## Build (first time only) and start the local single-node cluster
+	e2e/cluster/up.sh
+
+cluster-down: ## Stop the local cluster and remove everything it made
+	e2e/cluster/down.sh
+
+install: build ## Build the images and install Weft into the local cluster from deploy/
+	KUBECONFIG=$(KUBECONFIG_E2E) e2e/install.sh
 
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check

@@ -25,6 +25,8 @@ use crate::metrics::Metrics;
 /// The field manager of the Mesh controller's status writes.
 const FIELD_MANAGER: &str = "weft-operator/mesh";
 const CONTROLLER: &str = "mesh";
+/// How often readiness re-checks whether the Mesh watch has synced.
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// A Mesh is re-checked this often even when nothing changes.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -78,9 +80,19 @@ pub async fn run(
     let controller = Controller::new(meshes, watcher::Config::default());
     let store = controller.store();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            let _ = ready.send(true);
-            tracing::info!("mesh watch synced");
+        // The store's readiness is a oneshot that wakes only its most recent waiter, and
+        // the controller itself waits on it too: poll again every so often instead of
+        // trusting a wake-up.
+        loop {
+            match tokio::time::timeout(READY_POLL, store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    let _ = ready.send(true);
+                    tracing::info!("mesh watch synced");
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
         }
     });
     controller

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the workspace's Weft into the local cluster exactly as a user would:
+# builds the operator and proxy images from the debug binaries (no Docker, no
+# registry), loads them into the cluster's containerd, then
+#   kubectl apply --server-side -k deploy/
+#   kubectl apply -f examples/mesh.yaml
+# and waits for the operator to be Ready. A rebuilt image keeps its tag, so the
+# operator's pods are replaced when the image changed.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/cluster/lib.sh"
+ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+export KUBECONFIG=${KUBECONFIG:-$KUBECONFIG_PATH}
+cd "$ROOT"
+
+images=(weft-operator weft-proxy)
+digest() { ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls "name==weft.local/$1:dev" 2>/dev/null | awk 'NR==2 {print $3}'; }
+
+before=$(digest weft-operator)
+for bin in "${images[@]}"; do
+  [[ -x $TARGET_DIR/debug/$bin ]] || die "$TARGET_DIR/debug/$bin is not built (make build)"
+  "$CLUSTER_DIR/images.sh" from-binary "weft.local/$bin:dev" "$TARGET_DIR/debug/$bin"
+done
+after=$(digest weft-operator)
+
+log "kubectl apply --server-side -k deploy/"
+kubectl apply --server-side -k deploy/
+kubectl wait --for=condition=Established --timeout=60s crd/meshes.weft.dev >/dev/null
+if [[ -n $before && $before != "$after" ]]; then
+  log "the operator image changed; replacing its pods"
+  kubectl -n weft-system delete pods -l app.kubernetes.io/name=weft-operator --wait=false
+fi
+kubectl -n weft-system rollout status deployment/weft-operator --timeout=180s
+log "kubectl apply -f examples/mesh.yaml"
+kubectl apply -f examples/mesh.yaml

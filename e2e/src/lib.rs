@@ -1,0 +1,263 @@
+//! Helpers for the end-to-end tests, which run against the local real cluster that
+//! `e2e/cluster/up.sh` builds (`make e2e` brings it up, installs Weft from `deploy/`
+//! as a user would, and runs these tests).
+//!
+//! - [`kubectl`] runs the real `kubectl` against the cluster, as a user would.
+//! - [`with_temp_ns`] gives a test a fresh namespace labelled `weft.dev/e2e=true`,
+//!   dumps the namespace's state and the cluster's logs when the test fails, and
+//!   deletes the namespace unless `WEFT_E2E_KEEP=1`.
+//!
+//! A missing precondition (no cluster, no kubeconfig) fails the test loudly; nothing
+//! here ever skips.
+
+#![forbid(unsafe_code)]
+
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    path::PathBuf,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, PostParams},
+};
+
+/// The cache the cluster scripts build into (`$WEFT_CACHE`, default `~/.cache/weft`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("WEFT_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weft")))
+        .expect("HOME or WEFT_CACHE must be set")
+}
+
+/// Where the cluster keeps its state, logs and kubeconfig.
+pub fn cluster_dir() -> PathBuf {
+    cache_dir().join("cluster")
+}
+
+/// The pinned Kubernetes version, from `e2e/cluster/versions.env`.
+pub fn kubernetes_version() -> String {
+    let path = repo_root().join("e2e/cluster/versions.env");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix("K8S_VERSION="))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no K8S_VERSION in {}", path.display()))
+}
+
+/// The kubeconfig of the local cluster (`$KUBECONFIG` when set).
+pub fn kubeconfig() -> PathBuf {
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cluster_dir().join("admin.kubeconfig"))
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A client for the local cluster. Panics, saying what to do, when there is none.
+pub async fn client() -> Client {
+    let path = kubeconfig();
+    let config = kube::config::Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!(
+            "no kubeconfig at {} ({e}): the e2e tests need the local cluster; run `make e2e`",
+            path.display()
+        )
+    });
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+        .await
+        .expect("the cluster's kubeconfig is usable");
+    let client = Client::try_from(config).expect("a client for the local cluster");
+    client
+        .apiserver_version()
+        .await
+        .unwrap_or_else(|e| panic!("the local cluster does not answer ({e}); run `make e2e`"));
+    client
+}
+
+/// The result of a `kubectl` run.
+#[derive(Debug)]
+pub struct Kubectl {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Kubectl {
+    fn from(out: Output) -> Self {
+        Self {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// The `kubectl` binary: `$KUBECTL`, else the one the cluster scripts built.
+pub fn kubectl_path() -> PathBuf {
+    std::env::var_os("KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            cache_dir()
+                .join("bin")
+                .join(format!("kubernetes-{}", kubernetes_version()))
+                .join("kubectl")
+        })
+}
+
+/// Runs `kubectl ARGS` against the local cluster from the repository root.
+pub fn kubectl(args: &[&str]) -> Kubectl {
+    Command::new(kubectl_path())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run kubectl ({}): {e}", kubectl_path().display()))
+        .into()
+}
+
+/// Runs `kubectl ARGS` and returns its stdout, failing the test if it fails.
+#[track_caller]
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args);
+    assert!(
+        out.success,
+        "kubectl {} failed:\n{}{}",
+        args.join(" "),
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+/// Runs `kubectl ARGS` with `stdin` as its input.
+pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Kubectl {
+    use std::io::Write;
+    let mut child = Command::new(kubectl_path())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .current_dir(repo_root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"));
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .expect("kubectl reads its input");
+    }
+    child.wait_with_output().expect("kubectl runs").into()
+}
+
+/// Polls `check` every 500ms until it returns `Some`, or fails the test after `timeout`
+/// with `what` and the last state seen.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `test` with a fresh namespace. On failure, prints the namespace's resources,
+/// events, pod logs and the tail of every cluster component's log, then fails.
+pub async fn with_temp_ns<F, Fut>(prefix: &str, test: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let client = client().await;
+    let name = format!(
+        "e2e-{prefix}-{}-{}",
+        std::process::id(),
+        NS_COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"weft.dev/e2e": "true"}}
+    }))
+    .expect("a namespace object");
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+
+    let outcome = AssertUnwindSafe(test(client, name.clone()))
+        .catch_unwind()
+        .await;
+    let keep = std::env::var("WEFT_E2E_KEEP").is_ok_and(|v| v == "1");
+    if outcome.is_err() {
+        dump_namespace(&name);
+        dump_cluster_logs();
+    }
+    if keep {
+        eprintln!("WEFT_E2E_KEEP=1: keeping namespace {name}");
+    } else {
+        let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Prints what a person would look at first in a failing namespace.
+pub fn dump_namespace(ns: &str) {
+    eprintln!("===== state of namespace {ns} =====");
+    for args in [
+        vec!["get", "all,events", "-o", "wide", "-n", ns],
+        vec!["describe", "pods", "-n", ns],
+        vec![
+            "logs",
+            "-n",
+            ns,
+            "--all-containers",
+            "--prefix",
+            "--tail=50",
+            "-l",
+            "weft.dev/e2e-app",
+        ],
+    ] {
+        let out = kubectl(&args);
+        eprintln!("$ kubectl {}\n{}{}", args.join(" "), out.stdout, out.stderr);
+    }
+}
+
+/// Prints the last lines of every cluster component's log.
+pub fn dump_cluster_logs() {
+    let dir = cluster_dir().join("logs");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        eprintln!("no cluster logs at {}", dir.display());
+        return;
+    };
+    for entry in entries.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(20)..];
+        eprintln!(
+            "===== tail of {} =====\n{}",
+            entry.path().display(),
+            tail.join("\n")
+        );
+    }
+}
