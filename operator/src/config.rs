@@ -18,6 +18,22 @@ pub struct Args {
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
 
+    /// Where the proxy API (Certify and the discovery streams) listens.
+    #[arg(long, env = "WEFT_PROXY_API_ADDR", default_value = "0.0.0.0:8090")]
+    pub proxy_api_addr: SocketAddr,
+
+    /// The operator's namespace: where its Secrets live and its Services are.
+    #[arg(long, env = "WEFT_NAMESPACE", default_value = "weft-system")]
+    pub namespace: String,
+
+    /// The operator's ServiceAccount, which names its own mesh identity.
+    #[arg(long, env = "WEFT_SERVICE_ACCOUNT", default_value = "weft-operator")]
+    pub service_account: String,
+
+    /// The cluster's DNS domain.
+    #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
     /// The operator's pod name, to tell replicas apart in Events.
     #[arg(long, env = "WEFT_POD_NAME", default_value = "")]
     pub pod_name: String,

@@ -12,11 +12,15 @@
 //!   in memory and sends a CSR; the leaf is built from the operator's own parameters,
 //!   never from what the CSR asks for beyond its public key and its one identity.
 
+pub mod authority;
 pub mod ca;
+pub mod certify;
+pub mod controller;
 pub mod csr;
 pub mod spiffe;
 
 pub use self::{
+    authority::{Authority, CurrentAuthority},
     ca::{Ca, CaError, Leaf},
     csr::{CheckedCsr, CsrError},
     spiffe::{SpiffeId, SpiffeIdError},

@@ -15,6 +15,7 @@ mod config;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;
+pub mod proxy_api;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -42,6 +43,40 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     tracing::info!(addr = %args.admin_addr, "admin server listening");
 
+    let (authority_tx, authority_rx) = watch::channel(None);
+    let identity = tokio::spawn(
+        identity::controller::IdentityController::new(
+            client.clone(),
+            &args.namespace,
+            authority_tx,
+        )
+        .run(wait_for(shutdown_rx.clone())),
+    );
+    let certify = identity::certify::Certify::new(
+        authority_rx.clone(),
+        identity::certify::KubeTokenReviewer::new(client.clone()),
+        metrics.clone(),
+    );
+    let service = format!("weft-proxy-api.{}.svc", args.namespace);
+    let serving = proxy_api::ServingIdentity {
+        namespace: args.namespace.clone(),
+        service_account: args.service_account.clone(),
+        dns_names: vec![
+            service.clone(),
+            format!("{service}.{}", args.cluster_domain),
+        ],
+    };
+    let proxy_api = proxy_api::serve(
+        args.proxy_api_addr,
+        authority_rx,
+        serving,
+        certify,
+        wait_for(shutdown_rx.clone()),
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", args.proxy_api_addr))?;
+    tracing::info!(addr = %args.proxy_api_addr, "proxy API listening");
+
     let mesh = tokio::spawn(mesh::controller::run(
         mesh::controller::Context::new(client, metrics, &args.pod_name),
         ready_tx,
@@ -52,6 +87,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     mesh.await.context("mesh controller panicked")?;
+    identity.await.context("identity controller panicked")?;
+    proxy_api.await.context("proxy API panicked")?;
     admin.await.context("admin server panicked")?;
     Ok(())
 }

@@ -15,12 +15,20 @@ pub struct ReconcileLabels {
     pub result: &'static str,
 }
 
+/// The `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// Every metric of the operator.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<ReconcileLabels, Counter>,
     reconcile_seconds: Family<ControllerLabel, Histogram>,
+    certificates_issued: Counter,
+    certificate_refusals: Family<ReasonLabel, Counter>,
 }
 
 /// The `controller` label.
@@ -46,10 +54,24 @@ impl Metrics {
             "Time spent in one reconcile",
             reconcile_seconds.clone(),
         );
+        let certificates_issued = Counter::default();
+        registry.register(
+            "certificates_issued",
+            "Workload certificates issued through Certify",
+            certificates_issued.clone(),
+        );
+        let certificate_refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "certificate_refusals",
+            "Certify requests refused, by reason",
+            certificate_refusals.clone(),
+        );
         Self {
             registry,
             reconciles,
             reconcile_seconds,
+            certificates_issued,
+            certificate_refusals,
         }
     }
 
@@ -62,6 +84,18 @@ impl Metrics {
         self.reconcile_seconds
             .get_or_create(&ControllerLabel { controller })
             .observe(seconds);
+    }
+
+    /// Counts one workload certificate issued.
+    pub fn certificate_issued(&self) {
+        self.certificates_issued.inc();
+    }
+
+    /// Counts one refused Certify request.
+    pub fn certificate_refused(&self, reason: &'static str) {
+        self.certificate_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// The metrics in the Prometheus text format.

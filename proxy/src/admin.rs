@@ -21,11 +21,11 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::metrics::Metrics;
 
-/// What the proxy still needs before it is ready.
+/// What the proxy still needs before it is ready. Today that is its identity; the
+/// configuration from the operator's discovery streams joins it when they land.
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
     identity: Arc<AtomicBool>,
-    config: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -34,24 +34,12 @@ impl Readiness {
         self.identity.store(ok, Ordering::Release);
     }
 
-    /// Records that the proxy has its configuration from the operator (or lost it).
-    pub fn set_config(&self, ok: bool) {
-        self.config.store(ok, Ordering::Release);
-    }
-
     /// `Ok` when ready, else what is missing.
     pub fn check(&self) -> Result<(), String> {
-        let mut missing = Vec::new();
-        if !self.identity.load(Ordering::Acquire) {
-            missing.push("no identity certificate yet");
-        }
-        if !self.config.load(Ordering::Acquire) {
-            missing.push("no configuration from the operator yet");
-        }
-        if missing.is_empty() {
+        if self.identity.load(Ordering::Acquire) {
             Ok(())
         } else {
-            Err(missing.join(", "))
+            Err("no identity certificate yet".to_string())
         }
     }
 }
@@ -129,19 +117,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_only_with_identity_and_config() {
+    fn ready_only_with_an_identity() {
         let r = Readiness::default();
-        let err = r.check().unwrap_err();
-        assert!(
-            err.contains("identity") && err.contains("configuration"),
-            "{err}"
-        );
+        assert_eq!(r.check().unwrap_err(), "no identity certificate yet");
         r.set_identity(true);
-        assert_eq!(
-            r.check().unwrap_err(),
-            "no configuration from the operator yet"
-        );
-        r.set_config(true);
         assert!(r.check().is_ok());
         r.set_identity(false);
         assert!(r.check().is_err());

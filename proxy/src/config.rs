@@ -25,6 +25,12 @@ pub const DEFAULT_OUTBOUND_LISTEN_ADDR: &str = "127.0.0.1:4140";
 pub const ENV_CONTROL_ADDR: &str = "WEFT_PROXY_CONTROL_ADDR";
 pub const DEFAULT_CONTROL_ADDR: &str = "weft-proxy-api.weft-system.svc.cluster.local:8090";
 
+/// The proxy's mesh identity, `spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>`
+/// (the injector builds it from the pod's namespace and ServiceAccount). Empty: the
+/// proxy does not ask for a certificate and never becomes ready.
+pub const ENV_IDENTITY: &str = "WEFT_PROXY_IDENTITY";
+pub const DEFAULT_IDENTITY: &str = "";
+
 /// The projected ServiceAccount token (audience `weft.dev/identity`) sent with `Certify`.
 pub const ENV_IDENTITY_TOKEN_FILE: &str = "WEFT_PROXY_IDENTITY_TOKEN_FILE";
 pub const DEFAULT_IDENTITY_TOKEN_FILE: &str = "/var/run/secrets/weft.dev/identity/token";
@@ -59,6 +65,7 @@ pub struct Config {
     pub inbound_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
     pub control_addr: ControlAddr,
+    pub identity: Option<String>,
     pub identity_token_file: String,
     pub trust_bundle_file: String,
     pub detect_timeout: Duration,
@@ -142,6 +149,7 @@ impl Config {
             parse_socket_addr,
         );
         let control_addr = vars.get(ENV_CONTROL_ADDR, DEFAULT_CONTROL_ADDR, parse_control_addr);
+        let identity = vars.get(ENV_IDENTITY, DEFAULT_IDENTITY, parse_identity);
         let identity_token_file = vars.get(
             ENV_IDENTITY_TOKEN_FILE,
             DEFAULT_IDENTITY_TOKEN_FILE,
@@ -189,6 +197,7 @@ impl Config {
             Some(inbound_addr),
             Some(outbound_addr),
             Some(control_addr),
+            Some(identity),
             Some(identity_token_file),
             Some(trust_bundle_file),
             Some(detect_timeout),
@@ -202,6 +211,7 @@ impl Config {
             inbound_addr,
             outbound_addr,
             control_addr,
+            identity,
             identity_token_file,
             trust_bundle_file,
             detect_timeout,
@@ -222,6 +232,7 @@ impl Config {
             inbound_addr,
             outbound_addr,
             control_addr,
+            identity,
             identity_token_file,
             trust_bundle_file,
             detect_timeout,
@@ -303,6 +314,30 @@ fn parse_control_addr(s: &str) -> Result<ControlAddr, String> {
             port,
         }),
         _ => Err(err()),
+    }
+}
+
+/// A workload SPIFFE id, or nothing.
+fn parse_identity(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let path = s
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split_once('/'));
+    let valid = path.is_some_and(|(domain, path)| {
+        let parts: Vec<&str> = path.split('/').collect();
+        !domain.is_empty()
+            && parts.len() == 4
+            && parts[0] == "ns"
+            && parts[2] == "sa"
+            && !parts[1].is_empty()
+            && !parts[3].is_empty()
+    });
+    if valid {
+        Ok(Some(s.to_string()))
+    } else {
+        Err("expected spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>".into())
     }
 }
 

@@ -1,8 +1,8 @@
 //! The Weft proxy: a sidecar that captures a pod's traffic, speaks mTLS to other
 //! proxies, and is configured only by what it streams from the operator.
 //!
-//! Today it runs its admin server; `/ready` stays false until the proxy holds an
-//! identity and a configuration, which the identity and discovery work brings.
+//! Today it keeps its identity (a certificate from the operator) and runs its admin
+//! server; `/ready` turns true once it holds a valid certificate.
 //!
 //! Threading: one multi-threaded tokio runtime. SIGTERM or SIGINT starts a graceful
 //! shutdown: stop accepting, let in-flight work drain within the grace period, exit.
@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod identity;
 pub mod metrics;
 pub mod telemetry;
 
@@ -36,6 +37,23 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let metrics = Arc::new(metrics::Metrics::new());
     let readiness = admin::Readiness::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (credentials, _credentials_rx) = watch::channel(None);
+    if let Some(identity) = config.identity.clone() {
+        let settings = identity::Settings {
+            identity,
+            token_file: config.identity_token_file.clone(),
+            trust_bundle_file: config.trust_bundle_file.clone(),
+            control: config.control_addr.clone(),
+        };
+        tokio::spawn(identity::run(
+            settings,
+            readiness.clone(),
+            metrics.clone(),
+            credentials,
+        ));
+    } else {
+        tracing::warn!("WEFT_PROXY_IDENTITY is not set: no certificate, never ready");
+    }
     let admin = admin::serve(config.admin_addr, metrics, readiness, shutdown_rx)
         .await
         .map_err(|source| Error::AdminBind {

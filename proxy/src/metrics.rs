@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -16,10 +16,18 @@ struct BuildLabels {
     version: &'static str,
 }
 
+/// Labels of `identity_cert_refresh_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefreshLabels {
+    result: &'static str,
+}
+
 /// Every metric of the proxy.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    cert_expiration: Gauge<i64>,
+    cert_refreshes: Family<RefreshLabels, Counter>,
 }
 
 impl Metrics {
@@ -46,7 +54,38 @@ impl Metrics {
             start,
         );
 
-        Self { registry }
+        let cert_expiration = Gauge::<i64>::default();
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the proxy's current certificate expires, in seconds since the epoch",
+            cert_expiration.clone(),
+        );
+        let cert_refreshes = Family::<RefreshLabels, Counter>::default();
+        registry.register(
+            "identity_cert_refresh",
+            "Certification attempts, by result",
+            cert_refreshes.clone(),
+        );
+        Self {
+            registry,
+            cert_expiration,
+            cert_refreshes,
+        }
+    }
+
+    /// Records a new certificate expiring at `not_after` (Unix seconds).
+    pub fn certified(&self, not_after: i64) {
+        self.cert_expiration.set(not_after);
+        self.cert_refreshes
+            .get_or_create(&RefreshLabels { result: "ok" })
+            .inc();
+    }
+
+    /// Records a failed certification attempt.
+    pub fn certify_failed(&self) {
+        self.cert_refreshes
+            .get_or_create(&RefreshLabels { result: "failure" })
+            .inc();
     }
 
     /// The metrics in the Prometheus text format.

@@ -143,24 +143,7 @@ impl Ca {
     ) -> Result<Leaf, CaError> {
         let public_key =
             SubjectPublicKeyInfo::from_der(&csr.public_key).map_err(CaError::Generate)?;
-        let mut params = CertificateParams::default();
-        params.not_before = now - BACKDATE;
-        params.not_after = after(now, lifetime)?;
-        params.serial_number = Some(random_serial());
-        params.distinguished_name = DistinguishedName::new();
-        let uri = csr
-            .identity
-            .to_string()
-            .try_into()
-            .map_err(CaError::Generate)?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
+        let params = leaf_params(&csr.identity, lifetime, now)?;
         let cert = params
             .signed_by(&public_key, &self.issuer)
             .map_err(CaError::Generate)?;
@@ -192,6 +175,67 @@ impl Ca {
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.cert_der)
     }
+}
+
+/// Whether `cert` was signed by `by`'s key.
+pub fn issued_by(cert: &Ca, by: &Ca) -> bool {
+    let (Ok((_, cert)), Ok((_, by))) = (
+        X509Certificate::from_der(cert.cert_der()),
+        X509Certificate::from_der(by.cert_der()),
+    ) else {
+        return false;
+    };
+    cert.verify_signature(Some(by.public_key())).is_ok()
+}
+
+/// A serving certificate with a fresh key, signed by `issuer`: `identity` plus
+/// `dns_names` as SANs, for the operator's own TLS endpoints. Returns the leaf and its
+/// key (PEM PKCS#8), which stays in memory.
+pub fn serving_certificate(
+    issuer: &Ca,
+    identity: &super::SpiffeId,
+    dns_names: &[String],
+    lifetime: Duration,
+    now: OffsetDateTime,
+) -> Result<(Leaf, String), CaError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
+    let mut params = leaf_params(identity, lifetime, now)?;
+    for name in dns_names {
+        let name = name.clone().try_into().map_err(CaError::Generate)?;
+        params.subject_alt_names.push(SanType::DnsName(name));
+    }
+    let cert = params
+        .signed_by(&key, &issuer.issuer)
+        .map_err(CaError::Generate)?;
+    let leaf = Leaf {
+        cert_der: cert.der().to_vec(),
+        cert_pem: cert.pem(),
+        not_after: params.not_after,
+    };
+    Ok((leaf, key.serialize_pem()))
+}
+
+/// The parameters of a workload leaf naming `identity`.
+fn leaf_params(
+    identity: &super::SpiffeId,
+    lifetime: Duration,
+    now: OffsetDateTime,
+) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.not_before = now - BACKDATE;
+    params.not_after = after(now, lifetime)?;
+    params.serial_number = Some(random_serial());
+    params.distinguished_name = DistinguishedName::new();
+    let uri = identity.to_string().try_into().map_err(CaError::Generate)?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
 }
 
 /// SHA-256 of `der`, lowercase hex.
@@ -360,6 +404,14 @@ mod tests {
         assert!(verify(&leaf, &issuer, &[&other]).is_err());
         // During rotation the bundle holds both anchors, and the old chain still verifies.
         verify(&leaf, &issuer, &[&other, &anchor]).unwrap();
+    }
+
+    #[test]
+    fn issued_by_tells_which_anchor_signed_an_issuer() {
+        let (anchor, issuer) = chain();
+        let (other, _) = chain();
+        assert!(issued_by(&issuer, &anchor));
+        assert!(!issued_by(&issuer, &other));
     }
 
     #[test]

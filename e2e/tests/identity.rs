@@ -1,0 +1,199 @@
+//! Identity on the real cluster: a proxy with a projected ServiceAccount token gets a
+//! SPIFFE certificate from the operator and turns Ready; one that asks for another
+//! identity is refused and never does.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::Api;
+use weft_api::Mesh;
+use weft_e2e::{eventually, kubectl_ok, kubectl_stdin, with_temp_ns};
+
+/// A pod running only the proxy, as ServiceAccount `sa`, asking for `identity`.
+fn proxy_pod(ns: &str, name: &str, sa: &str, identity: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {sa}, namespace: {ns}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {ns}, labels: {{weft.dev/e2e-app: {name}}}}}
+spec:
+  serviceAccountName: {sa}
+  containers:
+  - name: weft-proxy
+    image: weft.local/weft-proxy:dev
+    imagePullPolicy: IfNotPresent
+    env:
+    - {{name: WEFT_PROXY_IDENTITY, value: "{identity}"}}
+    - {{name: WEFT_PROXY_CONTROL_ADDR, value: "weft-proxy-api.weft-system.svc.cluster.local:8090"}}
+    - {{name: WEFT_PROXY_LOG, value: "info"}}
+    ports: [{{name: admin, containerPort: 4191}}]
+    readinessProbe: {{httpGet: {{path: /ready, port: admin}}, periodSeconds: 1}}
+    volumeMounts:
+    - {{name: identity-token, mountPath: /var/run/secrets/weft.dev/identity, readOnly: true}}
+    - {{name: trust-bundle, mountPath: /var/run/weft.dev/trust, readOnly: true}}
+  volumes:
+  - name: identity-token
+    projected:
+      sources:
+      - serviceAccountToken: {{path: token, audience: weft.dev/identity, expirationSeconds: 3600}}
+  - name: trust-bundle
+    configMap: {{name: weft-trust-bundle}}
+"#
+    )
+}
+
+/// The proxy's `/metrics`, through the API server's pod proxy.
+fn proxy_metrics(ns: &str, pod: &str) -> String {
+    kubectl_ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/pods/{pod}:4191/proxy/metrics"),
+    ])
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn a_proxy_gets_a_certificate_for_its_service_account_and_turns_ready() {
+    with_temp_ns("identity", |client, ns| async move {
+        kubectl_ok(&["annotate", "namespace", &ns, "weft.dev/inject=enabled"]);
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+        let bundle = eventually(
+            "the trust bundle in the namespace",
+            Duration::from_secs(60),
+            || {
+                let config_maps = config_maps.clone();
+                async move {
+                    let cm = config_maps
+                        .get_opt("weft-trust-bundle")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    cm.and_then(|cm| cm.data?.get("ca-bundle.pem").cloned())
+                        .ok_or_else(|| "not yet".to_string())
+                }
+            },
+        )
+        .await;
+        assert!(bundle.contains("BEGIN CERTIFICATE"), "{bundle}");
+
+        let good = format!("spiffe://cluster.local/ns/{ns}/sa/books");
+        let applied = kubectl_stdin(
+            &["apply", "-f", "-"],
+            &proxy_pod(&ns, "books", "books", &good),
+        );
+        assert!(applied.success, "{}", applied.stderr);
+        let waited = weft_e2e::kubectl(&[
+            "wait",
+            "-n",
+            &ns,
+            "--for=condition=Ready",
+            "pod/books",
+            "--timeout=120s",
+        ]);
+        assert!(
+            waited.success,
+            "the proxy never turned Ready:\n{}{}",
+            waited.stdout, waited.stderr
+        );
+
+        let metrics = proxy_metrics(&ns, "books");
+        let expiry =
+            metric(&metrics, "identity_cert_expiration_timestamp_seconds").expect("expiry metric");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            expiry > now + 3600.0,
+            "the certificate expires at {expiry}, now is {now}:\n{metrics}"
+        );
+        assert!(
+            expiry <= now + 24.0 * 3600.0 + 60.0,
+            "a 24h certificate by default:\n{metrics}"
+        );
+        assert_eq!(
+            metric(&metrics, "identity_cert_refresh_total{result=\"ok\"}"),
+            Some(1.0),
+            "{metrics}"
+        );
+
+        // The Mesh says where identity stands.
+        let mesh = Api::<Mesh>::all(client.clone())
+            .get("default")
+            .await
+            .unwrap();
+        let status = mesh.status.unwrap();
+        assert!(
+            weft_api::condition::is_true(&status.conditions, "IdentityReady"),
+            "{:?}",
+            status.conditions
+        );
+        assert_eq!(status.trust_anchors.len(), 1);
+        assert!(status.issuer.is_some());
+        let yaml = kubectl_ok(&["get", "mesh", "default", "-o", "yaml"]);
+        assert!(
+            yaml.contains("fingerprint:") && !yaml.contains("PRIVATE KEY"),
+            "{yaml}"
+        );
+
+        // Asking for another ServiceAccount's identity is refused, and the proxy stays unready.
+        let stolen = format!("spiffe://cluster.local/ns/{ns}/sa/books");
+        let applied = kubectl_stdin(
+            &["apply", "-f", "-"],
+            &proxy_pod(&ns, "thief", "thief", &stolen),
+        );
+        assert!(applied.success, "{}", applied.stderr);
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+        let failures = eventually(
+            "the thief's certification to fail",
+            Duration::from_secs(90),
+            || {
+                let ns = ns.clone();
+                let pods = pods.clone();
+                async move {
+                    let running = pods.get("thief").await.map_err(|e| e.to_string())?;
+                    if running.status.and_then(|s| s.phase).as_deref() != Some("Running") {
+                        return Err("not running yet".into());
+                    }
+                    let text = proxy_metrics(&ns, "thief");
+                    match metric(&text, "identity_cert_refresh_total{result=\"failure\"}") {
+                        Some(n) if n >= 2.0 => Ok(text),
+                        _ => Err(text),
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            metric(&failures, "identity_cert_refresh_total{result=\"ok\"}"),
+            None,
+            "{failures}"
+        );
+        let ready = kubectl_ok(&[
+            "get",
+            "pod",
+            "-n",
+            &ns,
+            "thief",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].ready}",
+        ]);
+        assert_eq!(ready, "false");
+        let logs = kubectl_ok(&["logs", "-n", &ns, "thief"]);
+        assert!(
+            logs.contains("the token is for spiffe://cluster.local/ns/")
+                && logs.contains("sa/thief"),
+            "{logs}"
+        );
+    })
+    .await;
+}

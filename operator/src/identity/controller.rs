@@ -1,0 +1,429 @@
+//! The identity controller: keeps the trust anchor, the issuer and the trust bundle, and
+//! reports them on the Mesh.
+//!
+//! - The anchor comes from the user's Secret (mode `External`) or from the Secret
+//!   `weft-trust-anchor` the operator generates in its namespace (mode `Generated`).
+//! - The issuer lives in the Secret `weft-issuer`, re-issued when missing, unreadable,
+//!   no longer signed by the anchor, or in the last third of its life.
+//! - The trust bundle is the ConfigMap `weft-trust-bundle` (key `ca-bundle.pem`) in
+//!   every namespace annotated `weft.dev/inject=enabled`, which proxies mount.
+//! - The Mesh's status gets `trustAnchors`, `issuer` and `IdentityReady`, written with
+//!   its own field manager.
+//!
+//! Keys are only ever in the two Secrets and in memory; status and logs carry
+//! fingerprints and expiry dates, never keys.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use weft_api::{
+    ConditionStatus, Mesh, MeshSpec,
+    condition::{carry_transition_times, condition},
+    mesh::{CertificateSummary, TrustAnchorMode, conditions::IDENTITY_READY},
+};
+
+use super::{Authority, Ca, CaError};
+
+/// The field manager of the identity controller's writes.
+const FIELD_MANAGER: &str = "weft-operator/identity";
+/// The Secret holding a generated trust anchor.
+pub const ANCHOR_SECRET: &str = "weft-trust-anchor";
+/// The Secret holding the issuer.
+pub const ISSUER_SECRET: &str = "weft-issuer";
+/// The ConfigMap holding the trust bundle in meshed namespaces, and its key.
+pub const BUNDLE_CONFIG_MAP: &str = "weft-trust-bundle";
+pub const BUNDLE_KEY: &str = "ca-bundle.pem";
+/// The namespace annotation that meshes a namespace.
+pub const INJECT_ANNOTATION: &str = "weft.dev/inject";
+/// How often the controller re-checks everything.
+const INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why the identity could not be made ready. Each becomes the `IdentityReady` reason.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the trust anchor Secret {namespace}/{name} does not exist")]
+    AnchorNotFound { namespace: String, name: String },
+    #[error("the trust anchor in Secret {name} is unusable: {source}")]
+    InvalidAnchor {
+        name: String,
+        #[source]
+        source: CaError,
+    },
+    #[error("the trust anchor {name} has expired")]
+    AnchorExpired { name: String },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[source] CaError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl IdentityError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::AnchorNotFound { .. } => "TrustAnchorNotFound",
+            Self::InvalidAnchor { .. } => "InvalidTrustAnchor",
+            Self::AnchorExpired { .. } => "TrustAnchorExpired",
+            Self::Generate(_) => "GenerationFailed",
+            Self::Kube(_) => "KubernetesError",
+        }
+    }
+}
+
+/// The identity controller.
+pub struct IdentityController {
+    client: Client,
+    namespace: String,
+    authority: watch::Sender<Option<Arc<Authority>>>,
+    /// The bundle last published to each namespace.
+    published: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for IdentityController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityController")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentityController {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        authority: watch::Sender<Option<Arc<Authority>>>,
+    ) -> Self {
+        Self {
+            client,
+            namespace: namespace.to_string(),
+            authority,
+            published: BTreeMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            self.reconcile().await;
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(INTERVAL) => {}
+            }
+        }
+    }
+
+    async fn reconcile(&mut self) {
+        let meshes = Api::<Mesh>::all(self.client.clone());
+        let mesh = match meshes.get_opt(weft_api::ACTIVE_MESH_NAME).await {
+            Ok(Some(mesh)) => mesh,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the Mesh");
+                return;
+            }
+        };
+        let result = self.ensure_authority(&mesh.spec).await;
+        let verdict = match &result {
+            Ok(authority) => {
+                if let Err(error) = self.publish_bundle(authority.bundle_pem()).await {
+                    tracing::warn!(%error, "cannot publish the trust bundle");
+                }
+                Ok(authority.clone())
+            }
+            Err(error) => {
+                tracing::warn!(%error, "identity is not ready");
+                Err(error)
+            }
+        };
+        if let Err(error) = self.write_status(&mesh, verdict).await {
+            tracing::warn!(%error, "cannot write the Mesh's identity status");
+        }
+    }
+
+    async fn ensure_authority(&mut self, spec: &MeshSpec) -> Result<Arc<Authority>, IdentityError> {
+        let now = OffsetDateTime::now_utc();
+        let anchor = self.anchor(spec, now).await?;
+        let issuer = self.issuer(spec, &anchor, now).await?;
+        let current = self.authority.borrow().clone();
+        if let Some(current) = current
+            && current.issuer().fingerprint() == issuer.fingerprint()
+            && current.bundle_pem() == anchor.cert_pem()
+            && current.trust_domain() == spec.trust_domain
+        {
+            return Ok(current);
+        }
+        let authority = Arc::new(Authority::new(
+            issuer,
+            &[&anchor],
+            &spec.trust_domain,
+            spec.identity.workload_certificate_lifetime.get(),
+        ));
+        tracing::info!(
+            anchor = %anchor.fingerprint(),
+            issuer = %authority.issuer().fingerprint(),
+            "identity authority ready"
+        );
+        self.authority.send_replace(Some(authority.clone()));
+        Ok(authority)
+    }
+
+    async fn anchor(&self, spec: &MeshSpec, now: OffsetDateTime) -> Result<Ca, IdentityError> {
+        let anchor_spec = &spec.identity.trust_anchor;
+        let secrets = Api::<Secret>::namespaced(self.client.clone(), &self.namespace);
+        let name = match anchor_spec.mode {
+            TrustAnchorMode::External => anchor_spec.secret_name.clone().unwrap_or_default(),
+            TrustAnchorMode::Generated => ANCHOR_SECRET.to_string(),
+        };
+        let anchor = match secrets.get_opt(&name).await? {
+            Some(secret) => {
+                ca_from_secret(&secret).map_err(|source| IdentityError::InvalidAnchor {
+                    name: name.clone(),
+                    source,
+                })?
+            }
+            None if anchor_spec.mode == TrustAnchorMode::External => {
+                return Err(IdentityError::AnchorNotFound {
+                    namespace: self.namespace.clone(),
+                    name,
+                });
+            }
+            None => {
+                let anchor =
+                    Ca::generate_anchor(&spec.trust_domain, anchor_spec.lifetime.get(), now)
+                        .map_err(IdentityError::Generate)?;
+                secrets
+                    .create(&PostParams::default(), &ca_secret(&name, &anchor))
+                    .await?;
+                tracing::info!(fingerprint = %anchor.fingerprint(), "generated a trust anchor");
+                anchor
+            }
+        };
+        if anchor.not_after() <= now {
+            return Err(IdentityError::AnchorExpired { name });
+        }
+        Ok(anchor)
+    }
+
+    async fn issuer(
+        &self,
+        spec: &MeshSpec,
+        anchor: &Ca,
+        now: OffsetDateTime,
+    ) -> Result<Ca, IdentityError> {
+        let secrets = Api::<Secret>::namespaced(self.client.clone(), &self.namespace);
+        let lifetime = spec.identity.issuer_lifetime.get();
+        if let Some(secret) = secrets.get_opt(ISSUER_SECRET).await? {
+            match ca_from_secret(&secret) {
+                Ok(issuer)
+                    if super::ca::issued_by(&issuer, anchor)
+                        && !renewal_due(&issuer, lifetime, now) =>
+                {
+                    return Ok(issuer);
+                }
+                Ok(_) => {
+                    tracing::info!("the issuer is due for renewal or was signed by another anchor")
+                }
+                Err(error) => tracing::warn!(%error, "the issuer Secret is unusable; replacing it"),
+            }
+        }
+        // The issuer never outlives the anchor that signed it.
+        let until_anchor_expiry = Duration::try_from(anchor.not_after() - now).unwrap_or_default();
+        let issuer = anchor
+            .issue_intermediate(&spec.trust_domain, lifetime.min(until_anchor_expiry), now)
+            .map_err(IdentityError::Generate)?;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        secrets
+            .patch(
+                ISSUER_SECRET,
+                &params,
+                &Patch::Apply(&ca_secret(ISSUER_SECRET, &issuer)),
+            )
+            .await?;
+        tracing::info!(fingerprint = %issuer.fingerprint(), not_after = %issuer.not_after(), "issued a new issuer");
+        Ok(issuer)
+    }
+
+    async fn publish_bundle(&mut self, bundle: &str) -> Result<(), kube::Error> {
+        let namespaces = Api::<Namespace>::all(self.client.clone());
+        let meshed: Vec<String> = namespaces
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|ns| {
+                ns.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(INJECT_ANNOTATION))
+                    .is_some_and(|v| v == "enabled")
+            })
+            .filter_map(|ns| ns.metadata.name)
+            .collect();
+        self.published.retain(|ns, _| meshed.contains(ns));
+        for ns in meshed {
+            if self.published.get(&ns).is_some_and(|b| b == bundle) {
+                continue;
+            }
+            let config_map = json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": BUNDLE_CONFIG_MAP,
+                    "labels": {"app.kubernetes.io/part-of": "weft"},
+                },
+                "data": {BUNDLE_KEY: bundle},
+            });
+            Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
+                .patch(
+                    BUNDLE_CONFIG_MAP,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&config_map),
+                )
+                .await?;
+            tracing::info!(namespace = %ns, "trust bundle published");
+            self.published.insert(ns, bundle.to_string());
+        }
+        Ok(())
+    }
+
+    async fn write_status(
+        &self,
+        mesh: &Mesh,
+        verdict: Result<Arc<Authority>, &IdentityError>,
+    ) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        let current = mesh
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        let generation = mesh.metadata.generation;
+        let (cond, anchors, issuer) = match &verdict {
+            Ok(authority) => {
+                let anchors: Vec<CertificateSummary> =
+                    super::ca::pem_blocks(authority.bundle_pem(), "CERTIFICATE")
+                        .iter()
+                        .filter_map(|der| summary(der))
+                        .collect();
+                (
+                    condition(
+                        IDENTITY_READY,
+                        ConditionStatus::True,
+                        "Issuing",
+                        format!(
+                            "issuing certificates for trust domain {}",
+                            authority.trust_domain()
+                        ),
+                        generation,
+                        now,
+                    ),
+                    Some(anchors),
+                    summary(authority.issuer().cert_der()),
+                )
+            }
+            Err(error) => (
+                condition(
+                    IDENTITY_READY,
+                    ConditionStatus::False,
+                    error.reason(),
+                    error.to_string(),
+                    generation,
+                    now,
+                ),
+                None,
+                None,
+            ),
+        };
+        let cond = carry_transition_times(current, vec![cond]).remove(0);
+        let unchanged = mesh.status.as_ref().is_some_and(|s| {
+            weft_api::condition::find(&s.conditions, IDENTITY_READY) == Some(&cond)
+                && anchors.as_ref().is_none_or(|a| *a == s.trust_anchors)
+                && (issuer.is_none() || issuer == s.issuer)
+        });
+        if unchanged {
+            return Ok(());
+        }
+        let mut status = json!({"conditions": [cond]});
+        if let Some(anchors) = anchors {
+            status["trustAnchors"] = json!(anchors);
+        }
+        if let Some(issuer) = issuer {
+            status["issuer"] = json!(issuer);
+        }
+        let patch = json!({
+            "apiVersion": Mesh::api_version(&()),
+            "kind": Mesh::kind(&()),
+            "status": status,
+        });
+        Api::<Mesh>::all(self.client.clone())
+            .patch_status(
+                weft_api::ACTIVE_MESH_NAME,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Whether `issuer` is in the last third of `lifetime`.
+fn renewal_due(issuer: &Ca, lifetime: Duration, now: OffsetDateTime) -> bool {
+    let remaining = issuer.not_after() - now;
+    remaining < time::Duration::try_from(lifetime / 3).unwrap_or(time::Duration::ZERO)
+}
+
+fn ca_from_secret(secret: &Secret) -> Result<Ca, CaError> {
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    Ca::from_pem(&text("tls.crt"), &text("tls.key"))
+}
+
+fn ca_secret(name: &str, ca: &Ca) -> Secret {
+    let mut data = BTreeMap::new();
+    data.insert(
+        "tls.crt".to_string(),
+        ByteString(ca.cert_pem().as_bytes().to_vec()),
+    );
+    data.insert(
+        "tls.key".to_string(),
+        ByteString(ca.key_pem().as_bytes().to_vec()),
+    );
+    let mut secret = Secret {
+        data: Some(data),
+        type_: Some("kubernetes.io/tls".to_string()),
+        ..Secret::default()
+    };
+    secret.metadata.name = Some(name.to_string());
+    secret.metadata.labels = Some(BTreeMap::from([(
+        "app.kubernetes.io/part-of".to_string(),
+        "weft".to_string(),
+    )]));
+    secret
+}
+
+fn summary(der: &[u8]) -> Option<CertificateSummary> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let not_after = Timestamp::from_second(cert.validity().not_after.timestamp()).ok()?;
+    Some(CertificateSummary {
+        fingerprint: super::ca::fingerprint(der),
+        subject: Some(cert.subject().to_string()),
+        not_after: Time(not_after),
+    })
+}
