@@ -7,7 +7,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 WEFT_CACHE ?= $(HOME)/.cache/weft
 KUBECONFIG_E2E := $(WEFT_CACHE)/cluster/admin.kubeconfig
 
-.PHONY: help build unit test e2e lint fmt crds run cluster-up cluster-down install
+.PHONY: help build unit test e2e bench lint fmt crds run cluster-up cluster-down install
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -31,6 +31,9 @@ cluster-down: ## Stop the local cluster and remove everything it made
 
 install: build ## Build the images and install Weft into the local cluster from deploy/
 	KUBECONFIG=$(KUBECONFIG_E2E) e2e/install.sh
+
+bench: ## Benchmarks; each prints its figures
+	$(CARGO) bench --locked -p weft-operator --bench certify
 
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check

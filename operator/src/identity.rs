@@ -18,6 +18,7 @@ pub mod certify;
 pub mod controller;
 pub mod csr;
 pub mod spiffe;
+pub mod test_util;
 
 pub use self::{
     authority::{Authority, CurrentAuthority},

@@ -5,10 +5,12 @@
 //! an older CRD, or written while the CRD was being upgraded, never met those rules)
 //! and report each problem with its field named.
 //!
-//! `Ready` is this controller's condition. The identity, injector and discovery
-//! controllers own `IdentityReady`, `InjectorReady` and `DiscoveryReady`; each writes
-//! its own condition with its own field manager, so their writes never clobber each
-//! other.
+//! `Ready` is this controller's condition, and what `kubectl wait mesh/default` waits
+//! for: the configuration is usable and every component reports ready. The identity,
+//! injector and discovery controllers own `IdentityReady`, `InjectorReady` and
+//! `DiscoveryReady`; each writes its own condition with its own field manager, so their
+//! writes never clobber each other. Today only identity exists; the others join the
+//! verdict in [`judge`] as they land.
 
 pub mod controller;
 
@@ -16,7 +18,10 @@ use k8s_openapi::jiff::Timestamp;
 use weft_api::{
     ACTIVE_MESH_NAME, Condition, ConditionStatus, Mesh, MeshSpec,
     condition::{carry_transition_times, condition},
-    mesh::{TrustAnchorMode, conditions::READY},
+    mesh::{
+        TrustAnchorMode,
+        conditions::{IDENTITY_READY, READY},
+    },
 };
 
 /// Reasons of the `Ready` condition.
@@ -27,6 +32,8 @@ pub mod reasons {
     pub const NOT_THE_ACTIVE_MESH: &str = "NotTheActiveMesh";
     /// The active Mesh, but its configuration cannot be used.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The active Mesh, but workload certificates cannot be issued yet.
+    pub const IDENTITY_NOT_READY: &str = "IdentityNotReady";
 }
 
 /// What the operator makes of one Mesh.
@@ -37,8 +44,10 @@ pub struct Verdict {
     pub message: String,
 }
 
-/// Judges the Mesh named `name` with `spec`.
-pub fn judge(name: &str, spec: &MeshSpec) -> Verdict {
+/// Judges the Mesh named `name` with `spec`, given the conditions the other
+/// controllers reported on it: the mesh is Ready when its configuration is usable and
+/// every component that exists so far (today: identity) says it is ready.
+pub fn judge(name: &str, spec: &MeshSpec, conditions: &[Condition]) -> Verdict {
     if name != ACTIVE_MESH_NAME {
         return Verdict {
             ready: false,
@@ -49,21 +58,32 @@ pub fn judge(name: &str, spec: &MeshSpec) -> Verdict {
         };
     }
     let problems = spec_problems(spec);
-    if problems.is_empty() {
-        Verdict {
+    if !problems.is_empty() {
+        return Verdict {
+            ready: false,
+            reason: reasons::INVALID_SPEC,
+            message: problems.join("; "),
+        };
+    }
+    match weft_api::condition::find(conditions, IDENTITY_READY) {
+        Some(identity) if identity.status == "True" => Verdict {
             ready: true,
             reason: reasons::CONFIGURED,
             message: format!(
                 "the mesh is configured with trust domain {}",
                 spec.trust_domain
             ),
-        }
-    } else {
-        Verdict {
+        },
+        Some(identity) => Verdict {
             ready: false,
-            reason: reasons::INVALID_SPEC,
-            message: problems.join("; "),
-        }
+            reason: reasons::IDENTITY_NOT_READY,
+            message: format!("identity: {}", identity.message),
+        },
+        None => Verdict {
+            ready: false,
+            reason: reasons::IDENTITY_NOT_READY,
+            message: "waiting for the identity controller".to_string(),
+        },
     }
 }
 
@@ -177,17 +197,47 @@ mod tests {
         Timestamp::from_second(secs).unwrap()
     }
 
+    /// What the identity controller reports once it issues certificates.
+    fn identity_ready() -> Vec<Condition> {
+        vec![condition(
+            IDENTITY_READY,
+            ConditionStatus::True,
+            "Issuing",
+            "",
+            Some(1),
+            at(1),
+        )]
+    }
+
     #[test]
     fn default_is_active_and_ready() {
-        let v = judge("default", &MeshSpec::default());
+        let v = judge("default", &MeshSpec::default(), &identity_ready());
         assert!(v.ready);
         assert_eq!(v.reason, reasons::CONFIGURED);
         assert!(v.message.contains("cluster.local"));
     }
 
     #[test]
+    fn the_active_mesh_waits_for_identity() {
+        let v = judge("default", &MeshSpec::default(), &[]);
+        assert!(!v.ready);
+        assert_eq!(v.reason, reasons::IDENTITY_NOT_READY);
+        let broken = vec![condition(
+            IDENTITY_READY,
+            ConditionStatus::False,
+            "TrustAnchorNotFound",
+            "the trust anchor Secret weft-system/mine does not exist",
+            Some(1),
+            at(1),
+        )];
+        let v = judge("default", &MeshSpec::default(), &broken);
+        assert!(!v.ready);
+        assert!(v.message.contains("weft-system/mine"), "{}", v.message);
+    }
+
+    #[test]
     fn any_other_name_is_not_the_active_mesh() {
-        let v = judge("staging", &MeshSpec::default());
+        let v = judge("staging", &MeshSpec::default(), &identity_ready());
         assert!(!v.ready);
         assert_eq!(v.reason, reasons::NOT_THE_ACTIVE_MESH);
         assert!(v.message.contains("staging"));
@@ -204,7 +254,7 @@ mod tests {
             lifetime: Duration::from_hours(1),
         };
         spec.proxy.ports.admin = spec.proxy.ports.inbound;
-        let v = judge("default", &spec);
+        let v = judge("default", &spec, &identity_ready());
         assert!(!v.ready);
         assert_eq!(v.reason, reasons::INVALID_SPEC);
         for field in [
@@ -233,7 +283,7 @@ mod tests {
     #[test]
     fn status_observes_the_generation_and_keeps_transition_times() {
         let mut m = mesh("default", MeshSpec::default());
-        let verdict = judge("default", &m.spec);
+        let verdict = judge("default", &m.spec, &identity_ready());
         let first = ready_status(&m, &verdict, at(100));
         assert_eq!(first.observed_generation, Some(3));
         assert_eq!(first.ready.status, "True");
@@ -263,14 +313,14 @@ mod tests {
     #[test]
     fn a_verdict_change_is_a_transition() {
         let mut m = mesh("default", MeshSpec::default());
-        let ok = ready_status(&m, &judge("default", &m.spec), at(100));
+        let ok = ready_status(&m, &judge("default", &m.spec, &identity_ready()), at(100));
         m.status = Some(MeshState {
             observed_generation: ok.observed_generation,
             conditions: vec![ok.ready.clone()],
             ..MeshState::default()
         });
         m.spec.proxy.ports.admin = m.spec.proxy.ports.inbound;
-        let bad = ready_status(&m, &judge("default", &m.spec), at(200));
+        let bad = ready_status(&m, &judge("default", &m.spec, &identity_ready()), at(200));
         assert_eq!(bad.ready.status, "False");
         assert!(is_transition(&m, &bad));
         assert_ne!(

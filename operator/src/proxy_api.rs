@@ -79,6 +79,8 @@ pub async fn serve<R: TokenReviewer>(
             let Ok((tcp, peer)) = listener.accept().await else {
                 continue;
             };
+            // Small request/response exchanges: never wait on Nagle and delayed ACKs.
+            let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -420,6 +420,7 @@ mod tests {
         );
         assert_eq!(c.default_inbound_policy, DefaultPolicy::AllUnauthenticated);
         assert_eq!(c.log_format, LogFormat::Plain);
+        assert_eq!(c.identity, None);
     }
 
     #[test]
@@ -431,6 +432,7 @@ mod tests {
             (ENV_INBOUND_LISTEN_ADDR, "0.0.0.0:9143"),
             (ENV_OUTBOUND_LISTEN_ADDR, "127.0.0.1:9140"),
             (ENV_CONTROL_ADDR, "198.19.0.20:8090"),
+            (ENV_IDENTITY, "spiffe://cluster.local/ns/shop/sa/web"),
             (ENV_IDENTITY_TOKEN_FILE, "/t"),
             (ENV_TRUST_BUNDLE_FILE, "/b.pem"),
             (ENV_DETECT_TIMEOUT, "500ms"),
@@ -448,6 +450,10 @@ mod tests {
                 host: "198.19.0.20".into(),
                 port: 8090
             }
+        );
+        assert_eq!(
+            c.identity.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/web")
         );
         assert_eq!(c.identity_token_file, "/t");
         assert_eq!(c.detect_timeout, Duration::from_millis(500));
@@ -470,6 +476,7 @@ mod tests {
             (ENV_ADMIN_LISTEN_ADDR, "4191"),
             (ENV_INBOUND_LISTEN_ADDR, "0.0.0.0:99999"),
             (ENV_CONTROL_ADDR, "no-port"),
+            (ENV_IDENTITY, "spiffe://cluster.local/sa/web"),
             (ENV_IDENTITY_TOKEN_FILE, "relative/token"),
             (ENV_DETECT_TIMEOUT, "-1s"),
             (ENV_SHUTDOWN_GRACE_PERIOD, "30"),
@@ -486,6 +493,7 @@ mod tests {
                 ENV_ADMIN_LISTEN_ADDR,
                 ENV_INBOUND_LISTEN_ADDR,
                 ENV_CONTROL_ADDR,
+                ENV_IDENTITY,
                 ENV_IDENTITY_TOKEN_FILE,
                 ENV_DETECT_TIMEOUT,
                 ENV_SHUTDOWN_GRACE_PERIOD,
@@ -494,7 +502,7 @@ mod tests {
             ]
         );
         let report = err.to_string();
-        assert!(report.contains("10 bad variables"), "{report}");
+        assert!(report.contains("11 bad variables"), "{report}");
         assert!(
             report.contains("WEFT_PROXY_LOG_FORMAT=\"xml\": expected `plain` or `json`"),
             "{report}"

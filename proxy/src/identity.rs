@@ -154,8 +154,9 @@ pub async fn certify(settings: &Settings) -> Result<Credentials, CertifyError> {
     })
 }
 
-/// A TLS 1.3 channel to the operator, verifying it against `bundle`.
-async fn connect(
+/// A TLS 1.3 gRPC channel to the operator at `control`, verifying its certificate
+/// against the PEM trust `bundle` and the host name.
+pub async fn connect(
     control: &ControlAddr,
     bundle: &str,
 ) -> Result<tonic::transport::Channel, CertifyError> {
@@ -194,6 +195,7 @@ async fn connect(
                 (connector.clone(), server_name.clone(), target.clone());
             async move {
                 let tcp = tokio::net::TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
                 let tls = connector.connect(server_name, tcp).await?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
             }

@@ -82,6 +82,12 @@ impl<R: TokenReviewer> Certify<R> {
                 )),
             ));
         }
+        if req.token.trim().is_empty() {
+            return Err(self.refuse(
+                "empty_token",
+                Status::unauthenticated("no ServiceAccount token was sent"),
+            ));
+        }
         let owner = self
             .reviewer
             .review(&req.token)

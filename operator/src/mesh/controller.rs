@@ -116,7 +116,12 @@ async fn reconcile(mesh: Arc<Mesh>, ctx: Arc<Context>) -> Result<Action, Error> 
 
 async fn apply_verdict(mesh: &Mesh, ctx: &Context) -> Result<(), Error> {
     let name = mesh.name_any();
-    let verdict = judge(&name, &mesh.spec);
+    let conditions = mesh
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let verdict = judge(&name, &mesh.spec, conditions);
     let desired = ready_status(mesh, &verdict, Timestamp::now());
     if is_current(mesh, &desired) {
         return Ok(());

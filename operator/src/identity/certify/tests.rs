@@ -1,14 +1,15 @@
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
-use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
-use time::OffsetDateTime;
 use tokio::sync::watch;
 use tonic::Code;
 use weft_proxy_api::v1::CertifyRequest;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::*;
-use crate::identity::{Authority, Ca};
+use crate::identity::{
+    Authority,
+    test_util::{self, csr},
+};
 
 /// Tokens are `token-<namespace>-<serviceaccount>`; anything else is rejected.
 struct FakeReviewer(HashMap<String, TokenOwner>);
@@ -38,15 +39,8 @@ impl TokenReviewer for FakeReviewer {
     }
 }
 
-const DAY: Duration = Duration::from_secs(24 * 3600);
-
 fn authority() -> Arc<Authority> {
-    let now = OffsetDateTime::now_utc();
-    let anchor = Ca::generate_anchor("cluster.local", 365 * DAY, now).unwrap();
-    let issuer = anchor
-        .issue_intermediate("cluster.local", 30 * DAY, now)
-        .unwrap();
-    Arc::new(Authority::new(issuer, &[&anchor], "cluster.local", DAY))
+    test_util::authority().1
 }
 
 fn service(authority: Option<Arc<Authority>>) -> (Certify<FakeReviewer>, Arc<Metrics>) {
@@ -56,13 +50,6 @@ fn service(authority: Option<Arc<Authority>>) -> (Certify<FakeReviewer>, Arc<Met
         Certify::new(rx, FakeReviewer::new(), metrics.clone()),
         metrics,
     )
-}
-
-fn csr(identity: &str) -> Vec<u8> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into().unwrap())];
-    params.serialize_request(&key).unwrap().der().to_vec()
 }
 
 fn request(identity: &str, token: &str, csr: Vec<u8>) -> CertifyRequest {
@@ -141,7 +128,10 @@ async fn rejected_tokens_are_unauthenticated() {
 
 #[tokio::test]
 async fn bad_requests_get_the_right_status() {
-    let (svc, _) = service(Some(authority()));
+    let (svc, metrics) = service(Some(authority()));
+    let err = svc.certify(request(WEB, "", csr(WEB))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(metrics.encode().contains(r#"reason="empty_token""#));
     let err = svc
         .certify(request(WEB, "token-shop-web", b"garbage".to_vec()))
         .await

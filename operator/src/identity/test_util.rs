@@ -1,0 +1,92 @@
+//! Test data for identity, shared by the unit, integration and end-to-end tests and
+//! the benchmark.
+
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+
+/// A DER CSR for `identity` (a SPIFFE id) with a fresh P-256 key, as a proxy makes it.
+pub fn csr(identity: &str) -> Vec<u8> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("a P-256 key");
+    let mut params = CertificateParams::default();
+    let uri = identity.to_string().try_into().expect("a URI SAN");
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params
+        .serialize_request(&key)
+        .expect("a CSR")
+        .der()
+        .to_vec()
+}
+
+/// A fresh trust anchor and an authority whose issuer it signed, for `cluster.local`,
+/// handing out 24h leaves.
+pub fn authority() -> (super::Ca, std::sync::Arc<super::Authority>) {
+    const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    let now = time::OffsetDateTime::now_utc();
+    let anchor = super::Ca::generate_anchor("cluster.local", 365 * DAY, now).expect("an anchor");
+    let issuer = anchor
+        .issue_intermediate("cluster.local", 30 * DAY, now)
+        .expect("an issuer");
+    let authority = super::Authority::new(issuer, &[&anchor], "cluster.local", DAY);
+    (anchor, std::sync::Arc::new(authority))
+}
+
+/// A token reviewer for tests: a token `<namespace>/<serviceaccount>` belongs to that
+/// ServiceAccount; anything else is rejected.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SlashTokens;
+
+impl super::certify::TokenReviewer for SlashTokens {
+    async fn review(
+        &self,
+        token: &str,
+    ) -> Result<super::certify::TokenOwner, super::certify::ReviewError> {
+        let (namespace, service_account) = token.split_once('/').ok_or_else(|| {
+            super::certify::ReviewError::Rejected(format!("unknown token {token:?}"))
+        })?;
+        Ok(super::certify::TokenOwner {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+        })
+    }
+}
+
+/// A proxy API server on a free loopback port, with a fresh [`authority`] and
+/// [`SlashTokens`], serving `localhost`. It stops when dropped.
+#[derive(Debug)]
+pub struct TestProxyApi {
+    pub port: u16,
+    /// The trust bundle (PEM) clients verify the server with.
+    pub bundle: String,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    _authority: tokio::sync::watch::Sender<Option<std::sync::Arc<super::Authority>>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts a [`TestProxyApi`]. Its serving certificate is issued asynchronously, so a
+/// client may have to retry its first connection for a moment.
+pub async fn proxy_api() -> TestProxyApi {
+    let (anchor, authority) = authority();
+    let (authority_tx, authority_rx) = tokio::sync::watch::channel(Some(authority));
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let certify = super::certify::Certify::new(authority_rx.clone(), SlashTokens, metrics.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    drop(listener);
+    let serving = crate::proxy_api::ServingIdentity {
+        namespace: "weft-system".into(),
+        service_account: "weft-operator".into(),
+        dns_names: vec!["localhost".into()],
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    crate::proxy_api::serve(addr, authority_rx, serving, certify, async move {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("the proxy API listens");
+    TestProxyApi {
+        port: addr.port(),
+        bundle: anchor.cert_pem().to_string(),
+        metrics,
+        _authority: authority_tx,
+        _stop: stop,
+    }
+}
