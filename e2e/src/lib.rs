@@ -261,3 +261,57 @@ pub fn dump_cluster_logs() {
         );
     }
 }
+
+/// A pod running only the proxy, as ServiceAccount `sa`, asking for `identity`.
+pub fn proxy_pod(ns: &str, name: &str, sa: &str, identity: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {sa}, namespace: {ns}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {ns}, labels: {{weft.dev/e2e-app: {name}}}}}
+spec:
+  serviceAccountName: {sa}
+  containers:
+  - name: weft-proxy
+    image: weft.local/weft-proxy:dev
+    imagePullPolicy: IfNotPresent
+    env:
+    - {{name: WEFT_PROXY_IDENTITY, value: "{identity}"}}
+    - {{name: WEFT_PROXY_CONTROL_ADDR, value: "weft-proxy-api.weft-system.svc.cluster.local:8090"}}
+    - {{name: WEFT_PROXY_LOG, value: "info"}}
+    ports: [{{name: admin, containerPort: 4191}}]
+    readinessProbe: {{httpGet: {{path: /ready, port: admin}}, periodSeconds: 1}}
+    volumeMounts:
+    - {{name: identity-token, mountPath: /var/run/secrets/weft.dev/identity, readOnly: true}}
+    - {{name: trust-bundle, mountPath: /var/run/weft.dev/trust, readOnly: true}}
+  volumes:
+  - name: identity-token
+    projected:
+      sources:
+      - serviceAccountToken: {{path: token, audience: weft.dev/identity, expirationSeconds: 3600}}
+  - name: trust-bundle
+    configMap: {{name: weft-trust-bundle}}
+"#
+    )
+}
+
+/// The proxy's `/metrics`, through the API server's pod proxy.
+pub fn proxy_metrics(ns: &str, pod: &str) -> String {
+    kubectl_ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/pods/{pod}:4191/proxy/metrics"),
+    ])
+}
+
+/// The value of the first sample of `name` (with its labels, if given) in `text`.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

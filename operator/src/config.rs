@@ -34,6 +34,11 @@ pub struct Args {
     #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
 
+    /// How long a new trust bundle takes to reach every proxy (the kubelet's ConfigMap
+    /// sync), in seconds: a rotated trust anchor signs only after this long.
+    #[arg(long, env = "WEFT_BUNDLE_PROPAGATION_SECONDS", default_value_t = 120)]
+    pub bundle_propagation_seconds: u64,
+
     /// The operator's pod name, to tell replicas apart in Events.
     #[arg(long, env = "WEFT_POD_NAME", default_value = "")]
     pub pod_name: String,

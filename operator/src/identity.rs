@@ -12,11 +12,13 @@
 //!   in memory and sends a CSR; the leaf is built from the operator's own parameters,
 //!   never from what the CSR asks for beyond its public key and its one identity.
 
+pub mod anchors;
 pub mod authority;
 pub mod ca;
 pub mod certify;
 pub mod controller;
 pub mod csr;
+pub mod rotation;
 pub mod spiffe;
 pub mod test_util;
 

@@ -48,6 +48,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         identity::controller::IdentityController::new(
             client.clone(),
             &args.namespace,
+            std::time::Duration::from_secs(args.bundle_propagation_seconds),
+            reporter(&args.pod_name),
             authority_tx,
         )
         .run(wait_for(shutdown_rx.clone())),
@@ -91,6 +93,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     proxy_api.await.context("proxy API panicked")?;
     admin.await.context("admin server panicked")?;
     Ok(())
+}
+
+/// Who the operator's Events come from.
+pub fn reporter(pod_name: &str) -> kube::runtime::events::Reporter {
+    kube::runtime::events::Reporter {
+        controller: "weft-operator".into(),
+        instance: (!pod_name.is_empty()).then(|| pod_name.to_string()),
+    }
 }
 
 /// Resolves once `shutdown` turns true.

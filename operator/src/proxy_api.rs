@@ -133,6 +133,11 @@ async fn renew_serving_cert(
                 }
             }
         }
+        // Wake at the renewal time; after a failure, retry every RENEW_CHECK.
+        let sleep = renew_at
+            .and_then(|at| Duration::try_from(at - OffsetDateTime::now_utc()).ok())
+            .filter(|left| !left.is_zero())
+            .map_or(RENEW_CHECK, |left| left.min(RENEW_CHECK));
         tokio::select! {
             changed = authority.changed() => {
                 if changed.is_err() {
@@ -140,7 +145,7 @@ async fn renew_serving_cert(
                 }
                 renew_at = None;
             }
-            _ = tokio::time::sleep(RENEW_CHECK) => {}
+            _ = tokio::time::sleep(sleep) => {}
         }
     }
 }

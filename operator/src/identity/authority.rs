@@ -22,13 +22,13 @@ pub struct Authority {
 pub type CurrentAuthority = tokio::sync::watch::Receiver<Option<Arc<Authority>>>;
 
 impl Authority {
+    /// An authority signing with `issuer`, whose leaves verify against `bundle_pem`.
     pub fn new(
         issuer: Ca,
-        anchors: &[&Ca],
+        bundle_pem: String,
         trust_domain: &str,
         workload_lifetime: Duration,
     ) -> Self {
-        let bundle_pem = anchors.iter().map(|a| a.cert_pem()).collect::<String>();
         Self {
             issuer,
             bundle_pem,

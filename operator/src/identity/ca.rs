@@ -45,6 +45,7 @@ pub struct Ca {
     cert_der: Vec<u8>,
     cert_pem: String,
     key_pem: String,
+    not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     issuer: Issuer<'static, KeyPair>,
 }
@@ -120,6 +121,7 @@ impl Ca {
         if spki.raw != key.subject_public_key_info().as_slice() {
             return Err(CaError::KeyMismatch);
         }
+        let not_before = cert.validity().not_before.to_datetime();
         let not_after = cert.validity().not_after.to_datetime();
         let cert_pem = pem_encode("CERTIFICATE", &cert_der);
         let key_pem = key.serialize_pem();
@@ -129,6 +131,7 @@ impl Ca {
             cert_der,
             cert_pem,
             key_pem,
+            not_before,
             not_after,
             issuer,
         })
@@ -165,6 +168,10 @@ impl Ca {
     /// The private key, PEM PKCS#8: only ever written to the CA's own Secret.
     pub fn key_pem(&self) -> &str {
         &self.key_pem
+    }
+
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.not_before
     }
 
     pub fn not_after(&self) -> OffsetDateTime {

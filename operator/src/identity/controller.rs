@@ -24,6 +24,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource,
     api::{ListParams, Patch, PatchParams, PostParams},
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -34,7 +35,11 @@ use weft_api::{
     mesh::{CertificateSummary, TrustAnchorMode, conditions::IDENTITY_READY},
 };
 
-use super::{Authority, Ca, CaError};
+use super::{
+    Authority, Ca, CaError,
+    anchors::{self, AnchorSet},
+    rotation::{Policy, Step, next_step},
+};
 
 /// The field manager of the identity controller's writes.
 const FIELD_MANAGER: &str = "weft-operator/identity";
@@ -85,6 +90,9 @@ impl IdentityError {
 pub struct IdentityController {
     client: Client,
     namespace: String,
+    /// How long a new trust bundle takes to reach every proxy.
+    propagation: Duration,
+    recorder: Recorder,
     authority: watch::Sender<Option<Arc<Authority>>>,
     /// The bundle last published to each namespace.
     published: BTreeMap<String, String>,
@@ -102,11 +110,15 @@ impl IdentityController {
     pub fn new(
         client: Client,
         namespace: &str,
+        propagation: Duration,
+        reporter: Reporter,
         authority: watch::Sender<Option<Arc<Authority>>>,
     ) -> Self {
         Self {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             namespace: namespace.to_string(),
+            propagation,
             authority,
             published: BTreeMap::new(),
         }
@@ -134,13 +146,13 @@ impl IdentityController {
                 return;
             }
         };
-        let result = self.ensure_authority(&mesh.spec).await;
-        let verdict = match &result {
-            Ok(authority) => {
+        let result = self.ensure_authority(&mesh).await;
+        let verdict = match result {
+            Ok((authority, health)) => {
                 if let Err(error) = self.publish_bundle(authority.bundle_pem()).await {
                     tracing::warn!(%error, "cannot publish the trust bundle");
                 }
-                Ok(authority.clone())
+                Ok((authority, health))
             }
             Err(error) => {
                 tracing::warn!(%error, "identity is not ready");
@@ -152,68 +164,185 @@ impl IdentityController {
         }
     }
 
-    async fn ensure_authority(&mut self, spec: &MeshSpec) -> Result<Arc<Authority>, IdentityError> {
+    async fn ensure_authority(
+        &mut self,
+        mesh: &Mesh,
+    ) -> Result<(Arc<Authority>, Health), IdentityError> {
+        let spec = &mesh.spec;
         let now = OffsetDateTime::now_utc();
-        let anchor = self.anchor(spec, now).await?;
-        let issuer = self.issuer(spec, &anchor, now).await?;
+        let (anchors, health) = self.anchors(mesh, now).await?;
+        let issuer = self.issuer(spec, &anchors.current, now).await?;
+        let bundle = anchors.bundle_pem();
         let current = self.authority.borrow().clone();
         if let Some(current) = current
             && current.issuer().fingerprint() == issuer.fingerprint()
-            && current.bundle_pem() == anchor.cert_pem()
+            && current.bundle_pem() == bundle
             && current.trust_domain() == spec.trust_domain
         {
-            return Ok(current);
+            return Ok((current, health));
         }
         let authority = Arc::new(Authority::new(
             issuer,
-            &[&anchor],
+            bundle,
             &spec.trust_domain,
             spec.identity.workload_certificate_lifetime.get(),
         ));
         tracing::info!(
-            anchor = %anchor.fingerprint(),
+            anchor = %anchors.current.fingerprint(),
             issuer = %authority.issuer().fingerprint(),
             "identity authority ready"
         );
         self.authority.send_replace(Some(authority.clone()));
-        Ok(authority)
+        Ok((authority, health))
     }
 
-    async fn anchor(&self, spec: &MeshSpec, now: OffsetDateTime) -> Result<Ca, IdentityError> {
+    /// The anchors, rotated one step when one is due.
+    async fn anchors(
+        &self,
+        mesh: &Mesh,
+        now: OffsetDateTime,
+    ) -> Result<(AnchorSet, Health), IdentityError> {
+        let spec = &mesh.spec;
         let anchor_spec = &spec.identity.trust_anchor;
         let secrets = Api::<Secret>::namespaced(self.client.clone(), &self.namespace);
-        let name = match anchor_spec.mode {
-            TrustAnchorMode::External => anchor_spec.secret_name.clone().unwrap_or_default(),
-            TrustAnchorMode::Generated => ANCHOR_SECRET.to_string(),
-        };
-        let anchor = match secrets.get_opt(&name).await? {
-            Some(secret) => {
-                ca_from_secret(&secret).map_err(|source| IdentityError::InvalidAnchor {
+        if anchor_spec.mode == TrustAnchorMode::External {
+            let name = anchor_spec.secret_name.clone().unwrap_or_default();
+            let secret =
+                secrets
+                    .get_opt(&name)
+                    .await?
+                    .ok_or_else(|| IdentityError::AnchorNotFound {
+                        namespace: self.namespace.clone(),
+                        name: name.clone(),
+                    })?;
+            let (data, _) = secret_parts(&secret);
+            let text = |key: &str| {
+                data.get(key)
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            };
+            let anchor = Ca::from_pem(&text(anchors::CURRENT_CERT), &text(anchors::CURRENT_KEY))
+                .map_err(|source| IdentityError::InvalidAnchor {
                     name: name.clone(),
                     source,
-                })?
+                })?;
+            if anchor.not_after() <= now {
+                return Err(IdentityError::AnchorExpired { name });
             }
-            None if anchor_spec.mode == TrustAnchorMode::External => {
-                return Err(IdentityError::AnchorNotFound {
-                    namespace: self.namespace.clone(),
-                    name,
-                });
+            let life = anchor.not_after() - anchor.not_before();
+            let health = if anchor.not_after() - now < life / 3 {
+                Health::AnchorExpiringSoon(format!(
+                    "the trust anchor in Secret {name} expires at {}; replace it before then",
+                    anchor.not_after()
+                ))
+            } else {
+                Health::Issuing
+            };
+            return Ok((AnchorSet::new(anchor), health));
+        }
+
+        let policy = Policy {
+            automatic: spec.identity.automatic_rotation,
+            propagation: self.propagation,
+            workload_lifetime: spec.identity.workload_certificate_lifetime.get(),
+        };
+        let lifetime = anchor_spec.lifetime.get();
+        let (set, resource_version) = match secrets.get_opt(ANCHOR_SECRET).await? {
+            Some(secret) => {
+                let (data, annotations) = secret_parts(&secret);
+                let set = AnchorSet::from_secret(&data, &annotations).map_err(|source| {
+                    IdentityError::InvalidAnchor {
+                        name: ANCHOR_SECRET.into(),
+                        source,
+                    }
+                })?;
+                (set, secret.metadata.resource_version)
             }
             None => {
-                let anchor =
-                    Ca::generate_anchor(&spec.trust_domain, anchor_spec.lifetime.get(), now)
-                        .map_err(IdentityError::Generate)?;
+                let set = AnchorSet::new(
+                    Ca::generate_anchor(&spec.trust_domain, lifetime, now)
+                        .map_err(IdentityError::Generate)?,
+                );
                 secrets
-                    .create(&PostParams::default(), &ca_secret(&name, &anchor))
+                    .create(&PostParams::default(), &anchor_secret(&set, None))
                     .await?;
-                tracing::info!(fingerprint = %anchor.fingerprint(), "generated a trust anchor");
-                anchor
+                tracing::info!(fingerprint = %set.current.fingerprint(), "generated a trust anchor");
+                (set, None)
             }
         };
-        if anchor.not_after() <= now {
-            return Err(IdentityError::AnchorExpired { name });
+        let step = next_step(&set.times(), &policy, now);
+        let set = if step == Step::Wait {
+            set
+        } else {
+            let set = set
+                .apply(step, &policy, &spec.trust_domain, lifetime, now)
+                .map_err(IdentityError::Generate)?;
+            secrets
+                .replace(
+                    ANCHOR_SECRET,
+                    &PostParams::default(),
+                    &anchor_secret(&set, resource_version),
+                )
+                .await?;
+            self.rotation_event(mesh, step, &set).await;
+            set
+        };
+        if set.current.not_after() <= now {
+            return Err(IdentityError::AnchorExpired {
+                name: ANCHOR_SECRET.into(),
+            });
         }
-        Ok(anchor)
+        let health = match (&set.next, &set.previous) {
+            (Some((next, at)), _) => Health::Rotating(format!(
+                "trust anchor {} is in the bundle and signs from {}",
+                short(&next.fingerprint()),
+                *at + self.propagation
+            )),
+            (None, Some((_, retire_after))) => Health::Rotating(format!(
+                "trust anchor {} signs; the previous one leaves the bundle at {retire_after}",
+                short(&set.current.fingerprint())
+            )),
+            (None, None) => Health::Issuing,
+        };
+        Ok((set, health))
+    }
+
+    async fn rotation_event(&self, mesh: &Mesh, step: Step, set: &AnchorSet) {
+        let (reason, note) = match step {
+            Step::Start => (
+                "TrustAnchorRotationStarted",
+                format!(
+                    "new trust anchor {} added to the trust bundle",
+                    set.next
+                        .as_ref()
+                        .map(|(n, _)| short(&n.fingerprint()).to_string())
+                        .unwrap_or_default()
+                ),
+            ),
+            Step::Promote => (
+                "TrustAnchorPromoted",
+                format!(
+                    "trust anchor {} now signs the issuer",
+                    short(&set.current.fingerprint())
+                ),
+            ),
+            Step::Retire => (
+                "TrustAnchorRetired",
+                "the previous trust anchor left the trust bundle".to_string(),
+            ),
+            Step::Wait => return,
+        };
+        tracing::info!(reason, %note, "trust anchor rotation");
+        let event = Event {
+            type_: EventType::Normal,
+            reason: reason.into(),
+            note: Some(note),
+            action: "RotateTrustAnchor".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &mesh.object_ref(&())).await {
+            tracing::warn!(%error, "could not publish event");
+        }
     }
 
     async fn issuer(
@@ -301,7 +430,7 @@ impl IdentityController {
     async fn write_status(
         &self,
         mesh: &Mesh,
-        verdict: Result<Arc<Authority>, &IdentityError>,
+        verdict: Result<(Arc<Authority>, Health), IdentityError>,
     ) -> Result<(), kube::Error> {
         let now = Timestamp::now();
         let current = mesh
@@ -311,24 +440,34 @@ impl IdentityController {
             .unwrap_or_default();
         let generation = mesh.metadata.generation;
         let (cond, anchors, issuer) = match &verdict {
-            Ok(authority) => {
-                let anchors: Vec<CertificateSummary> =
-                    super::ca::pem_blocks(authority.bundle_pem(), "CERTIFICATE")
-                        .iter()
-                        .filter_map(|der| summary(der))
-                        .collect();
-                (
-                    condition(
-                        IDENTITY_READY,
+            Ok((authority, health)) => {
+                let (status, reason, message) = match health {
+                    Health::Issuing => (
                         ConditionStatus::True,
                         "Issuing",
                         format!(
                             "issuing certificates for trust domain {}",
                             authority.trust_domain()
                         ),
-                        generation,
-                        now,
                     ),
+                    Health::Rotating(message) => (
+                        ConditionStatus::True,
+                        "RotatingTrustAnchor",
+                        message.clone(),
+                    ),
+                    Health::AnchorExpiringSoon(message) => (
+                        ConditionStatus::False,
+                        "TrustAnchorExpiringSoon",
+                        message.clone(),
+                    ),
+                };
+                let anchors: Vec<CertificateSummary> =
+                    super::ca::pem_blocks(authority.bundle_pem(), "CERTIFICATE")
+                        .iter()
+                        .filter_map(|der| summary(der))
+                        .collect();
+                (
+                    condition(IDENTITY_READY, status, reason, message, generation, now),
                     Some(anchors),
                     summary(authority.issuer().cert_der()),
                 )
@@ -378,6 +517,54 @@ impl IdentityController {
     }
 }
 
+/// How identity is doing, when it works.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Health {
+    Issuing,
+    /// A trust anchor rotation is under way; what it is at.
+    Rotating(String),
+    /// A user-supplied anchor is close to expiry.
+    AnchorExpiringSoon(String),
+}
+
+/// A Secret's data and annotations.
+fn secret_parts(secret: &Secret) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, String>) {
+    let data = secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    (
+        data,
+        secret.metadata.annotations.clone().unwrap_or_default(),
+    )
+}
+
+/// The Secret holding a generated anchor set, at `resource_version` when replacing.
+fn anchor_secret(set: &AnchorSet, resource_version: Option<String>) -> Secret {
+    let (data, annotations) = set.to_secret();
+    let mut secret = Secret {
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        type_: Some("Opaque".to_string()),
+        ..Secret::default()
+    };
+    secret.metadata.name = Some(ANCHOR_SECRET.to_string());
+    secret.metadata.annotations = Some(annotations);
+    secret.metadata.resource_version = resource_version;
+    secret.metadata.labels = Some(BTreeMap::from([(
+        "app.kubernetes.io/part-of".to_string(),
+        "weft".to_string(),
+    )]));
+    secret
+}
+
+/// The first 12 hex digits of a fingerprint, enough to tell anchors apart in messages.
+fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..12).unwrap_or(fingerprint)
+}
+
 /// Whether `issuer` is in the last third of `lifetime`.
 fn renewal_due(issuer: &Ca, lifetime: Duration, now: OffsetDateTime) -> bool {
     let remaining = issuer.not_after() - now;
@@ -385,13 +572,13 @@ fn renewal_due(issuer: &Ca, lifetime: Duration, now: OffsetDateTime) -> bool {
 }
 
 fn ca_from_secret(secret: &Secret) -> Result<Ca, CaError> {
-    let data = secret.data.clone().unwrap_or_default();
+    let (data, _) = secret_parts(secret);
     let text = |key: &str| {
         data.get(key)
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default()
     };
-    Ca::from_pem(&text("tls.crt"), &text("tls.key"))
+    Ca::from_pem(&text(anchors::CURRENT_CERT), &text(anchors::CURRENT_KEY))
 }
 
 fn ca_secret(name: &str, ca: &Ca) -> Secret {

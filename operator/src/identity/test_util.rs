@@ -25,7 +25,8 @@ pub fn authority() -> (super::Ca, std::sync::Arc<super::Authority>) {
     let issuer = anchor
         .issue_intermediate("cluster.local", 30 * DAY, now)
         .expect("an issuer");
-    let authority = super::Authority::new(issuer, &[&anchor], "cluster.local", DAY);
+    let authority =
+        super::Authority::new(issuer, anchor.cert_pem().to_string(), "cluster.local", DAY);
     (anchor, std::sync::Arc::new(authority))
 }
 

@@ -11,7 +11,7 @@ use kube::{
     runtime::{
         Controller,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType, Recorder},
         watcher,
     },
 };
@@ -56,11 +56,7 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     pub fn new(client: Client, metrics: Arc<Metrics>, pod_name: &str) -> Arc<Self> {
-        let reporter = Reporter {
-            controller: "weft-operator".into(),
-            instance: (!pod_name.is_empty()).then(|| pod_name.to_string()),
-        };
-        let recorder = Recorder::new(client.clone(), reporter);
+        let recorder = Recorder::new(client.clone(), crate::reporter(pod_name));
         Arc::new(Self {
             client,
             metrics,

@@ -1,0 +1,214 @@
+//! Trust anchor rotation end to end, with lifetimes of minutes: the operator adds a
+//! new anchor to the bundle, switches the issuer to it, and retires the old one, while
+//! a proxy keeps a valid certificate and stays Ready the whole time.
+//!
+//! This test changes the cluster's Mesh and replaces its trust anchor, then puts both
+//! back; it is its own test binary so nothing else runs beside it.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use weft_e2e::{
+    kubectl, kubectl_ok, kubectl_stdin, metric, proxy_metrics, proxy_pod, with_temp_ns,
+};
+
+/// What `kubectl get mesh default` says of the anchors and the issuer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    anchors: Vec<String>,
+    issuer: String,
+}
+
+fn seen() -> Seen {
+    let anchors = kubectl_ok(&[
+        "get",
+        "mesh",
+        "default",
+        "-o",
+        "jsonpath={.status.trustAnchors[*].fingerprint}",
+    ]);
+    let issuer = kubectl_ok(&[
+        "get",
+        "mesh",
+        "default",
+        "-o",
+        "jsonpath={.status.issuer.fingerprint}",
+    ]);
+    Seen {
+        anchors: anchors.split_whitespace().map(str::to_string).collect(),
+        issuer,
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+/// Puts the Mesh and its anchor back to the defaults, even when the test fails.
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = kubectl(&[
+            "patch",
+            "mesh",
+            "default",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"identity":null}}"#,
+        ]);
+        let _ = kubectl(&[
+            "delete",
+            "secret",
+            "-n",
+            "weft-system",
+            "weft-trust-anchor",
+            "weft-issuer",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+#[tokio::test]
+async fn the_trust_anchor_rotates_while_a_proxy_stays_certified() {
+    let _restore = Restore;
+    // Minute-scale lifetimes, and a fresh anchor that has them.
+    kubectl_ok(&[
+        "patch",
+        "mesh",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"identity":{"trustAnchor":{"lifetime":"7m"},"issuerLifetime":"3m","workloadCertificateLifetime":"1m"}}}"#,
+    ]);
+    let before = seen();
+    kubectl_ok(&[
+        "delete",
+        "secret",
+        "-n",
+        "weft-system",
+        "weft-trust-anchor",
+        "weft-issuer",
+        "--ignore-not-found",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let first = loop {
+        let s = seen();
+        let fresh = s.anchors.len() == 1
+            && !before.anchors.contains(&s.anchors[0])
+            && !s.issuer.is_empty()
+            && s.issuer != before.issuer;
+        if fresh {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no fresh anchor: {s:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+
+    with_temp_ns("rotation", |_client, ns| async move {
+        kubectl_ok(&["annotate", "namespace", &ns, "weft.dev/inject=enabled"]);
+        let identity = format!("spiffe://cluster.local/ns/{ns}/sa/books");
+        let mut manifest = None;
+        // The bundle ConfigMap must exist before the pod can mount it.
+        for _ in 0..30 {
+            if kubectl(&["get", "configmap", "-n", &ns, "weft-trust-bundle"]).success {
+                manifest = Some(proxy_pod(&ns, "books", "books", &identity));
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let applied = kubectl_stdin(
+            &["apply", "-f", "-"],
+            &manifest.expect("the trust bundle was published"),
+        );
+        assert!(applied.success, "{}", applied.stderr);
+        let waited = kubectl(&[
+            "wait",
+            "-n",
+            &ns,
+            "--for=condition=Ready",
+            "pod/books",
+            "--timeout=120s",
+        ]);
+        assert!(waited.success, "{}{}", waited.stdout, waited.stderr);
+
+        // Watch the whole rotation: start (two anchors), promote (new issuer, new anchor
+        // first), retire (only the new anchor).
+        let original = first.anchors[0].clone();
+        let mut steps = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(9 * 60);
+        loop {
+            let s = seen();
+            if s.anchors.len() == 2 && s.anchors[0] == original {
+                steps.insert("started");
+            }
+            if s.anchors.len() == 2 && s.anchors[1] == original && s.issuer != first.issuer {
+                steps.insert("promoted");
+            }
+            if s.anchors.len() == 1 && s.anchors[0] != original {
+                steps.insert("retired");
+            }
+            // Throughout: the proxy is Ready and holds an unexpired certificate.
+            let ready = kubectl_ok(&[
+                "get",
+                "pod",
+                "-n",
+                &ns,
+                "books",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].ready}",
+            ]);
+            assert_eq!(
+                ready, "true",
+                "the proxy lost readiness during rotation at step {steps:?}, {s:?}"
+            );
+            let metrics = proxy_metrics(&ns, "books");
+            let expiry =
+                metric(&metrics, "identity_cert_expiration_timestamp_seconds").unwrap_or(0.0);
+            assert!(
+                expiry > unix_now(),
+                "the proxy's certificate expired during rotation: {metrics}"
+            );
+            if steps.contains("retired") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the rotation did not finish; saw {steps:?}, now {s:?}"
+            );
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        assert_eq!(
+            steps.len(),
+            3,
+            "every step was visible in kubectl get mesh: {steps:?}"
+        );
+
+        // The proxy renewed its 1-minute certificate from the new issuer and never failed
+        // for long.
+        let metrics = proxy_metrics(&ns, "books");
+        let ok = metric(&metrics, "identity_cert_refresh_total{result=\"ok\"}").unwrap_or(0.0);
+        assert!(ok >= 5.0, "the proxy kept renewing: {metrics}");
+
+        let events = kubectl_ok(&[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            "involvedObject.name=default",
+        ]);
+        for reason in [
+            "TrustAnchorRotationStarted",
+            "TrustAnchorPromoted",
+            "TrustAnchorRetired",
+        ] {
+            assert!(events.contains(reason), "no {reason} event:\n{events}");
+        }
+    })
+    .await;
+}
