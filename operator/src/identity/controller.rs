@@ -247,7 +247,7 @@ impl IdentityController {
             workload_lifetime: spec.identity.workload_certificate_lifetime.get(),
         };
         let lifetime = anchor_spec.lifetime.get();
-        let (set, resource_version) = match secrets.get_opt(ANCHOR_SECRET).await? {
+        let (set, stored) = match secrets.get_opt(ANCHOR_SECRET).await? {
             Some(secret) => {
                 let (data, annotations) = secret_parts(&secret);
                 let set = AnchorSet::from_secret(&data, &annotations).map_err(|source| {
@@ -256,7 +256,10 @@ impl IdentityController {
                         source,
                     }
                 })?;
-                (set, secret.metadata.resource_version)
+                (
+                    set,
+                    Some((data, annotations, secret.metadata.resource_version)),
+                )
             }
             None => {
                 let set = AnchorSet::new(
@@ -271,21 +274,41 @@ impl IdentityController {
             }
         };
         let step = next_step(&set.times(), &policy, now);
-        let set = if step == Step::Wait {
-            set
-        } else {
-            let set = set
-                .apply(step, &policy, &spec.trust_domain, lifetime, now)
-                .map_err(IdentityError::Generate)?;
-            secrets
-                .replace(
-                    ANCHOR_SECRET,
-                    &PostParams::default(),
-                    &anchor_secret(&set, resource_version),
-                )
-                .await?;
-            self.rotation_event(mesh, step, &set).await;
-            set
+        let mut unsaved = None;
+        let set = match (step, stored) {
+            (Step::Wait, _) | (_, None) => set,
+            (step, Some((data, annotations, resource_version))) => {
+                let rotated = set
+                    .apply(step, &policy, &spec.trust_domain, lifetime, now)
+                    .map_err(IdentityError::Generate)?;
+                match secrets
+                    .replace(
+                        ANCHOR_SECRET,
+                        &PostParams::default(),
+                        &anchor_secret(&rotated, resource_version),
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        self.rotation_event(mesh, step, &rotated).await;
+                        rotated
+                    }
+                    Err(error) => {
+                        // Keep serving with the anchors as stored; the step is retried
+                        // on the next pass, and identity stays up meanwhile.
+                        tracing::warn!(%error, ?step, "cannot save the trust anchor rotation");
+                        unsaved = Some(format!(
+                            "rotation step {step:?} could not be saved: {error}"
+                        ));
+                        AnchorSet::from_secret(&data, &annotations).map_err(|source| {
+                            IdentityError::InvalidAnchor {
+                                name: ANCHOR_SECRET.into(),
+                                source,
+                            }
+                        })?
+                    }
+                }
+            }
         };
         if set.current.not_after() <= now {
             return Err(IdentityError::AnchorExpired {
@@ -303,6 +326,10 @@ impl IdentityController {
                 short(&set.current.fingerprint())
             )),
             (None, None) => Health::Issuing,
+        };
+        let health = match unsaved {
+            Some(problem) => Health::Rotating(problem),
+            None => health,
         };
         Ok((set, health))
     }
