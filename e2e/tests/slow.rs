@@ -1,18 +1,30 @@
-//! Trust anchor rotation end to end, with lifetimes of minutes: the operator adds a
-//! new anchor to the bundle, switches the issuer to it, and retires the old one, while
-//! a proxy keeps a valid certificate and stays Ready the whole time.
+//! The tests that wait on real clocks, in one binary so their waits overlap:
 //!
-//! This test changes the cluster's Mesh and replaces its trust anchor, then puts both
-//! back; it is its own test binary so nothing else runs beside it.
+//! - trust anchor rotation end to end, with lifetimes of minutes: the operator adds a
+//!   new anchor to the bundle, switches the issuer to it, and retires the old one, while
+//!   a proxy keeps a valid certificate and stays Ready the whole time. It changes the
+//!   cluster's Mesh and replaces its trust anchor, then puts both back; no other test
+//!   binary runs beside it.
+//! - an expired ServiceAccount token is refused (the shortest token lives 10 minutes).
 
 use std::{
     collections::BTreeSet,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use tonic::{Code, Request};
 use weft_e2e::{
     kubectl, kubectl_ok, kubectl_stdin, metric, proxy_metrics, proxy_pod, with_temp_ns,
 };
+use weft_operator::{
+    identity::{
+        certify::{Certify, KubeTokenReviewer},
+        test_util,
+    },
+    metrics::Metrics,
+};
+use weft_proxy_api::v1::{CertifyRequest, identity_server::Identity};
 
 /// What `kubectl get mesh default` says of the anchors and the issuer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,6 +221,51 @@ async fn the_trust_anchor_rotates_while_a_proxy_stays_certified() {
         ] {
             assert!(events.contains(reason), "no {reason} event:\n{events}");
         }
+    })
+    .await;
+}
+
+/// The shortest token the API server issues lives 10 minutes; this test waits it out.
+#[tokio::test]
+async fn an_expired_token_is_refused() {
+    with_temp_ns("expired", |client, ns| async move {
+        kubectl_ok(&["create", "serviceaccount", "alpha", "-n", &ns]);
+        let token = kubectl_ok(&[
+            "create",
+            "token",
+            "alpha",
+            "-n",
+            &ns,
+            "--audience",
+            "weft.dev/identity",
+            "--duration",
+            "10m",
+        ]);
+        let token = token.trim().to_string();
+        let issued = Instant::now();
+        let (_anchor, authority) = test_util::authority();
+        let (_tx, rx) = tokio::sync::watch::channel(Some(authority));
+        let svc = Certify::new(rx, KubeTokenReviewer::new(client), Arc::new(Metrics::new()));
+        let identity = format!("spiffe://cluster.local/ns/{ns}/sa/alpha");
+        let ask = |token: String| {
+            let req = CertifyRequest {
+                identity: identity.clone(),
+                token,
+                csr: test_util::csr(&identity),
+            };
+            let svc = &svc;
+            async move { Identity::certify(svc, Request::new(req)).await }
+        };
+        ask(token.clone())
+            .await
+            .expect("the fresh token is accepted");
+        // Past expiry, plus the API server's 10-second cache of successful reviews.
+        let wait = Duration::from_secs(600 + 15).saturating_sub(issued.elapsed());
+        tokio::time::sleep(wait).await;
+        let err = ask(token)
+            .await
+            .expect_err("an expired token must be refused");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err}");
     })
     .await;
 }
