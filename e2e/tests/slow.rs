@@ -61,6 +61,19 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
+/// Deletes the trust anchor and issuer Secrets, so the operator generates new ones.
+fn drop_anchor_and_issuer() -> weft_e2e::Kubectl {
+    kubectl(&[
+        "delete",
+        "secret",
+        "-n",
+        "weft-system",
+        "weft-trust-anchor",
+        "weft-issuer",
+        "--ignore-not-found",
+    ])
+}
+
 /// Puts the Mesh and its anchor back to the defaults, even when the test fails.
 struct Restore;
 
@@ -74,15 +87,7 @@ impl Drop for Restore {
             "-p",
             r#"{"spec":{"identity":null}}"#,
         ]);
-        let _ = kubectl(&[
-            "delete",
-            "secret",
-            "-n",
-            "weft-system",
-            "weft-trust-anchor",
-            "weft-issuer",
-            "--ignore-not-found",
-        ]);
+        let _ = drop_anchor_and_issuer();
     }
 }
 
@@ -99,15 +104,8 @@ async fn the_trust_anchor_rotates_while_a_proxy_stays_certified() {
         r#"{"spec":{"identity":{"trustAnchor":{"lifetime":"7m"},"issuerLifetime":"3m","workloadCertificateLifetime":"1m"}}}"#,
     ]);
     let before = seen();
-    kubectl_ok(&[
-        "delete",
-        "secret",
-        "-n",
-        "weft-system",
-        "weft-trust-anchor",
-        "weft-issuer",
-        "--ignore-not-found",
-    ]);
+    let dropped = drop_anchor_and_issuer();
+    assert!(dropped.success, "{}", dropped.stderr);
     let deadline = Instant::now() + Duration::from_secs(90);
     let first = loop {
         let s = seen();

@@ -228,10 +228,7 @@ fn leaf_params(
     lifetime: Duration,
     now: OffsetDateTime,
 ) -> Result<CertificateParams, CaError> {
-    let mut params = CertificateParams::default();
-    params.not_before = now - BACKDATE;
-    params.not_after = after(now, lifetime)?;
-    params.serial_number = Some(random_serial());
+    let mut params = validity(lifetime, now)?;
     params.distinguished_name = DistinguishedName::new();
     let uri = identity.to_string().try_into().map_err(CaError::Generate)?;
     params.subject_alt_names = vec![SanType::URI(uri)];
@@ -242,6 +239,15 @@ fn leaf_params(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// Parameters valid from a little before `now` for `lifetime`, with a random serial.
+fn validity(lifetime: Duration, now: OffsetDateTime) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.not_before = now - BACKDATE;
+    params.not_after = after(now, lifetime)?;
+    params.serial_number = Some(random_serial());
     Ok(params)
 }
 
@@ -260,10 +266,7 @@ fn ca_params(
     lifetime: Duration,
     now: OffsetDateTime,
 ) -> Result<CertificateParams, CaError> {
-    let mut params = CertificateParams::default();
-    params.not_before = now - BACKDATE;
-    params.not_after = after(now, lifetime)?;
-    params.serial_number = Some(random_serial());
+    let mut params = validity(lifetime, now)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
