@@ -52,6 +52,22 @@ pub const DEFAULT_SHUTDOWN_GRACE_PERIOD: &str = "30s";
 pub const ENV_INBOUND_OPAQUE_PORTS: &str = "WEFT_PROXY_INBOUND_OPAQUE_PORTS";
 pub const DEFAULT_INBOUND_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 
+/// The proxy's user id: its own traffic is never captured (`weft-proxy init`).
+pub const ENV_UID: &str = "WEFT_PROXY_UID";
+pub const DEFAULT_UID: &str = "2102";
+
+/// Inbound ports never captured, comma-separated (`weft-proxy init`).
+pub const ENV_SKIP_INBOUND_PORTS: &str = "WEFT_PROXY_SKIP_INBOUND_PORTS";
+pub const DEFAULT_SKIP_INBOUND_PORTS: &str = "";
+
+/// Outbound ports never captured, comma-separated (`weft-proxy init`).
+pub const ENV_SKIP_OUTBOUND_PORTS: &str = "WEFT_PROXY_SKIP_OUTBOUND_PORTS";
+pub const DEFAULT_SKIP_OUTBOUND_PORTS: &str = "";
+
+/// Outbound IPv4 subnets never captured, comma-separated CIDRs (`weft-proxy init`).
+pub const ENV_SKIP_OUTBOUND_SUBNETS: &str = "WEFT_PROXY_SKIP_OUTBOUND_SUBNETS";
+pub const DEFAULT_SKIP_OUTBOUND_SUBNETS: &str = "";
+
 /// The policy of inbound ports no authorization selects.
 pub const ENV_DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
 pub const DEFAULT_DEFAULT_INBOUND_POLICY: &str = "all-unauthenticated";
@@ -72,6 +88,10 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     pub inbound_opaque_ports: Vec<u16>,
     pub default_inbound_policy: DefaultPolicy,
+    pub uid: u32,
+    pub skip_inbound_ports: Vec<u16>,
+    pub skip_outbound_ports: Vec<u16>,
+    pub skip_outbound_subnets: Vec<String>,
 }
 
 /// A log format.
@@ -174,6 +194,23 @@ impl Config {
             parse_default_policy,
         );
 
+        let uid = vars.get(ENV_UID, DEFAULT_UID, parse_uid);
+        let skip_inbound_ports = vars.get(
+            ENV_SKIP_INBOUND_PORTS,
+            DEFAULT_SKIP_INBOUND_PORTS,
+            parse_ports,
+        );
+        let skip_outbound_ports = vars.get(
+            ENV_SKIP_OUTBOUND_PORTS,
+            DEFAULT_SKIP_OUTBOUND_PORTS,
+            parse_ports,
+        );
+        let skip_outbound_subnets = vars.get(
+            ENV_SKIP_OUTBOUND_SUBNETS,
+            DEFAULT_SKIP_OUTBOUND_SUBNETS,
+            parse_subnets,
+        );
+
         if let (Some(admin), Some(inbound), Some(outbound)) =
             (admin_addr, inbound_addr, outbound_addr)
         {
@@ -204,6 +241,10 @@ impl Config {
             Some(shutdown_grace_period),
             Some(inbound_opaque_ports),
             Some(default_inbound_policy),
+            Some(uid),
+            Some(skip_inbound_ports),
+            Some(skip_outbound_ports),
+            Some(skip_outbound_subnets),
         ) = (
             log,
             log_format,
@@ -218,6 +259,10 @@ impl Config {
             shutdown_grace_period,
             inbound_opaque_ports,
             default_inbound_policy,
+            uid,
+            skip_inbound_ports,
+            skip_outbound_ports,
+            skip_outbound_subnets,
         )
         else {
             return Err(ConfigError(vars.invalid));
@@ -239,6 +284,10 @@ impl Config {
             shutdown_grace_period,
             inbound_opaque_ports,
             default_inbound_policy,
+            uid,
+            skip_inbound_ports,
+            skip_outbound_ports,
+            skip_outbound_subnets,
         })
     }
 }
@@ -380,6 +429,33 @@ fn parse_ports(s: &str) -> Result<Vec<u16>, String> {
         .collect()
 }
 
+fn parse_uid(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(uid) if uid != 0 => Ok(uid),
+        _ => Err("expected a non-root user id such as 2102".into()),
+    }
+}
+
+/// IPv4 CIDRs, comma-separated.
+fn parse_subnets(s: &str) -> Result<Vec<String>, String> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|cidr| {
+            let cidr = cidr.trim();
+            let valid = cidr.split_once('/').is_some_and(|(ip, len)| {
+                ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
+            });
+            if valid {
+                Ok(cidr.to_string())
+            } else {
+                Err(format!("{cidr:?} is not an IPv4 CIDR such as 10.0.0.0/8"))
+            }
+        })
+        .collect()
+}
+
 fn parse_default_policy(s: &str) -> Result<DefaultPolicy, String> {
     match s {
         "all-unauthenticated" => Ok(DefaultPolicy::AllUnauthenticated),
@@ -439,8 +515,19 @@ mod tests {
             (ENV_SHUTDOWN_GRACE_PERIOD, "2m"),
             (ENV_INBOUND_OPAQUE_PORTS, "3306, 5432"),
             (ENV_DEFAULT_INBOUND_POLICY, "deny"),
+            (ENV_UID, "3000"),
+            (ENV_SKIP_INBOUND_PORTS, "22"),
+            (ENV_SKIP_OUTBOUND_PORTS, "443,25"),
+            (ENV_SKIP_OUTBOUND_SUBNETS, "169.254.169.254/32, 10.0.0.0/8"),
         ])
         .unwrap();
+        assert_eq!(c.uid, 3000);
+        assert_eq!(c.skip_inbound_ports, [22]);
+        assert_eq!(c.skip_outbound_ports, [443, 25]);
+        assert_eq!(
+            c.skip_outbound_subnets,
+            ["169.254.169.254/32", "10.0.0.0/8"]
+        );
         assert_eq!(c.log, "debug");
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.admin_addr, "[::]:9191".parse().unwrap());
@@ -482,6 +569,8 @@ mod tests {
             (ENV_SHUTDOWN_GRACE_PERIOD, "30"),
             (ENV_INBOUND_OPAQUE_PORTS, "3306,0,http"),
             (ENV_DEFAULT_INBOUND_POLICY, "allow"),
+            (ENV_UID, "0"),
+            (ENV_SKIP_OUTBOUND_SUBNETS, "10.0.0.0/33"),
         ])
         .unwrap_err();
         let names: Vec<&str> = err.0.iter().map(|v| v.name).collect();
@@ -499,10 +588,12 @@ mod tests {
                 ENV_SHUTDOWN_GRACE_PERIOD,
                 ENV_INBOUND_OPAQUE_PORTS,
                 ENV_DEFAULT_INBOUND_POLICY,
+                ENV_UID,
+                ENV_SKIP_OUTBOUND_SUBNETS,
             ]
         );
         let report = err.to_string();
-        assert!(report.contains("11 bad variables"), "{report}");
+        assert!(report.contains("13 bad variables"), "{report}");
         assert!(
             report.contains("WEFT_PROXY_LOG_FORMAT=\"xml\": expected `plain` or `json`"),
             "{report}"

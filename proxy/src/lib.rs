@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod config;
 pub mod identity;
+pub mod init;
 pub mod metrics;
 pub mod telemetry;
 

@@ -1,4 +1,7 @@
 //! The `weft-proxy` binary: read `WEFT_PROXY_*`, set up logs, run.
+//!
+//! `weft-proxy init` instead writes the pod's traffic capture rules and exits (the
+//! injected init container).
 
 use std::process::ExitCode;
 
@@ -13,6 +16,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if std::env::args().nth(1).as_deref() == Some("init") {
+        let capture = weft_proxy::init::Capture::from_config(&config);
+        return match weft_proxy::init::apply(&capture) {
+            Ok(script) => {
+                print!("{script}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("weft-proxy init: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     weft_proxy::telemetry::init(&config.log, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,295 @@
+//! `weft-proxy init`: the traffic capture rules of a meshed pod.
+//!
+//! Run once as an init container with NET_ADMIN in the pod's network namespace, it
+//! writes nat-table rules that send the pod's TCP through the proxy:
+//!
+//! - inbound: every TCP connection to the pod goes to the proxy's inbound port, except
+//!   the proxy's admin port (probes, metrics) and the skipped inbound ports;
+//! - outbound: every TCP connection the pod opens goes to the proxy's outbound port,
+//!   except the proxy's own (by its user id: this is how the proxy's connections escape
+//!   capture), loopback, skipped outbound ports and skipped subnets.
+//!
+//! The rules live in chains of their own (`WEFT_*`), which `iptables-restore --noflush`
+//! replaces whole on every run; the jumps into them are added only when missing. So a
+//! rerun gives the same rules, never duplicates. [`plan`] is the pure part: it turns the
+//! current `iptables-save -t nat` output and the configuration into the restore script.
+
+use std::fmt::Write as _;
+
+/// The chains Weft owns.
+pub const INBOUND_CHAIN: &str = "WEFT_INBOUND";
+pub const INBOUND_REDIRECT_CHAIN: &str = "WEFT_INBOUND_REDIRECT";
+pub const OUTBOUND_CHAIN: &str = "WEFT_OUTBOUND";
+pub const OUTBOUND_REDIRECT_CHAIN: &str = "WEFT_OUTBOUND_REDIRECT";
+
+/// What the capture rules depend on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capture {
+    pub proxy_uid: u32,
+    pub inbound_port: u16,
+    pub outbound_port: u16,
+    pub admin_port: u16,
+    pub skip_inbound_ports: Vec<u16>,
+    pub skip_outbound_ports: Vec<u16>,
+    /// IPv4 CIDRs, already validated.
+    pub skip_outbound_subnets: Vec<String>,
+}
+
+impl Capture {
+    /// The capture a proxy configuration asks for.
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            proxy_uid: config.uid,
+            inbound_port: config.inbound_addr.port(),
+            outbound_port: config.outbound_addr.port(),
+            admin_port: config.admin_addr.port(),
+            skip_inbound_ports: config.skip_inbound_ports.clone(),
+            skip_outbound_ports: config.skip_outbound_ports.clone(),
+            skip_outbound_subnets: config.skip_outbound_subnets.clone(),
+        }
+    }
+}
+
+/// Why the rules could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        command: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed: {stderr}")]
+    Failed {
+        command: &'static str,
+        stderr: String,
+    },
+}
+
+/// Writes the capture rules into the current network namespace and returns the script
+/// it applied.
+pub fn apply(capture: &Capture) -> Result<String, InitError> {
+    use std::{
+        io::Write,
+        process::{Command, Stdio},
+    };
+    let save = Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .map_err(|source| InitError::Spawn {
+            command: "iptables-save",
+            source,
+        })?;
+    if !save.status.success() {
+        return Err(InitError::Failed {
+            command: "iptables-save",
+            stderr: String::from_utf8_lossy(&save.stderr).into_owned(),
+        });
+    }
+    let script = plan(capture, &String::from_utf8_lossy(&save.stdout));
+    let mut restore = Command::new("iptables-restore")
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| InitError::Spawn {
+            command: "iptables-restore",
+            source,
+        })?;
+    if let Some(mut stdin) = restore.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|source| InitError::Spawn {
+                command: "iptables-restore",
+                source,
+            })?;
+    }
+    let done = restore
+        .wait_with_output()
+        .map_err(|source| InitError::Spawn {
+            command: "iptables-restore",
+            source,
+        })?;
+    if !done.status.success() {
+        return Err(InitError::Failed {
+            command: "iptables-restore",
+            stderr: String::from_utf8_lossy(&done.stderr).into_owned(),
+        });
+    }
+    Ok(script)
+}
+
+/// The `iptables-restore --noflush` script that makes the nat table capture as
+/// `capture` says, given the table's current `iptables-save` text.
+pub fn plan(capture: &Capture, current_nat: &str) -> String {
+    let mut out = String::from("*nat\n");
+    for chain in [
+        INBOUND_CHAIN,
+        INBOUND_REDIRECT_CHAIN,
+        OUTBOUND_CHAIN,
+        OUTBOUND_REDIRECT_CHAIN,
+    ] {
+        // With --noflush, declaring a chain empties it: the rules below replace the old.
+        let _ = writeln!(out, ":{chain} - [0:0]");
+    }
+    let tag = "-m comment --comment weft";
+
+    let _ = writeln!(
+        out,
+        "-A {INBOUND_REDIRECT_CHAIN} -p tcp {tag} -j REDIRECT --to-ports {}",
+        capture.inbound_port
+    );
+    let mut inbound_skips = vec![capture.admin_port];
+    inbound_skips.extend(&capture.skip_inbound_ports);
+    for ports in port_lists(&inbound_skips) {
+        let _ = writeln!(
+            out,
+            "-A {INBOUND_CHAIN} -p tcp -m multiport --dports {ports} {tag} -j RETURN"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "-A {INBOUND_CHAIN} -p tcp {tag} -j {INBOUND_REDIRECT_CHAIN}"
+    );
+
+    let _ = writeln!(
+        out,
+        "-A {OUTBOUND_REDIRECT_CHAIN} -p tcp {tag} -j REDIRECT --to-ports {}",
+        capture.outbound_port
+    );
+    let _ = writeln!(
+        out,
+        "-A {OUTBOUND_CHAIN} -m owner --uid-owner {} {tag} -j RETURN",
+        capture.proxy_uid
+    );
+    let _ = writeln!(out, "-A {OUTBOUND_CHAIN} -o lo {tag} -j RETURN");
+    let _ = writeln!(out, "-A {OUTBOUND_CHAIN} -d 127.0.0.0/8 {tag} -j RETURN");
+    for ports in port_lists(&capture.skip_outbound_ports) {
+        let _ = writeln!(
+            out,
+            "-A {OUTBOUND_CHAIN} -p tcp -m multiport --dports {ports} {tag} -j RETURN"
+        );
+    }
+    for subnet in &capture.skip_outbound_subnets {
+        let _ = writeln!(out, "-A {OUTBOUND_CHAIN} -d {subnet} {tag} -j RETURN");
+    }
+    let _ = writeln!(
+        out,
+        "-A {OUTBOUND_CHAIN} -p tcp {tag} -j {OUTBOUND_REDIRECT_CHAIN}"
+    );
+
+    for (builtin, chain) in [("PREROUTING", INBOUND_CHAIN), ("OUTPUT", OUTBOUND_CHAIN)] {
+        let jump = format!("-A {builtin} -j {chain}");
+        if !current_nat.lines().any(|l| l.trim() == jump) {
+            let _ = writeln!(out, "{jump}");
+        }
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// Ports as `multiport` lists: sorted, deduplicated, at most 15 to a rule.
+fn port_lists(ports: &[u16]) -> Vec<String> {
+    let mut ports = ports.to_vec();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+        .chunks(15)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture() -> Capture {
+        Capture {
+            proxy_uid: 2102,
+            inbound_port: 4143,
+            outbound_port: 4140,
+            admin_port: 4191,
+            skip_inbound_ports: vec![22],
+            skip_outbound_ports: vec![443, 25],
+            skip_outbound_subnets: vec!["169.254.169.254/32".into()],
+        }
+    }
+
+    /// What `iptables-save -t nat` prints after `script` ran on an empty table.
+    fn applied(script: &str) -> String {
+        script
+            .lines()
+            .filter(|l| {
+                l.starts_with("-A ") || l.starts_with(':') || l.starts_with('*') || *l == "COMMIT"
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn inbound_goes_to_the_proxy_except_admin_and_skipped_ports() {
+        let script = plan(&capture(), "");
+        assert!(script.contains("-A WEFT_INBOUND -p tcp -m multiport --dports 22,4191 -m comment --comment weft -j RETURN"), "{script}");
+        assert!(script.contains(
+            "-A WEFT_INBOUND_REDIRECT -p tcp -m comment --comment weft -j REDIRECT --to-ports 4143"
+        ));
+        assert!(script.contains("-A PREROUTING -j WEFT_INBOUND\n"));
+    }
+
+    #[test]
+    fn outbound_goes_to_the_proxy_except_its_own_loopback_and_skips() {
+        let script = plan(&capture(), "");
+        for rule in [
+            "-A WEFT_OUTBOUND -m owner --uid-owner 2102 -m comment --comment weft -j RETURN",
+            "-A WEFT_OUTBOUND -o lo -m comment --comment weft -j RETURN",
+            "-A WEFT_OUTBOUND -d 127.0.0.0/8 -m comment --comment weft -j RETURN",
+            "-A WEFT_OUTBOUND -p tcp -m multiport --dports 25,443 -m comment --comment weft -j RETURN",
+            "-A WEFT_OUTBOUND -d 169.254.169.254/32 -m comment --comment weft -j RETURN",
+            "-A WEFT_OUTBOUND_REDIRECT -p tcp -m comment --comment weft -j REDIRECT --to-ports 4140",
+            "-A OUTPUT -j WEFT_OUTBOUND",
+        ] {
+            assert!(script.contains(rule), "missing {rule:?} in\n{script}");
+        }
+        // The proxy's own traffic is let through before anything is redirected.
+        let uid = script.find("--uid-owner").unwrap();
+        let redirect = script
+            .find("-A WEFT_OUTBOUND -p tcp -m comment --comment weft -j WEFT_OUTBOUND_REDIRECT")
+            .unwrap();
+        assert!(uid < redirect);
+    }
+
+    #[test]
+    fn a_rerun_replaces_the_chains_and_never_duplicates_the_jumps() {
+        let first = plan(&capture(), "");
+        let second = plan(&capture(), &applied(&first));
+        assert!(!second.contains("-A PREROUTING"), "{second}");
+        assert!(!second.contains("-A OUTPUT"), "{second}");
+        // Every Weft chain is declared again, which empties it before it is refilled.
+        for chain in [
+            INBOUND_CHAIN,
+            INBOUND_REDIRECT_CHAIN,
+            OUTBOUND_CHAIN,
+            OUTBOUND_REDIRECT_CHAIN,
+        ] {
+            assert!(second.contains(&format!(":{chain} - [0:0]\n")));
+        }
+        let rules = |s: &str| s.lines().filter(|l| l.starts_with("-A WEFT")).count();
+        assert_eq!(rules(&first), rules(&second));
+    }
+
+    #[test]
+    fn many_skipped_ports_are_split_into_multiport_lists_of_fifteen() {
+        let mut c = capture();
+        c.skip_outbound_ports = (1000..1040).collect();
+        let lists = port_lists(&c.skip_outbound_ports);
+        assert_eq!(lists.len(), 3);
+        assert!(lists.iter().all(|l| l.split(',').count() <= 15));
+        assert_eq!(port_lists(&[5, 5, 1]), vec!["1,5".to_string()]);
+    }
+}
