@@ -227,68 +227,32 @@ impl Config {
             }
         }
 
-        let (
-            Some(log),
-            Some(log_format),
-            Some(admin_addr),
-            Some(inbound_addr),
-            Some(outbound_addr),
-            Some(control_addr),
-            Some(identity),
-            Some(identity_token_file),
-            Some(trust_bundle_file),
-            Some(detect_timeout),
-            Some(shutdown_grace_period),
-            Some(inbound_opaque_ports),
-            Some(default_inbound_policy),
-            Some(uid),
-            Some(skip_inbound_ports),
-            Some(skip_outbound_ports),
-            Some(skip_outbound_subnets),
-        ) = (
-            log,
-            log_format,
-            admin_addr,
-            inbound_addr,
-            outbound_addr,
-            control_addr,
-            identity,
-            identity_token_file,
-            trust_bundle_file,
-            detect_timeout,
-            shutdown_grace_period,
-            inbound_opaque_ports,
-            default_inbound_policy,
-            uid,
-            skip_inbound_ports,
-            skip_outbound_ports,
-            skip_outbound_subnets,
-        )
-        else {
-            return Err(ConfigError(vars.invalid));
-        };
         if !vars.invalid.is_empty() {
             return Err(ConfigError(vars.invalid));
         }
-        Ok(Config {
-            log,
-            log_format,
-            admin_addr,
-            inbound_addr,
-            outbound_addr,
-            control_addr,
-            identity,
-            identity_token_file,
-            trust_bundle_file,
-            detect_timeout,
-            shutdown_grace_period,
-            inbound_opaque_ports,
-            default_inbound_policy,
-            uid,
-            skip_inbound_ports,
-            skip_outbound_ports,
-            skip_outbound_subnets,
-        })
+        // Every variable parsed (a bad one was recorded above), so each is `Some`.
+        let config = (|| {
+            Some(Config {
+                log: log?,
+                log_format: log_format?,
+                admin_addr: admin_addr?,
+                inbound_addr: inbound_addr?,
+                outbound_addr: outbound_addr?,
+                control_addr: control_addr?,
+                identity: identity?,
+                identity_token_file: identity_token_file?,
+                trust_bundle_file: trust_bundle_file?,
+                detect_timeout: detect_timeout?,
+                shutdown_grace_period: shutdown_grace_period?,
+                inbound_opaque_ports: inbound_opaque_ports?,
+                default_inbound_policy: default_inbound_policy?,
+                uid: uid?,
+                skip_inbound_ports: skip_inbound_ports?,
+                skip_outbound_ports: skip_outbound_ports?,
+                skip_outbound_subnets: skip_outbound_subnets?,
+            })
+        })();
+        config.ok_or(ConfigError(vars.invalid))
     }
 }
 
