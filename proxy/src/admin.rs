@@ -126,3 +126,37 @@ mod tests {
         assert!(r.check().is_err());
     }
 }
+
+/// Blocks until the admin server on `admin` answers `/ready` with 200, or `timeout`
+/// passes. `weft-proxy await-ready` runs this as the proxy container's `postStart`
+/// hook when the proxy is not a native sidecar: the kubelet starts the next container
+/// only once the hook returns, so the application starts after the proxy is ready.
+pub fn await_ready(admin: SocketAddr, timeout: std::time::Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let target = if admin.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), admin.port())
+    } else {
+        admin
+    };
+    let step = std::time::Duration::from_millis(200);
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::from("not tried");
+    while std::time::Instant::now() < deadline {
+        let answer = std::net::TcpStream::connect_timeout(&target, step).and_then(|mut conn| {
+            conn.set_read_timeout(Some(step * 5))?;
+            conn.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            let mut head = [0u8; 12];
+            conn.read_exact(&mut head)?;
+            Ok(head)
+        });
+        match answer {
+            Ok(head) if head.starts_with(b"HTTP/1.1 200") => return Ok(()),
+            Ok(head) => last = String::from_utf8_lossy(&head).into_owned(),
+            Err(error) => last = error.to_string(),
+        }
+        std::thread::sleep(step);
+    }
+    Err(format!(
+        "the proxy at {target} was not ready within {timeout:?} (last: {last})"
+    ))
+}

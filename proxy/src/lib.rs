@@ -1,8 +1,9 @@
 //! The Weft proxy: a sidecar that captures a pod's traffic, speaks mTLS to other
 //! proxies, and is configured only by what it streams from the operator.
 //!
-//! Today it keeps its identity (a certificate from the operator) and runs its admin
-//! server; `/ready` turns true once it holds a valid certificate.
+//! Today it keeps its identity (a certificate from the operator), forwards the pod's
+//! captured TCP connections (inbound 4143, outbound 4140) to where they were going, and
+//! runs its admin server; `/ready` turns true once it holds a valid certificate.
 //!
 //! Threading: one multi-threaded tokio runtime. SIGTERM or SIGINT starts a graceful
 //! shutdown: stop accepting, let in-flight work drain within the grace period, exit.
@@ -14,19 +15,23 @@ pub mod config;
 pub mod identity;
 pub mod init;
 pub mod metrics;
+pub mod tcp;
 pub mod telemetry;
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use self::metrics::Direction;
+
 pub use self::config::Config;
 
 /// Why the proxy could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot listen on the admin address {addr}: {source}")]
-    AdminBind {
+    #[error("cannot listen on the {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
@@ -55,18 +60,33 @@ pub async fn run(config: Config) -> Result<(), Error> {
     } else {
         tracing::warn!("WEFT_PROXY_IDENTITY is not set: no certificate, never ready");
     }
+    let bind_error = |what, addr| move |source| Error::Bind { what, addr, source };
+    let mut forwarders = Vec::new();
+    for (direction, addr, what) in [
+        (Direction::Inbound, config.inbound_addr, "inbound"),
+        (Direction::Outbound, config.outbound_addr, "outbound"),
+    ] {
+        let forwarder = tcp::Forwarder::bind(direction, addr)
+            .await
+            .map_err(bind_error(what, addr))?;
+        tracing::info!(%addr, "{what} listener ready");
+        forwarders.push(forwarder.spawn(metrics.clone(), shutdown_rx.clone()));
+    }
     let admin = admin::serve(config.admin_addr, metrics, readiness, shutdown_rx)
         .await
-        .map_err(|source| Error::AdminBind {
-            addr: config.admin_addr,
-            source,
-        })?;
+        .map_err(bind_error("admin", config.admin_addr))?;
     tracing::info!(addr = %config.admin_addr, "admin server listening");
 
     shutdown_signal().await;
     tracing::info!(grace_period = ?config.shutdown_grace_period, "shutting down");
     let _ = shutdown_tx.send(true);
-    if tokio::time::timeout(config.shutdown_grace_period, admin)
+    let drained = async {
+        for forwarder in forwarders {
+            let _ = forwarder.await;
+        }
+        let _ = admin.await;
+    };
+    if tokio::time::timeout(config.shutdown_grace_period, drained)
         .await
         .is_err()
     {

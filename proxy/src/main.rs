@@ -1,12 +1,15 @@
 //! The `weft-proxy` binary: read `WEFT_PROXY_*`, set up logs, run.
 //!
 //! `weft-proxy init` instead writes the pod's traffic capture rules and exits (the
-//! injected init container).
+//! injected init container). `weft-proxy await-ready` waits until the proxy's `/ready`
+//! answers 200 (the `postStart` hook of a proxy that is not a native sidecar).
 
 use std::process::ExitCode;
 
 /// `EX_USAGE`: the configuration is invalid.
 const EXIT_CONFIG: u8 = 64;
+/// How long `await-ready` waits for the proxy.
+const AWAIT_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn main() -> ExitCode {
     let config = match weft_proxy::Config::from_env() {
@@ -25,6 +28,15 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("weft-proxy init: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if std::env::args().nth(1).as_deref() == Some("await-ready") {
+        return match weft_proxy::admin::await_ready(config.admin_addr, AWAIT_READY_TIMEOUT) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("weft-proxy await-ready: {error}");
                 ExitCode::FAILURE
             }
         };

@@ -5,7 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -22,12 +22,39 @@ struct RefreshLabels {
     result: &'static str,
 }
 
+/// Which side of the pod a connection came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    /// To the pod's application, from outside.
+    Inbound,
+    /// From the pod's application, to elsewhere.
+    Outbound,
+}
+
+/// Labels of the `tcp_*` metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TcpLabels {
+    direction: Direction,
+}
+
+/// The `tcp_*` family, per direction.
+#[derive(Debug, Default)]
+struct Tcp {
+    open: Family<TcpLabels, Counter>,
+    close: Family<TcpLabels, Counter>,
+    open_connections: Family<TcpLabels, Gauge>,
+    read_bytes: Family<TcpLabels, Counter>,
+    write_bytes: Family<TcpLabels, Counter>,
+    connect_errors: Family<TcpLabels, Counter>,
+}
+
 /// Every metric of the proxy.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     cert_expiration: Gauge<i64>,
     cert_refreshes: Family<RefreshLabels, Counter>,
+    tcp: Tcp,
 }
 
 impl Metrics {
@@ -66,11 +93,68 @@ impl Metrics {
             "Certification attempts, by result",
             cert_refreshes.clone(),
         );
+        let tcp = Tcp::default();
+        registry.register(
+            "tcp_open",
+            "Connections forwarded (the proxy reached their destination)",
+            tcp.open.clone(),
+        );
+        registry.register(
+            "tcp_close",
+            "Forwarded connections closed",
+            tcp.close.clone(),
+        );
+        registry.register(
+            "tcp_open_connections",
+            "Forwarded connections open now",
+            tcp.open_connections.clone(),
+        );
+        registry.register(
+            "tcp_read_bytes",
+            "Bytes read from the side that opened the connection",
+            tcp.read_bytes.clone(),
+        );
+        registry.register(
+            "tcp_write_bytes",
+            "Bytes written to the side that opened the connection",
+            tcp.write_bytes.clone(),
+        );
+        registry.register(
+            "tcp_connect_errors",
+            "Captured connections whose destination could not be reached",
+            tcp.connect_errors.clone(),
+        );
         Self {
             registry,
             cert_expiration,
             cert_refreshes,
+            tcp,
         }
+    }
+
+    /// Records a connection forwarded to its destination.
+    pub fn tcp_opened(&self, direction: Direction) {
+        let labels = TcpLabels { direction };
+        self.tcp.open.get_or_create(&labels).inc();
+        self.tcp.open_connections.get_or_create(&labels).inc();
+    }
+
+    /// Records a forwarded connection's end, with the bytes read from and written to
+    /// the side that opened it.
+    pub fn tcp_closed(&self, direction: Direction, read: u64, written: u64) {
+        let labels = TcpLabels { direction };
+        self.tcp.close.get_or_create(&labels).inc();
+        self.tcp.open_connections.get_or_create(&labels).dec();
+        self.tcp.read_bytes.get_or_create(&labels).inc_by(read);
+        self.tcp.write_bytes.get_or_create(&labels).inc_by(written);
+    }
+
+    /// Records a captured connection whose destination could not be reached.
+    pub fn tcp_connect_failed(&self, direction: Direction) {
+        self.tcp
+            .connect_errors
+            .get_or_create(&TcpLabels { direction })
+            .inc();
     }
 
     /// Records a new certificate expiring at `not_after` (Unix seconds).
