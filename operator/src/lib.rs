@@ -13,6 +13,7 @@
 pub mod admin;
 mod config;
 pub mod identity;
+pub mod inject;
 pub mod mesh;
 pub mod metrics;
 pub mod proxy_api;

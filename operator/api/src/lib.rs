@@ -47,6 +47,36 @@ pub const CATEGORY: &str = "weft";
 /// The name of the active [`Mesh`]; any other Mesh is reported `NotTheActiveMesh`.
 pub const ACTIVE_MESH_NAME: &str = "default";
 
+/// The annotations and labels users and the injector put on namespaces and pods.
+pub mod annotations {
+    /// `enabled` or `disabled`, on a namespace or a pod (the pod's wins): whether the
+    /// injector meshes new pods.
+    pub const INJECT: &str = "weft.dev/inject";
+    /// Label the injector puts on every pod it meshed (`true`), so
+    /// `kubectl get pods -l weft.dev/injected` lists them.
+    pub const INJECTED: &str = "weft.dev/injected";
+    /// Annotation the injector puts on every pod it meshed: the version (a hash) of the
+    /// Mesh configuration the pod was injected with.
+    pub const CONFIG_VERSION: &str = "weft.dev/config-version";
+    /// Inbound ports never captured, comma-separated (`8081,9000`). Added to the Mesh's.
+    pub const SKIP_INBOUND_PORTS: &str = "config.weft.dev/skip-inbound-ports";
+    /// Outbound ports never captured, comma-separated. Added to the Mesh's.
+    pub const SKIP_OUTBOUND_PORTS: &str = "config.weft.dev/skip-outbound-ports";
+    /// Outbound IPv4 CIDRs never captured, comma-separated. Added to the Mesh's.
+    pub const SKIP_OUTBOUND_SUBNETS: &str = "config.weft.dev/skip-outbound-subnets";
+    /// Inbound ports proxied as opaque TCP, comma-separated. Added to the Mesh's.
+    pub const OPAQUE_PORTS: &str = "config.weft.dev/opaque-ports";
+    /// The pod's default inbound policy, replacing the Mesh's.
+    pub const DEFAULT_INBOUND_POLICY: &str = "config.weft.dev/default-inbound-policy";
+    /// The proxy's log filter, replacing the Mesh's.
+    pub const LOG_LEVEL: &str = "config.weft.dev/log-level";
+    /// The proxy container's resources, replacing the Mesh's (Kubernetes quantities).
+    pub const PROXY_CPU_REQUEST: &str = "config.weft.dev/proxy-cpu-request";
+    pub const PROXY_CPU_LIMIT: &str = "config.weft.dev/proxy-cpu-limit";
+    pub const PROXY_MEMORY_REQUEST: &str = "config.weft.dev/proxy-memory-request";
+    pub const PROXY_MEMORY_LIMIT: &str = "config.weft.dev/proxy-memory-limit";
+}
+
 /// A DNS-1123 subdomain (a Kubernetes object name or a DNS name), as a schema pattern.
 pub(crate) const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";

@@ -51,7 +51,7 @@ pub const ISSUER_SECRET: &str = "weft-issuer";
 pub const BUNDLE_CONFIG_MAP: &str = "weft-trust-bundle";
 pub const BUNDLE_KEY: &str = "ca-bundle.pem";
 /// The namespace annotation that meshes a namespace.
-pub const INJECT_ANNOTATION: &str = "weft.dev/inject";
+pub use weft_api::annotations::INJECT as INJECT_ANNOTATION;
 /// How often the controller re-checks everything.
 const INTERVAL: Duration = Duration::from_secs(10);
 

@@ -1,0 +1,597 @@
+//! The injection patch: what the injector does to one pod, as a pure function.
+//!
+//! [`decide`] takes the pod from the AdmissionReview, its namespace's annotations, the
+//! Mesh and the operator's [`Settings`], and returns either a JSON patch that meshes
+//! the pod or why it is left alone. It never touches the cluster; the webhook server
+//! ([`crate::webhook`]) is a thin layer over it.
+//!
+//! What an injected pod gets:
+//! - `weft-init`, an init container running `weft-proxy init`, which writes the capture
+//!   rules (root, with NET_ADMIN and NET_RAW only; every other capability dropped).
+//! - `weft-proxy`, the proxy. As a native sidecar (an init container with
+//!   `restartPolicy: Always` and a startup probe on `/ready`) when the Mesh asks for it
+//!   and the cluster supports it: the application then starts only once the proxy holds
+//!   its certificate, and Jobs complete. Otherwise it is the first regular container,
+//!   with a `postStart` hook (`weft-proxy await-ready`) that holds back the kubelet's
+//!   start of the next container until the proxy is ready; Jobs then never complete,
+//!   as with any classic sidecar.
+//! - A projected ServiceAccount token with the identity audience, and the trust-bundle
+//!   ConfigMap, as volumes of the proxy.
+//! - The label `weft.dev/injected=true` and the annotation `weft.dev/config-version`
+//!   (a hash of the Mesh and settings the pod was injected with).
+//!
+//! The proxy's environment comes from the Mesh and from `config.weft.dev/*` pod
+//! annotations. Before patching, the whole environment is checked with the proxy's own
+//! parser, so a pod is never injected with a proxy that would refuse to start; a bad
+//! annotation leaves the pod unmeshed, with a warning naming the annotation.
+//!
+//! The patch is written operation by operation (rather than by diffing two pods), so
+//! it adds exactly the proxy's parts and never rewrites anything the user wrote.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod, ResourceRequirements};
+use serde_json::{Value, json};
+use weft_api::{
+    MeshSpec, Port,
+    annotations::{self, INJECT},
+    mesh::{DefaultInboundPolicy, LogFormat},
+};
+use weft_proxy::config as proxy;
+
+/// Name of the proxy container.
+pub const PROXY_CONTAINER: &str = "weft-proxy";
+/// Name of the capture init container.
+pub const INIT_CONTAINER: &str = "weft-init";
+/// The proxy binary in the proxy image.
+const PROXY_BINARY: &str = "/usr/local/bin/weft-proxy";
+/// How long the projected token lives; the kubelet refreshes it at 80%.
+const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+
+/// What the operator knows that the pod and the Mesh do not say.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The proxy image when the Mesh names none: the operator's own release's.
+    pub proxy_image: String,
+    /// Where proxies reach the proxy API (`host:port`).
+    pub control_addr: String,
+    /// The operator's namespace, never injected.
+    pub operator_namespace: String,
+    /// Whether the cluster runs native sidecars (init containers with
+    /// `restartPolicy: Always`; Kubernetes 1.29 and later).
+    pub native_sidecars_supported: bool,
+}
+
+/// Why a pod that asked to be meshed, or might have, is left alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// `weft.dev/inject: disabled` on the pod, in an enabled namespace.
+    Disabled,
+    /// The pod shares the node's network; capturing it would capture the node.
+    HostNetwork,
+    /// `kube-system`, the operator's namespace, or one the Mesh excludes.
+    ExcludedNamespace,
+    /// An annotation the proxy could not run with.
+    InvalidAnnotation,
+}
+
+impl SkipReason {
+    /// The reason as Events and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "Disabled",
+            Self::HostNetwork => "HostNetwork",
+            Self::ExcludedNamespace => "ExcludedNamespace",
+            Self::InvalidAnnotation => "InvalidAnnotation",
+        }
+    }
+}
+
+/// What to do with one pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Mesh it with `patch`.
+    Inject {
+        patch: json_patch::Patch,
+        config_version: String,
+        native_sidecar: bool,
+    },
+    /// Neither the pod nor its namespace asks for injection.
+    NotRequested,
+    /// It already has a proxy: nothing to change.
+    AlreadyInjected,
+    /// Injection was asked for but is not done, for `reason`.
+    Skip { reason: SkipReason, message: String },
+}
+
+/// Decides what the injector does to `pod`, created in `namespace` whose annotations
+/// are `namespace_annotations`, under `mesh`.
+pub fn decide(
+    pod: &Pod,
+    namespace: &str,
+    namespace_annotations: &BTreeMap<String, String>,
+    mesh: &MeshSpec,
+    settings: &Settings,
+) -> Decision {
+    let empty = BTreeMap::new();
+    let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    let skip = |reason, message: String| Decision::Skip { reason, message };
+
+    let requested = match (
+        pod_annotations.get(INJECT).map(String::as_str),
+        namespace_annotations.get(INJECT).map(String::as_str),
+    ) {
+        (Some("enabled"), _) => true,
+        (Some("disabled"), Some("enabled")) => {
+            return skip(
+                SkipReason::Disabled,
+                format!(
+                    "the pod's annotation {INJECT}=disabled opts it out of its namespace's injection"
+                ),
+            );
+        }
+        (Some("disabled"), _) => false,
+        (Some(other), _) => {
+            return skip(
+                SkipReason::InvalidAnnotation,
+                format!("annotation {INJECT}: {other:?} is neither \"enabled\" nor \"disabled\""),
+            );
+        }
+        (None, ns) => ns == Some("enabled"),
+    };
+    if !requested {
+        return Decision::NotRequested;
+    }
+    if namespace == "kube-system"
+        || namespace == settings.operator_namespace
+        || mesh
+            .injection
+            .excluded_namespaces
+            .iter()
+            .any(|n| n == namespace)
+    {
+        return skip(
+            SkipReason::ExcludedNamespace,
+            format!("namespace {namespace} is never injected"),
+        );
+    }
+    let spec = pod.spec.as_ref();
+    let has_proxy = spec.is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == PROXY_CONTAINER)
+    });
+    if has_proxy {
+        return Decision::AlreadyInjected;
+    }
+    if spec.is_some_and(|s| s.host_network == Some(true)) {
+        return skip(
+            SkipReason::HostNetwork,
+            "the pod uses the node's network (hostNetwork: true); capturing its traffic would capture the node's".into(),
+        );
+    }
+
+    let env = match proxy_env(pod, namespace, pod_annotations, mesh) {
+        Ok(env) => env,
+        Err(message) => return skip(SkipReason::InvalidAnnotation, message),
+    };
+    let resources = match proxy_resources(pod_annotations, mesh.proxy.resources.as_ref()) {
+        Ok(resources) => resources,
+        Err(message) => return skip(SkipReason::InvalidAnnotation, message),
+    };
+    let native = mesh.proxy.native_sidecar && settings.native_sidecars_supported;
+    let config_version = config_version(mesh, settings, native);
+    let image = mesh
+        .proxy
+        .image
+        .clone()
+        .unwrap_or_else(|| settings.proxy_image.clone());
+    let env = env
+        .into_iter()
+        .chain([(proxy::ENV_CONTROL_ADDR, settings.control_addr.clone())])
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect::<Vec<_>>();
+    let parts = Parts {
+        image,
+        env,
+        resources,
+        admin: mesh.proxy.ports.admin,
+        uid: mesh.proxy.uid,
+    };
+    Decision::Inject {
+        patch: patch(pod, &parts, native, &config_version),
+        config_version,
+        native_sidecar: native,
+    }
+}
+
+/// The values both injected containers are built from.
+struct Parts {
+    image: String,
+    env: Vec<Value>,
+    resources: Option<ResourceRequirements>,
+    admin: Port,
+    uid: i64,
+}
+
+/// The proxy's `WEFT_PROXY_*` environment (all but the control address), checked
+/// with the proxy's own parser.
+fn proxy_env(
+    pod: &Pod,
+    namespace: &str,
+    annotations: &BTreeMap<String, String>,
+    mesh: &MeshSpec,
+) -> Result<Vec<(&'static str, String)>, String> {
+    let ports = &mesh.proxy.ports;
+    let list = |ports: &[Port]| {
+        ports
+            .iter()
+            .map(Port::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let joined = |base: String, annotation: &str| match annotations.get(annotation) {
+        Some(extra) if base.is_empty() => extra.trim().to_string(),
+        Some(extra) if !extra.trim().is_empty() => format!("{base},{}", extra.trim()),
+        _ => base,
+    };
+    let service_account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    let policy = annotations
+        .get(annotations::DEFAULT_INBOUND_POLICY)
+        .cloned()
+        .unwrap_or_else(|| policy_name(mesh.default_inbound_policy).to_string());
+    let log = annotations
+        .get(annotations::LOG_LEVEL)
+        .cloned()
+        .unwrap_or_else(|| mesh.proxy.log_level.clone());
+    // (variable, value, the annotation it may come from)
+    let vars: Vec<(&'static str, String, Option<&str>)> = vec![
+        (proxy::ENV_LOG, log, Some(annotations::LOG_LEVEL)),
+        (
+            proxy::ENV_LOG_FORMAT,
+            match mesh.proxy.log_format {
+                LogFormat::Plain => "plain",
+                LogFormat::Json => "json",
+            }
+            .into(),
+            None,
+        ),
+        (
+            proxy::ENV_IDENTITY,
+            format!(
+                "spiffe://{}/ns/{namespace}/sa/{service_account}",
+                mesh.trust_domain
+            ),
+            None,
+        ),
+        (
+            proxy::ENV_INBOUND_LISTEN_ADDR,
+            format!("0.0.0.0:{}", ports.inbound),
+            None,
+        ),
+        (
+            proxy::ENV_OUTBOUND_LISTEN_ADDR,
+            format!("127.0.0.1:{}", ports.outbound),
+            None,
+        ),
+        (
+            proxy::ENV_ADMIN_LISTEN_ADDR,
+            format!("0.0.0.0:{}", ports.admin),
+            None,
+        ),
+        (
+            proxy::ENV_INBOUND_OPAQUE_PORTS,
+            joined(list(&mesh.opaque_ports), annotations::OPAQUE_PORTS),
+            Some(annotations::OPAQUE_PORTS),
+        ),
+        (
+            proxy::ENV_DEFAULT_INBOUND_POLICY,
+            policy,
+            Some(annotations::DEFAULT_INBOUND_POLICY),
+        ),
+        (proxy::ENV_UID, mesh.proxy.uid.to_string(), None),
+        (
+            proxy::ENV_SKIP_INBOUND_PORTS,
+            joined(
+                list(&mesh.injection.skip_inbound_ports),
+                annotations::SKIP_INBOUND_PORTS,
+            ),
+            Some(annotations::SKIP_INBOUND_PORTS),
+        ),
+        (
+            proxy::ENV_SKIP_OUTBOUND_PORTS,
+            joined(
+                list(&mesh.injection.skip_outbound_ports),
+                annotations::SKIP_OUTBOUND_PORTS,
+            ),
+            Some(annotations::SKIP_OUTBOUND_PORTS),
+        ),
+        (
+            proxy::ENV_SKIP_OUTBOUND_SUBNETS,
+            joined(
+                mesh.injection.skip_outbound_subnets.join(","),
+                annotations::SKIP_OUTBOUND_SUBNETS,
+            ),
+            Some(annotations::SKIP_OUTBOUND_SUBNETS),
+        ),
+    ];
+    let lookup = |name: &str| {
+        vars.iter()
+            .find(|(var, _, _)| *var == name)
+            .map(|(_, value, _)| value.clone())
+    };
+    if let Err(error) = proxy::Config::parse(lookup) {
+        let problems = error
+            .0
+            .iter()
+            .map(|invalid| {
+                let source = vars
+                    .iter()
+                    .find(|(var, _, _)| *var == invalid.name)
+                    .and_then(|(_, _, annotation)| *annotation)
+                    .filter(|a| annotations.contains_key(*a));
+                match source {
+                    Some(annotation) => format!(
+                        "annotation {annotation}: {:?}: {}",
+                        annotations.get(annotation).map_or("", String::as_str),
+                        invalid.reason
+                    ),
+                    None => format!("{}={:?}: {}", invalid.name, invalid.value, invalid.reason),
+                }
+            })
+            .collect::<Vec<_>>();
+        return Err(problems.join("; "));
+    }
+    Ok(vars
+        .into_iter()
+        .filter(|(_, value, _)| !value.is_empty())
+        .map(|(name, value, _)| (name, value))
+        .collect())
+}
+
+fn policy_name(policy: DefaultInboundPolicy) -> &'static str {
+    match policy {
+        DefaultInboundPolicy::AllUnauthenticated => "all-unauthenticated",
+        DefaultInboundPolicy::AllAuthenticated => "all-authenticated",
+        DefaultInboundPolicy::ClusterAuthenticated => "cluster-authenticated",
+        DefaultInboundPolicy::Deny => "deny",
+    }
+}
+
+/// The proxy's resources: the Mesh's, with the `config.weft.dev/proxy-*` annotations
+/// replacing single values.
+fn proxy_resources(
+    annotations: &BTreeMap<String, String>,
+    mesh: Option<&ResourceRequirements>,
+) -> Result<Option<ResourceRequirements>, String> {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let mut resources = mesh.cloned().unwrap_or_default();
+    let mut problems = Vec::new();
+    for (annotation, limit, resource) in [
+        (annotations::PROXY_CPU_REQUEST, false, "cpu"),
+        (annotations::PROXY_CPU_LIMIT, true, "cpu"),
+        (annotations::PROXY_MEMORY_REQUEST, false, "memory"),
+        (annotations::PROXY_MEMORY_LIMIT, true, "memory"),
+    ] {
+        let Some(value) = annotations.get(annotation) else {
+            continue;
+        };
+        if !is_quantity(value) {
+            problems.push(format!(
+                "annotation {annotation}: {value:?} is not a Kubernetes quantity such as 100m or 64Mi"
+            ));
+            continue;
+        }
+        let map = if limit {
+            &mut resources.limits
+        } else {
+            &mut resources.requests
+        };
+        map.get_or_insert_with(BTreeMap::new)
+            .insert(resource.to_string(), Quantity(value.clone()));
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let empty = resources.limits.as_ref().is_none_or(BTreeMap::is_empty)
+        && resources.requests.as_ref().is_none_or(BTreeMap::is_empty);
+    Ok((!empty).then_some(resources))
+}
+
+/// A Kubernetes quantity: a non-negative decimal number with an optional SI or binary
+/// suffix (`100m`, `0.5`, `64Mi`, `1G`). Exponent forms (`1e3`) are not accepted.
+fn is_quantity(s: &str) -> bool {
+    const SUFFIXES: [&str; 14] = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P",
+    ];
+    let number = SUFFIXES
+        .iter()
+        .find_map(|suffix| s.strip_suffix(suffix))
+        .or_else(|| s.strip_suffix('E'))
+        .unwrap_or(s);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, "0"));
+    !whole.is_empty()
+        && !fraction.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && fraction.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A short hash of everything the injection depends on besides the pod.
+fn config_version(mesh: &MeshSpec, settings: &Settings, native: bool) -> String {
+    let input = json!({
+        "mesh": mesh,
+        "image": settings.proxy_image,
+        "control": settings.control_addr,
+        "native": native,
+    });
+    let digest = ring::digest::digest(&ring::digest::SHA256, input.to_string().as_bytes());
+    digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The JSON patch that adds the proxy's parts to `pod`.
+fn patch(pod: &Pod, parts: &Parts, native: bool, config_version: &str) -> json_patch::Patch {
+    let spec = pod.spec.as_ref();
+    let mut ops = Vec::new();
+
+    let init = init_container(parts);
+    let mut proxy = proxy_container(parts);
+    let has_init_containers = spec.is_some_and(|s| s.init_containers.is_some());
+    if native {
+        proxy["restartPolicy"] = json!("Always");
+        proxy["startupProbe"] = json!({
+            "httpGet": {"path": "/ready", "port": parts.admin.get()},
+            "periodSeconds": 1,
+            "failureThreshold": 120,
+        });
+        // Both go first, so the application's own init containers already run
+        // captured and with the proxy up.
+        if has_init_containers {
+            ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": proxy}));
+            ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init}));
+        } else {
+            ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init, proxy]}));
+        }
+    } else {
+        proxy["lifecycle"] = json!({
+            "postStart": {"exec": {"command": [PROXY_BINARY, "await-ready"]}},
+        });
+        if has_init_containers {
+            ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init}));
+        } else {
+            ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]}));
+        }
+        ops.push(json!({"op": "add", "path": "/spec/containers/0", "value": proxy}));
+    }
+
+    let volumes = [
+        json!({
+            "name": "weft-identity-token",
+            "projected": {"sources": [{"serviceAccountToken": {
+                "path": "token",
+                "audience": weft_proxy_api::IDENTITY_TOKEN_AUDIENCE,
+                "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+            }}]},
+        }),
+        json!({
+            "name": "weft-trust-bundle",
+            "configMap": {"name": crate::identity::controller::BUNDLE_CONFIG_MAP},
+        }),
+    ];
+    if spec.is_some_and(|s| s.volumes.is_some()) {
+        for volume in volumes {
+            ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
+        }
+    } else {
+        ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
+    }
+
+    let mut labels = vec![(annotations::INJECTED, "true".to_string())];
+    let mut notes = vec![(annotations::CONFIG_VERSION, config_version.to_string())];
+    let default_container = "kubectl.kubernetes.io/default-container";
+    let has_default = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(default_container));
+    if !native
+        && !has_default
+        && let Some(app) = spec.and_then(|s| s.containers.first())
+    {
+        // `kubectl logs` and `exec` keep going to the application, not the proxy.
+        notes.push((default_container, app.name.clone()));
+    }
+    for (path, entries, present) in [
+        (
+            "/metadata/labels",
+            &mut labels,
+            pod.metadata.labels.is_some(),
+        ),
+        (
+            "/metadata/annotations",
+            &mut notes,
+            pod.metadata.annotations.is_some(),
+        ),
+    ] {
+        if present {
+            for (key, value) in entries.drain(..) {
+                let escaped = key.replace('~', "~0").replace('/', "~1");
+                ops.push(json!({"op": "add", "path": format!("{path}/{escaped}"), "value": value}));
+            }
+        } else {
+            let map: BTreeMap<_, _> = entries.drain(..).collect();
+            ops.push(json!({"op": "add", "path": path, "value": map}));
+        }
+    }
+    // Every value above is built here from strings and numbers: it always converts.
+    serde_json::from_value(Value::Array(ops)).unwrap_or_default()
+}
+
+/// The capture init container: root with NET_ADMIN and NET_RAW, nothing else.
+fn init_container(parts: &Parts) -> Value {
+    json!({
+        "name": INIT_CONTAINER,
+        "image": parts.image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["init"],
+        "env": parts.env,
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": false,
+            "allowPrivilegeEscalation": false,
+            "privileged": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+/// The proxy container, without what differs between native and classic sidecars.
+fn proxy_container(parts: &Parts) -> Value {
+    let admin = parts.admin.get();
+    let mut container = Container {
+        name: PROXY_CONTAINER.into(),
+        ..Container::default()
+    };
+    container.resources = parts.resources.clone();
+    let mut proxy = serde_json::to_value(container).unwrap_or_else(|_| json!({}));
+    proxy["image"] = json!(parts.image);
+    proxy["imagePullPolicy"] = json!("IfNotPresent");
+    proxy["env"] = json!(parts.env);
+    proxy["ports"] = json!([{"name": "weft-admin", "containerPort": admin}]);
+    proxy["readinessProbe"] =
+        json!({"httpGet": {"path": "/ready", "port": admin}, "periodSeconds": 5});
+    proxy["livenessProbe"] =
+        json!({"httpGet": {"path": "/live", "port": admin}, "periodSeconds": 10});
+    proxy["securityContext"] = json!({
+        "runAsUser": parts.uid,
+        "runAsGroup": parts.uid,
+        "runAsNonRoot": true,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    });
+    // Mounted where the proxy looks by default, so neither path is set in its env.
+    let dir = |file: &'static str| file.rsplit_once('/').map_or(file, |(dir, _)| dir);
+    proxy["volumeMounts"] = json!([
+        {"name": "weft-identity-token", "mountPath": dir(proxy::DEFAULT_IDENTITY_TOKEN_FILE), "readOnly": true},
+        {"name": "weft-trust-bundle", "mountPath": dir(proxy::DEFAULT_TRUST_BUNDLE_FILE), "readOnly": true},
+    ]);
+    proxy["terminationMessagePolicy"] = json!("FallbackToLogsOnError");
+    proxy
+}
+
+#[cfg(test)]
+mod tests;
