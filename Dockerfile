@@ -14,6 +14,10 @@ RUN cargo build --release --locked -p "$BIN" && cp "target/release/$BIN" /weft-b
 
 FROM debian:bookworm-slim
 ARG BIN
+# The proxy image also runs `weft-proxy init`, which writes the capture rules.
+RUN if [ "$BIN" = weft-proxy ]; then \
+      apt-get update && apt-get install -y --no-install-recommends iptables && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN groupadd --gid 2102 weft && useradd --uid 2102 --gid 2102 --no-create-home --shell /usr/sbin/nologin weft
 COPY --from=build /weft-binary /usr/local/bin/${BIN}
 RUN ln -s "/usr/local/bin/${BIN}" /usr/local/bin/entrypoint

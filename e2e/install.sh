@@ -17,9 +17,14 @@ images=(weft-operator weft-proxy)
 digest() { ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls "name==weft.local/$1:dev" 2>/dev/null | awk 'NR==2 {print $3}'; }
 
 before=$(digest weft-operator)
+# The proxy image also carries iptables for `weft-proxy init`: the nft flavour (the
+# kernel's), its save/restore names, and the match and target extensions it loads.
+proxy_extra="/usr/sbin/iptables-save /usr/sbin/iptables-restore /usr/lib/x86_64-linux-gnu/xtables"
 for bin in "${images[@]}"; do
   [[ -x $TARGET_DIR/debug/$bin ]] || die "$TARGET_DIR/debug/$bin is not built (make build)"
-  "$CLUSTER_DIR/images.sh" from-binary "weft.local/$bin:dev" "$TARGET_DIR/debug/$bin"
+  extra=""
+  [[ $bin != weft-proxy ]] || extra=$proxy_extra
+  WEFT_IMAGE_EXTRA=$extra "$CLUSTER_DIR/images.sh" from-binary "weft.local/$bin:dev" "$TARGET_DIR/debug/$bin"
 done
 after=$(digest weft-operator)
 

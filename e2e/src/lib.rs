@@ -15,7 +15,7 @@
 use std::{
     future::Future,
     panic::AssertUnwindSafe,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -314,4 +314,69 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Annotates `ns` with `weft.dev/inject=enabled` and waits until the operator has
+/// published the trust bundle there, so pods created next are meshed and can start.
+/// Returns the bundle.
+pub async fn mesh_namespace(client: &Client, ns: &str) -> String {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    kubectl_ok(&["annotate", "namespace", ns, "weft.dev/inject=enabled"]);
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    eventually(
+        "the trust bundle in the namespace",
+        Duration::from_secs(60),
+        || {
+            let config_maps = config_maps.clone();
+            async move {
+                let cm = config_maps
+                    .get_opt("weft-trust-bundle")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                cm.and_then(|cm| cm.data?.get("ca-bundle.pem").cloned())
+                    .ok_or_else(|| "not yet".to_string())
+            }
+        },
+    )
+    .await
+}
+
+/// The network namespace (a file to `nsenter --net=`) of the pod with address `ip`.
+pub fn pod_netns(ip: &str) -> PathBuf {
+    let dir = Path::new("/run/weft-cluster/containerd/state/io.containerd.grpc.v1.cri/netns");
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| {
+        panic!(
+            "cannot list the pods' network namespaces in {}: {e}",
+            dir.display()
+        )
+    });
+    for entry in entries.flatten() {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", entry.path().display()))
+            .args(["ip", "-4", "-o", "addr", "show"])
+            .output()
+            .expect("nsenter runs (as root)");
+        if String::from_utf8_lossy(&out.stdout).contains(&format!("inet {ip}/")) {
+            return entry.path();
+        }
+    }
+    panic!("no network namespace in {} has address {ip}", dir.display());
+}
+
+/// Runs `cmd ARGS` inside the network namespace `netns`, failing the test if it fails.
+#[track_caller]
+pub fn in_netns(netns: &Path, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(args)
+        .output()
+        .expect("nsenter runs (as root)");
+    assert!(
+        out.status.success(),
+        "{} in {} failed: {}",
+        args.join(" "),
+        netns.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -22,6 +22,18 @@ pub struct Args {
     #[arg(long, env = "WEFT_PROXY_API_ADDR", default_value = "0.0.0.0:8090")]
     pub proxy_api_addr: SocketAddr,
 
+    /// Where the injection webhook listens (HTTPS; the `weft-webhook` Service's target).
+    #[arg(long, env = "WEFT_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+
+    /// The proxy image injected when the Mesh names none: this release's proxy.
+    #[arg(
+        long,
+        env = "WEFT_PROXY_IMAGE",
+        default_value = "weft.local/weft-proxy:dev"
+    )]
+    pub proxy_image: String,
+
     /// The operator's namespace: where its Secrets live and its Services are.
     #[arg(long, env = "WEFT_NAMESPACE", default_value = "weft-system")]
     pub namespace: String,

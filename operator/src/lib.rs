@@ -17,12 +17,22 @@ pub mod inject;
 pub mod mesh;
 pub mod metrics;
 pub mod proxy_api;
+pub mod serving;
 pub mod telemetry;
+pub mod webhook;
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api,
+    core::PartialObjectMeta,
+    runtime::{WatchStreamExt as _, reflector, watcher},
+};
 use tokio::sync::watch;
+use weft_api::Mesh;
 
 pub use self::config::{Args, LogFormat};
 
@@ -35,6 +45,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = watch::channel(false);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    let (mesh_ready_tx, mesh_ready_rx) = watch::channel(false);
     let admin = admin::serve(
         args.admin_addr,
         metrics.clone(),
@@ -60,19 +71,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         identity::certify::KubeTokenReviewer::new(client.clone()),
         metrics.clone(),
     );
-    let service = format!("weft-proxy-api.{}.svc", args.namespace);
-    let serving = proxy_api::ServingIdentity {
-        namespace: args.namespace.clone(),
-        service_account: args.service_account.clone(),
-        dns_names: vec![
-            service.clone(),
-            format!("{service}.{}", args.cluster_domain),
-        ],
+    let serving_as = |service: &str| {
+        let service = format!("{service}.{}.svc", args.namespace);
+        serving::ServingIdentity {
+            namespace: args.namespace.clone(),
+            service_account: args.service_account.clone(),
+            dns_names: vec![
+                service.clone(),
+                format!("{service}.{}", args.cluster_domain),
+            ],
+        }
     };
     let proxy_api = proxy_api::serve(
         args.proxy_api_addr,
-        authority_rx,
-        serving,
+        authority_rx.clone(),
+        serving_as("weft-proxy-api"),
         certify,
         wait_for(shutdown_rx.clone()),
     )
@@ -80,9 +93,81 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .with_context(|| format!("cannot listen on {}", args.proxy_api_addr))?;
     tracing::info!(addr = %args.proxy_api_addr, "proxy API listening");
 
+    // The injector's caches: the Mesh and every namespace's metadata.
+    let (meshes, mesh_writer) = reflector::store::<Mesh>();
+    let (namespaces, namespace_writer) = reflector::store();
+    tokio::spawn(until(
+        wait_for(shutdown_rx.clone()),
+        reflector(
+            mesh_writer,
+            watcher(Api::<Mesh>::all(client.clone()), watcher::Config::default()),
+        )
+        .default_backoff()
+        .for_each(|_| std::future::ready(())),
+    ));
+    tokio::spawn(until(
+        wait_for(shutdown_rx.clone()),
+        reflector(
+            namespace_writer,
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each(|_| std::future::ready(())),
+    ));
+    let settings = inject::Settings {
+        proxy_image: args.proxy_image.clone(),
+        control_addr: format!(
+            "weft-proxy-api.{}.svc.{}:{}",
+            args.namespace,
+            args.cluster_domain,
+            args.proxy_api_addr.port()
+        ),
+        operator_namespace: args.namespace.clone(),
+        native_sidecars_supported: native_sidecars_supported(&client).await,
+    };
+    let injector = webhook::Injector::new(
+        meshes.clone(),
+        namespaces.clone(),
+        settings,
+        metrics.clone(),
+        Some((
+            client.clone(),
+            kube::runtime::events::Recorder::new(client.clone(), reporter(&args.pod_name)),
+        )),
+    );
+    let (_, webhook) = webhook::serve(
+        args.webhook_addr,
+        authority_rx.clone(),
+        serving_as(webhook::registration::SERVICE),
+        injector,
+        wait_for(shutdown_rx.clone()),
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", args.webhook_addr))?;
+    tracing::info!(addr = %args.webhook_addr, "injection webhook listening");
+    let registration = tokio::spawn(webhook::registration::run(
+        client.clone(),
+        meshes.clone(),
+        authority_rx,
+        args.namespace.clone(),
+        wait_for(shutdown_rx.clone()),
+    ));
+
+    // Ready (and so behind the webhook Service) once the Mesh controller and the
+    // injector's caches have synced.
+    tokio::spawn(async move {
+        let _ = meshes.wait_until_ready().await;
+        let _ = namespaces.wait_until_ready().await;
+        wait_for(mesh_ready_rx).await;
+        let _ = ready_tx.send(true);
+    });
+
     let mesh = tokio::spawn(mesh::controller::run(
         mesh::controller::Context::new(client, metrics, &args.pod_name),
-        ready_tx,
+        mesh_ready_tx,
         wait_for(shutdown_rx),
     ));
 
@@ -92,6 +177,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     mesh.await.context("mesh controller panicked")?;
     identity.await.context("identity controller panicked")?;
     proxy_api.await.context("proxy API panicked")?;
+    webhook.await.context("webhook panicked")?;
+    registration
+        .await
+        .context("webhook registration panicked")?;
     admin.await.context("admin server panicked")?;
     Ok(())
 }
@@ -101,6 +190,34 @@ pub fn reporter(pod_name: &str) -> kube::runtime::events::Reporter {
     kube::runtime::events::Reporter {
         controller: "weft-operator".into(),
         instance: (!pod_name.is_empty()).then(|| pod_name.to_string()),
+    }
+}
+
+/// Whether the API server runs native sidecars (init containers with `restartPolicy:
+/// Always`, on by default since Kubernetes 1.29). When the version cannot be read, the
+/// answer is yes: every Kubernetes release still supported upstream has them.
+async fn native_sidecars_supported(client: &kube::Client) -> bool {
+    match client.apiserver_version().await {
+        Ok(info) => {
+            let minor: u32 = info
+                .minor
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .unwrap_or(u32::MAX);
+            info.major != "1" || minor >= 29
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the API server's version; assuming native sidecars");
+            true
+        }
+    }
+}
+
+/// Runs `work` until `shutdown` resolves.
+async fn until(shutdown: impl Future<Output = ()>, work: impl Future<Output = ()>) {
+    tokio::select! {
+        _ = shutdown => {}
+        _ = work => {}
     }
 }
 

@@ -9,8 +9,8 @@
 //! for: the configuration is usable and every component reports ready. The identity,
 //! injector and discovery controllers own `IdentityReady`, `InjectorReady` and
 //! `DiscoveryReady`; each writes its own condition with its own field manager, so their
-//! writes never clobber each other. Today only identity exists; the others join the
-//! verdict in [`judge`] as they land.
+//! writes never clobber each other. Identity and the injector are in the verdict
+//! ([`COMPONENTS`]); discovery joins when it lands.
 
 pub mod controller;
 
@@ -20,7 +20,7 @@ use weft_api::{
     condition::{carry_transition_times, condition},
     mesh::{
         TrustAnchorMode,
-        conditions::{IDENTITY_READY, READY},
+        conditions::{IDENTITY_READY, INJECTOR_READY, READY},
     },
 };
 
@@ -34,6 +34,8 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The active Mesh, but workload certificates cannot be issued yet.
     pub const IDENTITY_NOT_READY: &str = "IdentityNotReady";
+    /// The active Mesh, but the injection webhook is not registered yet.
+    pub const INJECTOR_NOT_READY: &str = "InjectorNotReady";
 }
 
 /// What the operator makes of one Mesh.
@@ -46,7 +48,7 @@ pub struct Verdict {
 
 /// Judges the Mesh named `name` with `spec`, given the conditions the other
 /// controllers reported on it: the mesh is Ready when its configuration is usable and
-/// every component that exists so far (today: identity) says it is ready.
+/// every component in [`COMPONENTS`] says it is ready.
 pub fn judge(name: &str, spec: &MeshSpec, conditions: &[Condition]) -> Verdict {
     if name != ACTIVE_MESH_NAME {
         return Verdict {
@@ -65,27 +67,41 @@ pub fn judge(name: &str, spec: &MeshSpec, conditions: &[Condition]) -> Verdict {
             message: problems.join("; "),
         };
     }
-    match weft_api::condition::find(conditions, IDENTITY_READY) {
-        Some(identity) if identity.status == "True" => Verdict {
-            ready: true,
-            reason: reasons::CONFIGURED,
-            message: format!(
-                "the mesh is configured with trust domain {}",
-                spec.trust_domain
-            ),
-        },
-        Some(identity) => Verdict {
-            ready: false,
-            reason: reasons::IDENTITY_NOT_READY,
-            message: format!("identity: {}", identity.message),
-        },
-        None => Verdict {
-            ready: false,
-            reason: reasons::IDENTITY_NOT_READY,
-            message: "waiting for the identity controller".to_string(),
-        },
+    for (component, reason, name) in COMPONENTS {
+        match weft_api::condition::find(conditions, component) {
+            Some(c) if c.status == "True" => {}
+            Some(c) => {
+                return Verdict {
+                    ready: false,
+                    reason,
+                    message: format!("{name}: {}", c.message),
+                };
+            }
+            None => {
+                return Verdict {
+                    ready: false,
+                    reason,
+                    message: format!("waiting for the {name} controller"),
+                };
+            }
+        }
+    }
+    Verdict {
+        ready: true,
+        reason: reasons::CONFIGURED,
+        message: format!(
+            "the mesh is configured with trust domain {}",
+            spec.trust_domain
+        ),
     }
 }
+
+/// The components whose condition `Ready` waits for: (condition, the `Ready` reason
+/// while it is not true, what it is called in messages).
+const COMPONENTS: [(&str, &str, &str); 2] = [
+    (IDENTITY_READY, reasons::IDENTITY_NOT_READY, "identity"),
+    (INJECTOR_READY, reasons::INJECTOR_NOT_READY, "injector"),
+];
 
 /// Every cross-field problem of `spec`, each naming its field.
 pub fn spec_problems(spec: &MeshSpec) -> Vec<String> {
@@ -197,16 +213,36 @@ mod tests {
         Timestamp::from_second(secs).unwrap()
     }
 
-    /// What the identity controller reports once it issues certificates.
+    /// What the identity and injector controllers report once they work.
     fn identity_ready() -> Vec<Condition> {
-        vec![condition(
-            IDENTITY_READY,
-            ConditionStatus::True,
-            "Issuing",
-            "",
-            Some(1),
-            at(1),
-        )]
+        vec![
+            condition(
+                IDENTITY_READY,
+                ConditionStatus::True,
+                "Issuing",
+                "",
+                Some(1),
+                at(1),
+            ),
+            condition(
+                INJECTOR_READY,
+                ConditionStatus::True,
+                "Registered",
+                "",
+                Some(1),
+                at(1),
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_active_mesh_waits_for_the_injector() {
+        let mut conditions = identity_ready();
+        conditions.pop();
+        let v = judge("default", &MeshSpec::default(), &conditions);
+        assert!(!v.ready);
+        assert_eq!(v.reason, reasons::INJECTOR_NOT_READY);
+        assert!(v.message.contains("injector"), "{}", v.message);
     }
 
     #[test]

@@ -29,6 +29,17 @@ pub struct Metrics {
     reconcile_seconds: Family<ControllerLabel, Histogram>,
     certificates_issued: Counter,
     certificate_refusals: Family<ReasonLabel, Counter>,
+    injector: Injector,
+}
+
+/// The injection webhook's metrics.
+#[derive(Debug)]
+struct Injector {
+    admissions: Counter,
+    injected: Counter,
+    skipped: Family<ReasonLabel, Counter>,
+    errors: Family<ReasonLabel, Counter>,
+    seconds: Histogram,
 }
 
 /// The `controller` label.
@@ -66,13 +77,75 @@ impl Metrics {
             "Certify requests refused, by reason",
             certificate_refusals.clone(),
         );
+        let injector = Injector {
+            admissions: Counter::default(),
+            injected: Counter::default(),
+            skipped: Family::default(),
+            errors: Family::default(),
+            seconds: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ]),
+        };
+        registry.register(
+            "injector_admissions",
+            "Pod admission reviews answered by the injection webhook",
+            injector.admissions.clone(),
+        );
+        registry.register(
+            "injector_injected",
+            "Pods meshed by the injection webhook",
+            injector.injected.clone(),
+        );
+        registry.register(
+            "injector_skipped",
+            "Pods that asked for injection and were left alone, by reason",
+            injector.skipped.clone(),
+        );
+        registry.register(
+            "injector_errors",
+            "Admission requests the injection webhook could not read, by reason",
+            injector.errors.clone(),
+        );
+        registry.register(
+            "injector_admission_seconds",
+            "Time from a review's arrival to its answer, in the webhook",
+            injector.seconds.clone(),
+        );
         Self {
             registry,
             reconciles,
             reconcile_seconds,
             certificates_issued,
             certificate_refusals,
+            injector,
         }
+    }
+
+    /// Counts one answered admission review that took `seconds`.
+    pub fn admission(&self, seconds: f64) {
+        self.injector.admissions.inc();
+        self.injector.seconds.observe(seconds);
+    }
+
+    /// Counts one meshed pod.
+    pub fn injected(&self) {
+        self.injector.injected.inc();
+    }
+
+    /// Counts one pod left alone for `reason`.
+    pub fn injection_skipped(&self, reason: &'static str) {
+        self.injector
+            .skipped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts one request the webhook could not read.
+    pub fn injector_error(&self, reason: &'static str) {
+        self.injector
+            .errors
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts one reconcile of `controller` that took `seconds`.

@@ -112,21 +112,6 @@ fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ready_only_with_an_identity() {
-        let r = Readiness::default();
-        assert_eq!(r.check().unwrap_err(), "no identity certificate yet");
-        r.set_identity(true);
-        assert!(r.check().is_ok());
-        r.set_identity(false);
-        assert!(r.check().is_err());
-    }
-}
-
 /// Blocks until the admin server on `admin` answers `/ready` with 200, or `timeout`
 /// passes. `weft-proxy await-ready` runs this as the proxy container's `postStart`
 /// hook when the proxy is not a native sidecar: the kubelet starts the next container
@@ -159,4 +144,19 @@ pub fn await_ready(admin: SocketAddr, timeout: std::time::Duration) -> Result<()
     Err(format!(
         "the proxy at {target} was not ready within {timeout:?} (last: {last})"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_an_identity() {
+        let r = Readiness::default();
+        assert_eq!(r.check().unwrap_err(), "no identity certificate yet");
+        r.set_identity(true);
+        assert!(r.check().is_ok());
+        r.set_identity(false);
+        assert!(r.check().is_err());
+    }
 }

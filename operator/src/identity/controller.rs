@@ -6,7 +6,8 @@
 //! - The issuer lives in the Secret `weft-issuer`, re-issued when missing, unreadable,
 //!   no longer signed by the anchor, or in the last third of its life.
 //! - The trust bundle is the ConfigMap `weft-trust-bundle` (key `ca-bundle.pem`) in
-//!   every namespace annotated `weft.dev/inject=enabled`, which proxies mount.
+//!   every namespace annotated `weft.dev/inject=enabled` or holding a pod labelled
+//!   `weft.dev/injected=true`, which proxies mount.
 //! - The Mesh's status gets `trustAnchors`, `issuer` and `IdentityReady`, written with
 //!   its own field manager.
 //!
@@ -17,7 +18,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{ConfigMap, Namespace, Secret},
+    api::core::v1::{ConfigMap, Namespace, Pod, Secret},
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
@@ -52,6 +53,7 @@ pub const BUNDLE_CONFIG_MAP: &str = "weft-trust-bundle";
 pub const BUNDLE_KEY: &str = "ca-bundle.pem";
 /// The namespace annotation that meshes a namespace.
 pub use weft_api::annotations::INJECT as INJECT_ANNOTATION;
+use weft_api::annotations::INJECTED;
 /// How often the controller re-checks everything.
 const INTERVAL: Duration = Duration::from_secs(10);
 
@@ -413,7 +415,7 @@ impl IdentityController {
 
     async fn publish_bundle(&mut self, bundle: &str) -> Result<(), kube::Error> {
         let namespaces = Api::<Namespace>::all(self.client.clone());
-        let meshed: Vec<String> = namespaces
+        let mut meshed: Vec<String> = namespaces
             .list_metadata(&ListParams::default())
             .await?
             .items
@@ -427,6 +429,18 @@ impl IdentityController {
             })
             .filter_map(|ns| ns.metadata.name)
             .collect();
+        // Pods meshed by their own annotation, in namespaces that are not: their proxy
+        // waits for the bundle's volume until it is published here.
+        let injected = Api::<Pod>::all(self.client.clone())
+            .list_metadata(&ListParams::default().labels(&format!("{INJECTED}=true")))
+            .await?;
+        for pod in injected.items {
+            if let Some(ns) = pod.metadata.namespace
+                && !meshed.contains(&ns)
+            {
+                meshed.push(ns);
+            }
+        }
         self.published.retain(|ns, _| meshed.contains(ns));
         for ns in meshed {
             if self.published.get(&ns).is_some_and(|b| b == bundle) {

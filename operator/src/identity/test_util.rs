@@ -72,7 +72,7 @@ pub async fn proxy_api() -> TestProxyApi {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     let addr = listener.local_addr().expect("a bound address");
     drop(listener);
-    let serving = crate::proxy_api::ServingIdentity {
+    let serving = crate::serving::ServingIdentity {
         namespace: "weft-system".into(),
         service_account: "weft-operator".into(),
         dns_names: vec!["localhost".into()],
