@@ -231,3 +231,31 @@ fn kubectl_lists_weft_resources_by_category_and_meshstatus() {
     let explained = kubectl_ok(&["explain", "mesh.spec.defaultInboundPolicy"]);
     assert!(explained.contains("all-authenticated"), "{explained}");
 }
+
+/// The GitOps promise: once the operator has run (registered its webhook, written
+/// statuses, published bundles), re-applying what the user applied changes nothing.
+#[tokio::test]
+async fn reapplying_deploy_and_the_mesh_after_the_operator_ran_changes_nothing() {
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "mesh/default",
+        "--timeout=120s",
+    ]);
+    kubectl_ok(&["get", "mutatingwebhookconfiguration", "weft-injector"]);
+    for args in [
+        ["diff", "--server-side", "-k", "deploy/"],
+        ["diff", "", "-k", "deploy/"],
+        ["diff", "", "-f", "examples/mesh.yaml"],
+    ] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        let out = kubectl(&args);
+        assert!(
+            out.success && out.stdout.trim().is_empty(),
+            "kubectl {} reports a change:\n{}{}",
+            args.join(" "),
+            out.stdout,
+            out.stderr
+        );
+    }
+}
