@@ -316,6 +316,12 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// An app container's command (busybox `sh -c`): it exits at once unless its proxy is
+/// already ready when it starts, and then serves HTTP on 8080 (files from `/etc`). An
+/// app container that never restarted started after its proxy was ready.
+pub const APP_AFTER_PROXY: &str =
+    "timeout 5 wget -q -O /dev/null http://127.0.0.1:4191/ready && exec httpd -f -p 8080 -h /etc";
+
 /// Annotates `ns` with `weft.dev/inject=enabled` and waits until the operator has
 /// published the trust bundle there, so pods created next are meshed and can start.
 /// Returns the bundle.

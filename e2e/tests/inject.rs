@@ -11,12 +11,12 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use weft_e2e::{
-    eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, metric, pod_netns,
-    proxy_metrics, with_temp_ns,
+    APP_AFTER_PROXY, eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace,
+    metric, pod_netns, proxy_metrics, with_temp_ns,
 };
 
-/// A Deployment `web` serving HTTP on 8080 (busybox httpd), and a pod `target` that
-/// opts out of the namespace's injection and serves the same.
+/// A Deployment `web` serving HTTP on 8080 (busybox httpd) once its proxy is ready,
+/// and a pod `target` that opts out of the namespace's injection and serves the same.
 fn workloads(ns: &str) -> String {
     format!(
         r#"
@@ -33,7 +33,7 @@ spec:
       - name: app
         image: weft.local/testapp:dev
         imagePullPolicy: IfNotPresent
-        command: [httpd, -f, -p, "8080", -h, /etc]
+        command: [sh, -c, "{APP_AFTER_PROXY}"]
         readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
 ---
 apiVersion: v1
@@ -155,8 +155,11 @@ async fn a_deployment_is_meshed_and_its_tcp_goes_through_the_proxy() {
                 .as_ref()
                 .and_then(|s| s.container_statuses.clone());
             assert!(
-                statuses.iter().flatten().all(|s| s.ready),
-                "every container ready: {statuses:?}"
+                statuses
+                    .iter()
+                    .flatten()
+                    .all(|s| s.ready && s.restart_count == 0),
+                "every container ready, the app at its first start: {statuses:?}"
             );
         }
         let target = pods.get("target").await.expect("the target pod");

@@ -1,0 +1,109 @@
+//! With `spec.proxy.nativeSidecar: false`, the proxy is the pod's first regular
+//! container, and its `postStart` hook (`weft-proxy await-ready`) holds the app back
+//! until the proxy is ready.
+//!
+//! This changes the Mesh every pod is injected from, so it is the only test in its
+//! binary (test binaries run one after another); a guard restores the Mesh.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, api::ListParams};
+use weft_e2e::{
+    APP_AFTER_PROXY, eventually, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, with_temp_ns,
+};
+
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = kubectl(&[
+            "patch",
+            "mesh",
+            "default",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"proxy":null}}"#,
+        ]);
+    }
+}
+
+fn deployment(ns: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: classic, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: classic}}}}
+  template:
+    metadata: {{labels: {{app: classic, weft.dev/e2e-app: classic}}}}
+    spec:
+      containers:
+      - name: app
+        image: weft.local/testapp:dev
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, "{APP_AFTER_PROXY}"]
+        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_classic_sidecar_starts_first_and_the_app_waits_for_it() {
+    with_temp_ns("classic", |client, ns| async move {
+        mesh_namespace(&client, &ns).await;
+        let _restore = Restore;
+        kubectl_ok(&[
+            "patch", "mesh", "default", "--type=merge", "-p",
+            r#"{"spec":{"proxy":{"nativeSidecar":false}}}"#,
+        ]);
+        // The operator has seen the change once a server-side dry run injects the
+        // classic way.
+        eventually("a classic injection", Duration::from_secs(60), || {
+            let ns = ns.clone();
+            async move {
+                let probe = format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: probe, namespace: {ns}}}\nspec:\n  containers:\n  - {{name: app, image: weft.local/testapp:dev}}\n"
+                );
+                let out = kubectl_stdin(
+                    &["create", "--dry-run=server", "-o", "jsonpath={.spec.containers[*].name}", "-f", "-"],
+                    &probe,
+                );
+                if out.stdout.trim() == "weft-proxy app" { Ok(()) } else { Err(format!("{}{}", out.stdout, out.stderr)) }
+            }
+        })
+        .await;
+
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &deployment(&ns));
+        assert!(applied.success, "{}", applied.stderr);
+        kubectl_ok(&[
+            "rollout", "status", "-n", &ns, "deployment/classic", "--timeout=180s",
+        ]);
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default().labels("app=classic"))
+            .await
+            .expect("the pods");
+        let pod = &pods.items[0];
+        let spec = pod.spec.as_ref().expect("a spec");
+        fn names(list: &[k8s_openapi::api::core::v1::Container]) -> Vec<&str> {
+            list.iter().map(|c| c.name.as_str()).collect()
+        }
+        assert_eq!(names(spec.init_containers.as_deref().unwrap_or_default()), ["weft-init"]);
+        assert_eq!(names(&spec.containers), ["weft-proxy", "app"]);
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default();
+        assert!(
+            statuses.iter().all(|s| s.ready && s.restart_count == 0),
+            "the app started once, after its proxy was ready: {statuses:?}"
+        );
+        // `kubectl logs` without -c still means the app.
+        let name = pod.metadata.name.as_deref().expect("a name");
+        kubectl_ok(&["logs", "-n", &ns, name]);
+    })
+    .await;
+}
