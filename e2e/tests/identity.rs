@@ -4,34 +4,18 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use weft_api::Mesh;
 use weft_e2e::{
-    eventually, kubectl_ok, kubectl_stdin, metric, proxy_metrics, proxy_pod, with_temp_ns,
+    eventually, kubectl_ok, kubectl_stdin, mesh_namespace, metric, proxy_metrics, proxy_pod,
+    with_temp_ns,
 };
 
 #[tokio::test]
 async fn a_proxy_gets_a_certificate_for_its_service_account_and_turns_ready() {
     with_temp_ns("identity", |client, ns| async move {
-        kubectl_ok(&["annotate", "namespace", &ns, "weft.dev/inject=enabled"]);
-        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-        let bundle = eventually(
-            "the trust bundle in the namespace",
-            Duration::from_secs(60),
-            || {
-                let config_maps = config_maps.clone();
-                async move {
-                    let cm = config_maps
-                        .get_opt("weft-trust-bundle")
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    cm.and_then(|cm| cm.data?.get("ca-bundle.pem").cloned())
-                        .ok_or_else(|| "not yet".to_string())
-                }
-            },
-        )
-        .await;
+        let bundle = mesh_namespace(&client, &ns).await;
         assert!(bundle.contains("BEGIN CERTIFICATE"), "{bundle}");
 
         let good = format!("spiffe://cluster.local/ns/{ns}/sa/books");

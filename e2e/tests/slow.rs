@@ -15,7 +15,8 @@ use std::{
 
 use tonic::{Code, Request};
 use weft_e2e::{
-    kubectl, kubectl_ok, kubectl_stdin, metric, proxy_metrics, proxy_pod, with_temp_ns,
+    kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, metric, proxy_metrics, proxy_pod,
+    with_temp_ns,
 };
 use weft_operator::{
     identity::{
@@ -120,22 +121,11 @@ async fn the_trust_anchor_rotates_while_a_proxy_stays_certified() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
 
-    with_temp_ns("rotation", |_client, ns| async move {
-        kubectl_ok(&["annotate", "namespace", &ns, "weft.dev/inject=enabled"]);
+    with_temp_ns("rotation", |client, ns| async move {
+        mesh_namespace(&client, &ns).await;
         let identity = format!("spiffe://cluster.local/ns/{ns}/sa/books");
-        let mut manifest = None;
-        // The bundle ConfigMap must exist before the pod can mount it.
-        for _ in 0..30 {
-            if kubectl(&["get", "configmap", "-n", &ns, "weft-trust-bundle"]).success {
-                manifest = Some(proxy_pod(&ns, "books", "books", &identity));
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        let applied = kubectl_stdin(
-            &["apply", "-f", "-"],
-            &manifest.expect("the trust bundle was published"),
-        );
+        let manifest = proxy_pod(&ns, "books", "books", &identity);
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &manifest);
         assert!(applied.success, "{}", applied.stderr);
         let waited = kubectl(&[
             "wait",
