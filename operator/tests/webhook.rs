@@ -2,7 +2,8 @@
 //! every kind of bad request gets a clear answer, never a panic or a hung connection.
 
 use serde_json::{Value, json};
-use weft_operator::webhook::test_util::{Client, deployment_pod, review, webhook};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_operator::webhook::test_util::{Client, deployment_pod, review, tls, webhook};
 
 fn answer_of(body: &[u8]) -> Value {
     let review: Value = serde_json::from_slice(body).expect("an AdmissionReview");
@@ -153,4 +154,23 @@ async fn conflicting_annotations_leave_the_pod_unmeshed_with_a_warning() {
         text.contains("weft_operator_injector_skipped_total{reason=\"InvalidAnnotation\"} 2"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_body_that_never_comes_gets_400_instead_of_hanging() {
+    let hook = webhook().await;
+    let mut conn = tls(hook.addr, &hook.bundle).await;
+    conn.write_all(b"POST /inject HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        conn.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the webhook hung");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive in time"), "{answer}");
 }

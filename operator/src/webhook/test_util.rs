@@ -149,38 +149,13 @@ pub struct Client {
 impl Client {
     /// Connects, retrying for a moment while the serving certificate is issued.
     pub async fn connect(addr: SocketAddr, bundle: &str) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        for der in crate::identity::ca::pem_blocks(bundle, "CERTIFICATE") {
-            roots.add(der.into()).expect("a trust anchor");
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
-        let mut last = String::new();
-        for _ in 0..50 {
-            let tcp = tokio::net::TcpStream::connect(addr)
+        let tls = tls(addr, bundle).await;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
-                .expect("the webhook accepts");
-            let _ = tcp.set_nodelay(true);
-            match connector.connect(name.clone(), tcp).await {
-                Ok(tls) => {
-                    let (sender, conn) =
-                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                            .await
-                            .expect("an HTTP connection");
-                    tokio::spawn(conn);
-                    return Self { sender, addr };
-                }
-                Err(error) => last = error.to_string(),
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("cannot connect to the webhook: {last}");
+                .expect("an HTTP connection");
+        tokio::spawn(conn);
+        Self { sender, addr }
     }
 
     /// POSTs `body` to `path`; the status and the body of the answer.
@@ -203,4 +178,37 @@ impl Client {
             .to_vec();
         (status, body)
     }
+}
+
+/// A TLS connection to a webhook, trusting `bundle`, retrying for a moment while the
+/// serving certificate is issued.
+pub async fn tls(
+    addr: SocketAddr,
+    bundle: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in crate::identity::ca::pem_blocks(bundle, "CERTIFICATE") {
+        roots.add(der.into()).expect("a trust anchor");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+    let mut last = String::new();
+    for _ in 0..50 {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("the webhook accepts");
+        let _ = tcp.set_nodelay(true);
+        match connector.connect(name.clone(), tcp).await {
+            Ok(tls) => return tls,
+            Err(error) => last = error.to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("cannot connect to the webhook: {last}");
 }
