@@ -322,6 +322,35 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 pub const APP_AFTER_PROXY: &str =
     "timeout 5 wget -q -O /dev/null http://127.0.0.1:4191/ready && exec httpd -f -p 8080 -h /etc";
 
+/// A Deployment `name` of `replicas` pods labelled `app: <name>` whose app runs
+/// [`APP_AFTER_PROXY`].
+pub fn app_deployment(ns: &str, name: &str, replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}, weft.dev/e2e-app: {name}}}}}
+    spec:
+      containers:
+      - name: app
+        image: weft.local/testapp:dev
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, "{APP_AFTER_PROXY}"]
+        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+"#
+    )
+}
+
+/// `kubectl patch mesh default --type=merge -p PATCH`.
+pub fn patch_mesh(patch: &str) -> Kubectl {
+    kubectl(&["patch", "mesh", "default", "--type=merge", "-p", patch])
+}
+
 /// Annotates `ns` with `weft.dev/inject=enabled` and waits until the operator has
 /// published the trust bundle there, so pods created next are meshed and can start.
 /// Returns the bundle.

@@ -10,44 +10,15 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use weft_e2e::{
-    APP_AFTER_PROXY, eventually, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, with_temp_ns,
+    app_deployment, eventually, kubectl_ok, kubectl_stdin, mesh_namespace, patch_mesh, with_temp_ns,
 };
 
 struct Restore;
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        let _ = kubectl(&[
-            "patch",
-            "mesh",
-            "default",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"proxy":null}}"#,
-        ]);
+        let _ = patch_mesh(r#"{"spec":{"proxy":null}}"#);
     }
-}
-
-fn deployment(ns: &str) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: classic, namespace: {ns}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: classic}}}}
-  template:
-    metadata: {{labels: {{app: classic, weft.dev/e2e-app: classic}}}}
-    spec:
-      containers:
-      - name: app
-        image: weft.local/testapp:dev
-        imagePullPolicy: IfNotPresent
-        command: [sh, -c, "{APP_AFTER_PROXY}"]
-        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
-"#
-    )
 }
 
 #[tokio::test]
@@ -76,7 +47,7 @@ async fn a_classic_sidecar_starts_first_and_the_app_waits_for_it() {
         })
         .await;
 
-        let applied = kubectl_stdin(&["apply", "-f", "-"], &deployment(&ns));
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &app_deployment(&ns, "classic", 1));
         assert!(applied.success, "{}", applied.stderr);
         kubectl_ok(&[
             "rollout", "status", "-n", &ns, "deployment/classic", "--timeout=180s",

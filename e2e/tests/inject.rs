@@ -11,31 +11,16 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use weft_e2e::{
-    APP_AFTER_PROXY, eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace,
+    app_deployment, eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace,
     metric, pod_netns, proxy_metrics, with_temp_ns,
 };
 
 /// A Deployment `web` serving HTTP on 8080 (busybox httpd) once its proxy is ready,
 /// and a pod `target` that opts out of the namespace's injection and serves the same.
 fn workloads(ns: &str) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web, weft.dev/e2e-app: web}}}}
-    spec:
-      containers:
-      - name: app
-        image: weft.local/testapp:dev
-        imagePullPolicy: IfNotPresent
-        command: [sh, -c, "{APP_AFTER_PROXY}"]
-        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
----
+    app_deployment(ns, "web", 2)
+        + &format!(
+            r#"---
 apiVersion: v1
 kind: Pod
 metadata:
@@ -51,7 +36,7 @@ spec:
     command: [httpd, -f, -p, "8080", -h, /etc]
     readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
 "#
-    )
+        )
 }
 
 fn container_names(pod: &Pod) -> (Vec<String>, Vec<String>) {

@@ -15,8 +15,8 @@ use std::{
 
 use tonic::{Code, Request};
 use weft_e2e::{
-    kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, metric, proxy_metrics, proxy_pod,
-    with_temp_ns,
+    kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, metric, patch_mesh, proxy_metrics,
+    proxy_pod, with_temp_ns,
 };
 use weft_operator::{
     identity::{
@@ -80,14 +80,7 @@ struct Restore;
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        let _ = kubectl(&[
-            "patch",
-            "mesh",
-            "default",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"identity":null}}"#,
-        ]);
+        let _ = patch_mesh(r#"{"spec":{"identity":null}}"#);
         let _ = drop_anchor_and_issuer();
     }
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use weft_e2e::{kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, with_temp_ns};
+use weft_e2e::{kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, patch_mesh, with_temp_ns};
 
 const OPERATOR: [&str; 2] = ["-n", "weft-system"];
 
@@ -64,14 +64,7 @@ struct Restore;
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        let _ = kubectl(&[
-            "patch",
-            "mesh",
-            "default",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"webhook":null}}"#,
-        ]);
+        let _ = patch_mesh(r#"{"spec":{"webhook":null}}"#);
         scale_operator(1);
         wait_for_policy("Ignore");
     }
