@@ -12,6 +12,7 @@
 
 pub mod admin;
 mod config;
+pub mod discovery;
 pub mod identity;
 pub mod inject;
 pub mod mesh;

@@ -1,0 +1,4 @@
+//! Discovery: the operator's indexes of the cluster, and the proxy API's Destination
+//! streams over them.
+
+pub mod index;

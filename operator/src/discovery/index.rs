@@ -1,0 +1,622 @@
+//! The discovery index: what the cluster's Services, EndpointSlices and Pods say about
+//! where a proxy's traffic can go, kept current from watch events and handed to each
+//! subscriber as a `watch::Receiver` of the resolution it asked for.
+//!
+//! Pure Rust: the watches feed it plain objects (`apply`, `delete`, `replace` after a
+//! relist), and tests drive it the same way, synchronously.
+//!
+//! Subscriptions are per target (a ClusterIP or a Service name, and a port); every
+//! subscriber of the same target shares one `watch` channel. A change recomputes only
+//! the targets of the Service it touched (and targets that were unknown, which the
+//! change may have made known), and a receiver wakes only when its resolution really
+//! changed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use tokio::sync::watch;
+
+/// The longest authority accepted (a DNS name is at most 253 bytes, plus a port).
+pub const MAX_AUTHORITY: usize = 260;
+
+/// A namespaced name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// What a proxy asked to resolve.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A ClusterIP and port.
+    Address(SocketAddr),
+    /// A Service by name, and a port.
+    Name { service: Key, port: u16 },
+}
+
+/// Why an authority cannot be resolved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("the authority is longer than {MAX_AUTHORITY} bytes")]
+    TooLong,
+    #[error("{0:?} is not host:port")]
+    NoPort(String),
+    #[error("{0:?} is not a port from 1 to 65535")]
+    BadPort(String),
+    #[error("{0:?} is neither an IP address nor <service>.<namespace>[.svc[.<cluster-domain>]]")]
+    BadHost(String),
+}
+
+/// Parses `ip:port`, `[ipv6]:port` or `<service>.<namespace>[.svc[.<domain>]]:port`.
+pub fn parse_authority(authority: &str, cluster_domain: &str) -> Result<Target, AuthorityError> {
+    if authority.len() > MAX_AUTHORITY {
+        return Err(AuthorityError::TooLong);
+    }
+    if let Ok(addr) = authority.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(AuthorityError::BadPort("0".into()));
+        }
+        return Ok(Target::Address(addr));
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| AuthorityError::NoPort(authority.into()))?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| AuthorityError::BadPort(port.into()))?;
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let bad = || AuthorityError::BadHost(host.clone());
+    let rest = host
+        .strip_suffix(&format!(".svc.{cluster_domain}"))
+        .or_else(|| host.strip_suffix(".svc"))
+        .unwrap_or(&host);
+    let (name, namespace) = rest.split_once('.').ok_or_else(bad)?;
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if !label(name) || !label(namespace) {
+        return Err(bad());
+    }
+    Ok(Target::Name {
+        service: Key::new(namespace, name),
+        port,
+    })
+}
+
+/// What a proxy is told about one target.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Resolution {
+    /// The Service behind the target, when the mesh knows one.
+    pub service: Option<Key>,
+    /// Ready endpoints, sorted by address.
+    pub endpoints: Vec<Endpoint>,
+    /// A hash of the above.
+    pub version: String,
+}
+
+/// One ready endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// The SPIFFE id of its proxy, when its pod is meshed.
+    pub identity: Option<String>,
+    /// Whether the port is opaque (no protocol detection).
+    pub opaque: bool,
+    /// `namespace`, `pod`, `workload`.
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ServiceInfo {
+    cluster_ips: Vec<IpAddr>,
+    /// Service port → the port's name (`""` when unnamed).
+    ports: BTreeMap<u16, String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct SliceInfo {
+    service: Key,
+    /// Port name → endpoint port number (TCP only).
+    ports: BTreeMap<String, u16>,
+    endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct SliceEndpoint {
+    addresses: Vec<IpAddr>,
+    ready: bool,
+    pod: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct PodInfo {
+    service_account: String,
+    meshed: bool,
+    workload: Option<String>,
+    opaque_ports: BTreeSet<u16>,
+}
+
+/// The index. See the module docs.
+#[derive(Debug)]
+pub struct Index {
+    cluster_domain: String,
+    trust_domain: String,
+    opaque_ports: BTreeSet<u16>,
+    services: HashMap<Key, ServiceInfo>,
+    by_cluster_ip: HashMap<IpAddr, Key>,
+    slices: HashMap<Key, SliceInfo>,
+    slices_of: HashMap<Key, BTreeSet<Key>>,
+    pods: HashMap<Key, PodInfo>,
+    subscriptions: HashMap<Target, watch::Sender<Arc<Resolution>>>,
+}
+
+impl Index {
+    pub fn new(cluster_domain: &str, trust_domain: &str) -> Self {
+        Self {
+            cluster_domain: cluster_domain.into(),
+            trust_domain: trust_domain.into(),
+            opaque_ports: BTreeSet::new(),
+            services: HashMap::new(),
+            by_cluster_ip: HashMap::new(),
+            slices: HashMap::new(),
+            slices_of: HashMap::new(),
+            pods: HashMap::new(),
+            subscriptions: HashMap::new(),
+        }
+    }
+
+    /// The cluster's DNS domain, for parsing authorities.
+    pub fn cluster_domain(&self) -> &str {
+        &self.cluster_domain
+    }
+
+    /// A receiver of `target`'s resolution, current at once and updated on change.
+    pub fn subscribe(&mut self, target: &Target) -> watch::Receiver<Arc<Resolution>> {
+        if let Some(tx) = self.subscriptions.get(target) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Arc::new(self.resolve(target)));
+        self.subscriptions.insert(target.clone(), tx);
+        rx
+    }
+
+    /// Distinct targets with at least one subscriber.
+    pub fn targets(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Drops targets nobody listens to any more.
+    pub fn forget_unused(&mut self) {
+        self.subscriptions.retain(|_, tx| tx.receiver_count() > 0);
+    }
+
+    /// The mesh's settings that resolutions depend on.
+    pub fn set_mesh(&mut self, trust_domain: &str, opaque_ports: BTreeSet<u16>) {
+        if self.trust_domain != trust_domain || self.opaque_ports != opaque_ports {
+            self.trust_domain = trust_domain.into();
+            self.opaque_ports = opaque_ports;
+            self.refresh_all();
+        }
+    }
+
+    pub fn apply_service(&mut self, service: &Service) {
+        let Some(key) = key_of(&service.metadata) else {
+            return;
+        };
+        let spec = service.spec.as_ref();
+        let cluster_ips: Vec<IpAddr> = spec
+            .and_then(|s| {
+                s.cluster_ips
+                    .clone()
+                    .or_else(|| s.cluster_ip.clone().map(|ip| vec![ip]))
+            })
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        let ports = spec
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| {
+                let port = u16::try_from(p.port).ok()?;
+                Some((port, p.name.clone().unwrap_or_default()))
+            })
+            .collect();
+        let info = ServiceInfo { cluster_ips, ports };
+        if self.services.get(&key) == Some(&info) {
+            return;
+        }
+        if let Some(old) = self.services.insert(key.clone(), info.clone()) {
+            for ip in old.cluster_ips {
+                self.by_cluster_ip.remove(&ip);
+            }
+        }
+        for ip in info.cluster_ips {
+            self.by_cluster_ip.insert(ip, key.clone());
+        }
+        self.refresh(&key);
+    }
+
+    pub fn delete_service(&mut self, key: &Key) {
+        if let Some(old) = self.services.remove(key) {
+            for ip in old.cluster_ips {
+                self.by_cluster_ip.remove(&ip);
+            }
+            self.refresh(key);
+        }
+    }
+
+    pub fn apply_slice(&mut self, slice: &EndpointSlice) {
+        let Some(key) = key_of(&slice.metadata) else {
+            return;
+        };
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+            .map(|name| Key::new(&key.namespace, name))
+        else {
+            return;
+        };
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    u16::try_from(p.port?).ok()?,
+                ))
+            })
+            .collect();
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .map(|e| SliceEndpoint {
+                addresses: e.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                // Unset means ready, per the API.
+                ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+                pod: e
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| r.name.clone()),
+            })
+            .collect();
+        let info = SliceInfo {
+            service: service.clone(),
+            ports,
+            endpoints,
+        };
+        if self.slices.get(&key) == Some(&info) {
+            return;
+        }
+        if let Some(old) = self.slices.insert(key.clone(), info)
+            && old.service != service
+        {
+            self.unlink_slice(&old.service, &key);
+            self.refresh(&old.service);
+        }
+        self.slices_of
+            .entry(service.clone())
+            .or_default()
+            .insert(key);
+        self.refresh(&service);
+    }
+
+    pub fn delete_slice(&mut self, key: &Key) {
+        if let Some(old) = self.slices.remove(key) {
+            self.unlink_slice(&old.service, key);
+            self.refresh(&old.service);
+        }
+    }
+
+    pub fn apply_pod(&mut self, pod: &Pod) {
+        let Some(key) = key_of(&pod.metadata) else {
+            return;
+        };
+        let info = pod_info(pod);
+        if self.pods.get(&key) == Some(&info) {
+            return;
+        }
+        self.pods.insert(key.clone(), info);
+        self.refresh_pod(&key);
+    }
+
+    pub fn delete_pod(&mut self, key: &Key) {
+        if self.pods.remove(key).is_some() {
+            self.refresh_pod(key);
+        }
+    }
+
+    /// Replaces every Service after a relist.
+    pub fn replace_services(&mut self, services: &[Service]) {
+        let keep: BTreeSet<Key> = services
+            .iter()
+            .filter_map(|s| key_of(&s.metadata))
+            .collect();
+        let gone: Vec<Key> = self
+            .services
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.delete_service(&key);
+        }
+        for service in services {
+            self.apply_service(service);
+        }
+    }
+
+    /// Replaces every EndpointSlice after a relist.
+    pub fn replace_slices(&mut self, slices: &[EndpointSlice]) {
+        let keep: BTreeSet<Key> = slices.iter().filter_map(|s| key_of(&s.metadata)).collect();
+        let gone: Vec<Key> = self
+            .slices
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.delete_slice(&key);
+        }
+        for slice in slices {
+            self.apply_slice(slice);
+        }
+    }
+
+    /// Replaces every Pod after a relist.
+    pub fn replace_pods(&mut self, pods: &[Pod]) {
+        let keep: BTreeSet<Key> = pods.iter().filter_map(|p| key_of(&p.metadata)).collect();
+        let gone: Vec<Key> = self
+            .pods
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.delete_pod(&key);
+        }
+        for pod in pods {
+            self.apply_pod(pod);
+        }
+    }
+
+    fn unlink_slice(&mut self, service: &Key, slice: &Key) {
+        if let Some(set) = self.slices_of.get_mut(service) {
+            set.remove(slice);
+            if set.is_empty() {
+                self.slices_of.remove(service);
+            }
+        }
+    }
+
+    /// The Service `target` points at.
+    fn service_of(&self, target: &Target) -> Option<(Key, u16)> {
+        match target {
+            Target::Address(addr) => self
+                .by_cluster_ip
+                .get(&addr.ip())
+                .map(|key| (key.clone(), addr.port())),
+            Target::Name { service, port } => self
+                .services
+                .contains_key(service)
+                .then(|| (service.clone(), *port)),
+        }
+    }
+
+    /// Computes `target`'s resolution from the index.
+    pub fn resolve(&self, target: &Target) -> Resolution {
+        let Some((key, port)) = self.service_of(target) else {
+            return versioned(Resolution::default());
+        };
+        let port_name = self
+            .services
+            .get(&key)
+            .and_then(|s| s.ports.get(&port).cloned());
+        let mut endpoints = Vec::new();
+        if let Some(port_name) = port_name {
+            for slice in self.slices_of.get(&key).into_iter().flatten() {
+                let Some(slice) = self.slices.get(slice) else {
+                    continue;
+                };
+                let Some(&target_port) = slice.ports.get(&port_name) else {
+                    continue;
+                };
+                for e in slice.endpoints.iter().filter(|e| e.ready) {
+                    let pod = e.pod.as_ref().and_then(|name| {
+                        self.pods
+                            .get(&Key::new(&key.namespace, name))
+                            .map(|p| (name, p))
+                    });
+                    for ip in &e.addresses {
+                        endpoints.push(self.endpoint(&key.namespace, *ip, target_port, pod));
+                    }
+                }
+            }
+        }
+        endpoints.sort();
+        endpoints.dedup_by(|a, b| a.address == b.address);
+        versioned(Resolution {
+            service: Some(key),
+            endpoints,
+            version: String::new(),
+        })
+    }
+
+    fn endpoint(
+        &self,
+        namespace: &str,
+        ip: IpAddr,
+        port: u16,
+        pod: Option<(&String, &PodInfo)>,
+    ) -> Endpoint {
+        let mut labels = BTreeMap::from([("namespace".to_string(), namespace.to_string())]);
+        let mut identity = None;
+        let mut opaque = self.opaque_ports.contains(&port);
+        if let Some((name, info)) = pod {
+            labels.insert("pod".into(), name.clone());
+            if let Some(workload) = &info.workload {
+                labels.insert("workload".into(), workload.clone());
+            }
+            if info.meshed {
+                identity = Some(format!(
+                    "spiffe://{}/ns/{namespace}/sa/{}",
+                    self.trust_domain, info.service_account
+                ));
+            }
+            opaque |= info.opaque_ports.contains(&port);
+        }
+        Endpoint {
+            address: SocketAddr::new(ip, port),
+            identity,
+            opaque,
+            labels,
+        }
+    }
+
+    /// Recomputes the targets of `service`, and the unknown ones it may now answer.
+    fn refresh(&mut self, service: &Key) {
+        let affected: Vec<Target> = self
+            .subscriptions
+            .iter()
+            .filter(|(target, tx)| {
+                let now = self.service_of(target).map(|(k, _)| k);
+                now.as_ref() == Some(service) || tx.borrow().service.as_ref() == Some(service)
+            })
+            .map(|(target, _)| target.clone())
+            .collect();
+        self.publish(affected);
+    }
+
+    /// Recomputes the targets whose endpoints include pod `key`.
+    fn refresh_pod(&mut self, pod: &Key) {
+        let services: BTreeSet<Key> = self
+            .slices
+            .values()
+            .filter(|s| {
+                s.service.namespace == pod.namespace
+                    && s.endpoints
+                        .iter()
+                        .any(|e| e.pod.as_deref() == Some(pod.name.as_str()))
+            })
+            .map(|s| s.service.clone())
+            .collect();
+        for service in services {
+            self.refresh(&service);
+        }
+    }
+
+    fn refresh_all(&mut self) {
+        let all: Vec<Target> = self.subscriptions.keys().cloned().collect();
+        self.publish(all);
+    }
+
+    fn publish(&mut self, targets: Vec<Target>) {
+        for target in targets {
+            let resolution = self.resolve(&target);
+            if let Some(tx) = self.subscriptions.get(&target) {
+                tx.send_if_modified(|current| {
+                    if **current == resolution {
+                        false
+                    } else {
+                        *current = Arc::new(resolution);
+                        true
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Key> {
+    Some(Key::new(meta.namespace.as_deref()?, meta.name.as_deref()?))
+}
+
+fn pod_info(pod: &Pod) -> PodInfo {
+    let labels = pod.metadata.labels.as_ref();
+    let meshed = labels
+        .and_then(|l| l.get(weft_api::annotations::INJECTED))
+        .is_some_and(|v| v == "true");
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let workload = owner.map(|o| {
+        // A ReplicaSet of a Deployment is named `<deployment>-<pod-template-hash>`.
+        let hash = labels.and_then(|l| l.get("pod-template-hash"));
+        match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
+            Some(deployment) if o.kind == "ReplicaSet" => format!("deployment/{deployment}"),
+            _ => format!("{}/{}", o.kind.to_ascii_lowercase(), o.name),
+        }
+    });
+    let opaque_ports = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(weft_api::annotations::OPAQUE_PORTS))
+        .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    PodInfo {
+        service_account: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        meshed,
+        workload,
+        opaque_ports,
+    }
+}
+
+/// `resolution` with its version: a hash of its content.
+fn versioned(mut resolution: Resolution) -> Resolution {
+    let mut text = format!("{:?}", resolution.service);
+    for e in &resolution.endpoints {
+        text.push_str(&format!(
+            "|{}|{:?}|{}|{:?}",
+            e.address, e.identity, e.opaque, e.labels
+        ));
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    resolution.version = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    resolution
+}
+
+#[cfg(test)]
+mod tests;

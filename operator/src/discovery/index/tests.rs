@@ -1,0 +1,333 @@
+use serde_json::json;
+
+use super::*;
+
+fn service(ns: &str, name: &str, ip: &str, ports: &[(u16, &str)]) -> Service {
+    let ports: Vec<_> = ports
+        .iter()
+        .map(|(port, name)| json!({"port": port, "name": name, "protocol": "TCP"}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": ports},
+    }))
+    .unwrap()
+}
+
+/// A slice of `service` with port `port_name` → `port`, and endpoints (ip, ready, pod).
+fn slice(
+    ns: &str,
+    name: &str,
+    service: &str,
+    port: (&str, u16),
+    endpoints: &[(&str, Option<bool>, &str)],
+) -> EndpointSlice {
+    let endpoints: Vec<_> = endpoints
+        .iter()
+        .map(|(ip, ready, pod)| {
+            let mut e = json!({
+                "addresses": [ip],
+                "targetRef": {"kind": "Pod", "name": pod, "namespace": ns},
+            });
+            if let Some(ready) = ready {
+                e["conditions"] = json!({"ready": ready});
+            }
+            e
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {
+            "namespace": ns, "name": name,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": port.0, "port": port.1, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+fn pod(ns: &str, name: &str, sa: &str, meshed: bool) -> Pod {
+    let mut labels = json!({"app": "web", "pod-template-hash": "5985cc664"});
+    if meshed {
+        labels["weft.dev/injected"] = json!("true");
+    }
+    serde_json::from_value(json!({
+        "metadata": {
+            "namespace": ns, "name": name, "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5985cc664",
+                "uid": "u", "controller": true,
+            }],
+        },
+        "spec": {"serviceAccountName": sa, "containers": []},
+    }))
+    .unwrap()
+}
+
+fn index() -> Index {
+    Index::new("cluster.local", "cluster.local")
+}
+
+fn addrs(r: &Resolution) -> Vec<String> {
+    r.endpoints.iter().map(|e| e.address.to_string()).collect()
+}
+
+fn web_target() -> Target {
+    parse_authority("web.shop.svc.cluster.local:80", "cluster.local").unwrap()
+}
+
+#[test]
+fn authorities() {
+    let d = "cluster.local";
+    assert_eq!(
+        parse_authority("198.19.0.12:80", d),
+        Ok(Target::Address("198.19.0.12:80".parse().unwrap()))
+    );
+    assert_eq!(
+        parse_authority("[fd00::1]:443", d),
+        Ok(Target::Address("[fd00::1]:443".parse().unwrap()))
+    );
+    for name in [
+        "web.shop.svc.cluster.local:80",
+        "web.shop.svc:80",
+        "web.shop:80",
+        "WEB.shop.svc.cluster.local.:80",
+    ] {
+        assert_eq!(
+            parse_authority(name, d),
+            Ok(Target::Name {
+                service: Key::new("shop", "web"),
+                port: 80
+            }),
+            "{name}"
+        );
+    }
+    for bad in [
+        "web",
+        "web.shop",
+        "web.shop:http",
+        "web.shop:0",
+        "web.shop:70000",
+        "web:80",
+        ".shop:80",
+        "we_b.shop:80",
+        "-web.shop:80",
+        "198.19.0.12:0",
+        "",
+    ] {
+        assert!(parse_authority(bad, d).is_err(), "{bad}");
+    }
+    let long = format!("{}.shop:80", "a".repeat(300));
+    assert_eq!(parse_authority(&long, d), Err(AuthorityError::TooLong));
+}
+
+#[test]
+fn endpoints_come_and_go_and_follow_readiness() {
+    let mut idx = index();
+    idx.apply_service(&service("shop", "web", "198.19.0.12", &[(80, "http")]));
+    let mut by_name = idx.subscribe(&web_target());
+    let by_ip = idx.subscribe(&Target::Address("198.19.0.12:80".parse().unwrap()));
+    assert!(by_name.borrow().endpoints.is_empty());
+    assert_eq!(by_name.borrow().service, Some(Key::new("shop", "web")));
+    by_name.mark_unchanged();
+
+    idx.apply_slice(&slice(
+        "shop",
+        "web-abc",
+        "web",
+        ("http", 8080),
+        &[
+            ("198.18.0.5", None, "web-1"),
+            ("198.18.0.6", Some(true), "web-2"),
+        ],
+    ));
+    assert!(by_name.has_changed().unwrap());
+    assert_eq!(
+        addrs(&by_name.borrow_and_update()),
+        ["198.18.0.5:8080", "198.18.0.6:8080"]
+    );
+    assert_eq!(
+        *by_ip.borrow(),
+        *by_name.borrow(),
+        "both spellings share a resolution"
+    );
+
+    // A readiness flip removes the endpoint; flipping back restores it.
+    let version = by_name.borrow().version.clone();
+    idx.apply_slice(&slice(
+        "shop",
+        "web-abc",
+        "web",
+        ("http", 8080),
+        &[
+            ("198.18.0.5", None, "web-1"),
+            ("198.18.0.6", Some(false), "web-2"),
+        ],
+    ));
+    assert_eq!(addrs(&by_name.borrow_and_update()), ["198.18.0.5:8080"]);
+    assert_ne!(by_name.borrow().version, version);
+
+    // A second slice adds to the first; deleting it takes its endpoints away.
+    idx.apply_slice(&slice(
+        "shop",
+        "web-def",
+        "web",
+        ("http", 8080),
+        &[("198.18.0.7", None, "web-3")],
+    ));
+    assert_eq!(
+        addrs(&by_name.borrow_and_update()),
+        ["198.18.0.5:8080", "198.18.0.7:8080"]
+    );
+    idx.delete_slice(&Key::new("shop", "web-def"));
+    assert_eq!(addrs(&by_name.borrow_and_update()), ["198.18.0.5:8080"]);
+
+    // An unchanged apply wakes nobody.
+    idx.apply_slice(&slice(
+        "shop",
+        "web-abc",
+        "web",
+        ("http", 8080),
+        &[
+            ("198.18.0.5", None, "web-1"),
+            ("198.18.0.6", Some(false), "web-2"),
+        ],
+    ));
+    assert!(!by_name.has_changed().unwrap());
+
+    // Deleting the Service makes the destination unknown.
+    idx.delete_service(&Key::new("shop", "web"));
+    assert_eq!(by_name.borrow_and_update().service, None);
+    assert!(by_ip.borrow().endpoints.is_empty());
+}
+
+#[test]
+fn a_meshed_pod_gives_its_endpoint_an_identity_that_follows_its_service_account() {
+    let mut idx = index();
+    idx.apply_service(&service("shop", "web", "198.19.0.12", &[(80, "http")]));
+    idx.apply_slice(&slice(
+        "shop",
+        "web-abc",
+        "web",
+        ("http", 8080),
+        &[("198.18.0.5", None, "web-1"), ("198.18.0.6", None, "plain")],
+    ));
+    let mut rx = idx.subscribe(&web_target());
+    assert_eq!(rx.borrow().endpoints[0].identity, None, "no pod known yet");
+
+    idx.apply_pod(&pod("shop", "web-1", "books", true));
+    idx.apply_pod(&pod("shop", "plain", "books", false));
+    {
+        let r = rx.borrow_and_update();
+        assert_eq!(
+            r.endpoints[0].identity.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/books")
+        );
+        assert_eq!(r.endpoints[0].labels["workload"], "deployment/web");
+        assert_eq!(r.endpoints[0].labels["pod"], "web-1");
+        assert_eq!(r.endpoints[1].identity, None, "not meshed");
+    }
+
+    // The pod comes back under another ServiceAccount.
+    idx.apply_pod(&pod("shop", "web-1", "library", true));
+    assert_eq!(
+        rx.borrow_and_update().endpoints[0].identity.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/library")
+    );
+    idx.delete_pod(&Key::new("shop", "web-1"));
+    assert_eq!(rx.borrow_and_update().endpoints[0].identity, None);
+}
+
+#[test]
+fn a_service_port_change_and_a_late_service_reach_subscribers() {
+    let mut idx = index();
+    // Subscribed before the Service exists: unknown, then known when it appears.
+    let mut rx = idx.subscribe(&Target::Address("198.19.0.12:80".parse().unwrap()));
+    assert_eq!(rx.borrow_and_update().service, None);
+    idx.apply_slice(&slice(
+        "shop",
+        "web-abc",
+        "web",
+        ("http", 8080),
+        &[("198.18.0.5", None, "web-1")],
+    ));
+    assert!(!rx.has_changed().unwrap());
+    idx.apply_service(&service("shop", "web", "198.19.0.12", &[(80, "http")]));
+    assert_eq!(addrs(&rx.borrow_and_update()), ["198.18.0.5:8080"]);
+
+    // The Service now serves port 80 under another name: no slice port matches.
+    idx.apply_service(&service("shop", "web", "198.19.0.12", &[(80, "grpc")]));
+    assert!(rx.borrow_and_update().endpoints.is_empty());
+    // The Service moves to another ClusterIP: the old address is unknown.
+    idx.apply_service(&service("shop", "web", "198.19.0.99", &[(80, "http")]));
+    assert_eq!(rx.borrow_and_update().service, None);
+}
+
+#[test]
+fn a_relist_removes_what_disappeared() {
+    let mut idx = index();
+    idx.apply_service(&service("shop", "web", "198.19.0.12", &[(80, "http")]));
+    idx.apply_slice(&slice(
+        "shop",
+        "a",
+        "web",
+        ("http", 8080),
+        &[("198.18.0.5", None, "web-1")],
+    ));
+    idx.apply_slice(&slice(
+        "shop",
+        "b",
+        "web",
+        ("http", 8080),
+        &[("198.18.0.6", None, "web-2")],
+    ));
+    let mut rx = idx.subscribe(&web_target());
+    assert_eq!(addrs(&rx.borrow_and_update()).len(), 2);
+    idx.replace_slices(&[slice(
+        "shop",
+        "b",
+        "web",
+        ("http", 8080),
+        &[("198.18.0.6", None, "web-2")],
+    )]);
+    assert_eq!(addrs(&rx.borrow_and_update()), ["198.18.0.6:8080"]);
+    idx.replace_services(&[]);
+    assert_eq!(rx.borrow_and_update().service, None);
+}
+
+#[test]
+fn opaque_ports_come_from_the_mesh_and_the_pod() {
+    let mut idx = index();
+    idx.apply_service(&service(
+        "shop",
+        "db",
+        "198.19.0.20",
+        &[(5432, "pg"), (9000, "admin")],
+    ));
+    idx.apply_slice(&slice(
+        "shop",
+        "db-a",
+        "db",
+        ("pg", 5432),
+        &[("198.18.0.9", None, "db-0")],
+    ));
+    let rx = idx.subscribe(&Target::Address("198.19.0.20:5432".parse().unwrap()));
+    assert!(!rx.borrow().endpoints[0].opaque);
+    idx.set_mesh("cluster.local", BTreeSet::from([5432]));
+    assert!(rx.borrow().endpoints[0].opaque);
+}
+
+#[test]
+fn unused_targets_are_forgotten() {
+    let mut idx = index();
+    let rx = idx.subscribe(&web_target());
+    let rx2 = idx.subscribe(&web_target());
+    assert_eq!(idx.targets(), 1);
+    drop(rx);
+    idx.forget_unused();
+    assert_eq!(idx.targets(), 1);
+    drop(rx2);
+    idx.forget_unused();
+    assert_eq!(idx.targets(), 0);
+}
