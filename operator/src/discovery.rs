@@ -2,3 +2,5 @@
 //! streams over them.
 
 pub mod index;
+pub mod server;
+pub mod watch;

@@ -83,11 +83,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ],
         }
     };
+    let index = Arc::new(std::sync::Mutex::new(discovery::index::Index::new(
+        &args.cluster_domain,
+        "cluster.local",
+    )));
+    tokio::spawn(discovery::watch::run(
+        client.clone(),
+        index.clone(),
+        wait_for(shutdown_rx.clone()),
+    ));
+    let destination =
+        discovery::server::DestinationService::new(index, Default::default(), metrics.clone());
     let proxy_api = proxy_api::serve(
         args.proxy_api_addr,
         authority_rx.clone(),
         serving_as("weft-proxy-api"),
         certify,
+        destination,
         wait_for(shutdown_rx.clone()),
     )
     .await

@@ -2,7 +2,7 @@
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -30,6 +30,8 @@ pub struct Metrics {
     certificates_issued: Counter,
     certificate_refusals: Family<ReasonLabel, Counter>,
     injector: Injector,
+    destination_streams: Gauge,
+    destination_refusals: Family<ReasonLabel, Counter>,
 }
 
 /// The injection webhook's metrics.
@@ -111,6 +113,18 @@ impl Metrics {
             "Time from a review's arrival to its answer, in the webhook",
             injector.seconds.clone(),
         );
+        let destination_streams = Gauge::default();
+        registry.register(
+            "destination_streams",
+            "Destination streams open to proxies",
+            destination_streams.clone(),
+        );
+        let destination_refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "destination_refusals",
+            "Destination calls refused, by reason",
+            destination_refusals.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -118,6 +132,8 @@ impl Metrics {
             certificates_issued,
             certificate_refusals,
             injector,
+            destination_streams,
+            destination_refusals,
         }
     }
 
@@ -167,6 +183,22 @@ impl Metrics {
     /// Counts one refused Certify request.
     pub fn certificate_refused(&self, reason: &'static str) {
         self.certificate_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a Destination stream opening (`true`) or closing.
+    pub fn destination_stream(&self, open: bool) {
+        if open {
+            self.destination_streams.inc();
+        } else {
+            self.destination_streams.dec();
+        }
+    }
+
+    /// Counts one refused Destination call.
+    pub fn destination_refused(&self, reason: &'static str) {
+        self.destination_refusals
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }

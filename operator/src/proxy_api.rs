@@ -4,14 +4,19 @@
 //! its own SPIFFE id and the Service's DNS names, so proxies verify it against the trust
 //! bundle they already mount ([`crate::serving`]).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use rustls::ServerConfig;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
-use weft_proxy_api::v1::identity_server::IdentityServer;
+use weft_proxy_api::v1::{destination_server::DestinationServer, identity_server::IdentityServer};
 
 use crate::{
+    discovery::server::DestinationService,
     identity::{
         CurrentAuthority,
         certify::{Certify, TokenReviewer},
@@ -28,20 +33,19 @@ pub async fn serve<R: TokenReviewer>(
     authority: CurrentAuthority,
     serving: ServingIdentity,
     certify: Certify<R>,
+    destination: DestinationService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     let cert = Arc::new(ServingCert::default());
-    tokio::spawn(keep_issued(cert.clone(), authority, serving, "proxy API"));
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(std::io::Error::other)?
-        .with_no_client_auth()
-        .with_cert_resolver(cert);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    tokio::spawn(keep_issued(
+        cert.clone(),
+        authority.clone(),
+        serving,
+        "proxy API",
+    ));
+    let acceptor = Arc::new(RwLock::new(acceptor(&cert, None)?));
+    tokio::spawn(keep_trusting(acceptor.clone(), cert, authority));
 
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -51,7 +55,10 @@ pub async fn serve<R: TokenReviewer>(
             };
             // Small request/response exchanges: never wait on Nagle and delayed ACKs.
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let Ok(acceptor) = acceptor.read().map(|a| a.clone()) else {
+                continue;
+            };
+            let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
@@ -67,10 +74,70 @@ pub async fn serve<R: TokenReviewer>(
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) });
     let server = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(certify))
+        .add_service(DestinationServer::new(destination))
         .serve_with_incoming_shutdown(incoming, shutdown);
     Ok(tokio::spawn(async move {
         if let Err(error) = server.await {
             tracing::error!(%error, "proxy API server failed");
         }
     }))
+}
+
+/// A TLS 1.3 acceptor serving `cert`. With a trust bundle, clients may present a
+/// workload certificate, which must chain to it (Destination requires one; Certify,
+/// the bootstrap, does not).
+fn acceptor(cert: &Arc<ServingCert>, bundle: Option<&str>) -> std::io::Result<TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(std::io::Error::other)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in bundle
+        .map(|b| crate::identity::ca::pem_blocks(b, "CERTIFICATE"))
+        .unwrap_or_default()
+    {
+        let _ = roots.add(der.into());
+    }
+    let mut config = if roots.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(std::io::Error::other)?;
+        builder.with_client_cert_verifier(verifier)
+    }
+    .with_cert_resolver(cert.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Rebuilds the acceptor whenever the trust bundle changes (anchor rotation).
+async fn keep_trusting(
+    slot: Arc<RwLock<TlsAcceptor>>,
+    cert: Arc<ServingCert>,
+    mut authority: CurrentAuthority,
+) {
+    let mut trusted: Option<String> = None;
+    loop {
+        let bundle = authority
+            .borrow_and_update()
+            .as_ref()
+            .map(|a| a.bundle_pem().to_string());
+        if bundle != trusted {
+            match acceptor(&cert, bundle.as_deref()) {
+                Ok(new) => {
+                    if let Ok(mut current) = slot.write() {
+                        *current = new;
+                    }
+                    trusted = bundle;
+                }
+                Err(error) => tracing::warn!(%error, "cannot trust the new bundle"),
+            }
+        }
+        if authority.changed().await.is_err() {
+            return;
+        }
+    }
 }

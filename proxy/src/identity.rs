@@ -160,6 +160,16 @@ pub async fn connect(
     control: &ControlAddr,
     bundle: &str,
 ) -> Result<tonic::transport::Channel, CertifyError> {
+    connect_as(control, bundle, None).await
+}
+
+/// Like [`connect`], presenting `client` (the proxy's workload certificate) for the
+/// mutual-TLS streams of the proxy API.
+pub async fn connect_as(
+    control: &ControlAddr,
+    bundle: &str,
+    client: Option<Arc<CertifiedKey>>,
+) -> Result<tonic::transport::Channel, CertifyError> {
     let mut roots = RootCertStore::empty();
     for der in pem_certificates(bundle) {
         let _ = roots.add(der);
@@ -170,10 +180,15 @@ pub async fn connect(
         ));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match client {
+        Some(key) => {
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)))
+        }
+        None => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let server_name =

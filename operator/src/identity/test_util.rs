@@ -58,6 +58,10 @@ pub struct TestProxyApi {
     /// The trust bundle (PEM) clients verify the server with.
     pub bundle: String,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The discovery index the Destination service reads; tests feed it objects.
+    pub index: std::sync::Arc<std::sync::Mutex<crate::discovery::index::Index>>,
+    /// What proxies acknowledged.
+    pub acks: crate::discovery::server::Acks,
     _authority: tokio::sync::watch::Sender<Option<std::sync::Arc<super::Authority>>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -78,15 +82,34 @@ pub async fn proxy_api() -> TestProxyApi {
         dns_names: vec!["localhost".into()],
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    crate::proxy_api::serve(addr, authority_rx, serving, certify, async move {
-        let _ = stopped.await;
-    })
+    let index = std::sync::Arc::new(std::sync::Mutex::new(crate::discovery::index::Index::new(
+        "cluster.local",
+        "cluster.local",
+    )));
+    let acks = crate::discovery::server::Acks::default();
+    let destination = crate::discovery::server::DestinationService::new(
+        index.clone(),
+        acks.clone(),
+        metrics.clone(),
+    );
+    crate::proxy_api::serve(
+        addr,
+        authority_rx,
+        serving,
+        certify,
+        destination,
+        async move {
+            let _ = stopped.await;
+        },
+    )
     .await
     .expect("the proxy API listens");
     TestProxyApi {
         port: addr.port(),
         bundle: anchor.cert_pem().to_string(),
         metrics,
+        index,
+        acks,
         _authority: authority_tx,
         _stop: stop,
     }
