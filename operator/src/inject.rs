@@ -430,11 +430,7 @@ fn config_version(mesh: &MeshSpec, settings: &Settings, native: bool) -> String 
         "control": settings.control_addr,
         "native": native,
     });
-    let digest = ring::digest::digest(&ring::digest::SHA256, input.to_string().as_bytes());
-    digest.as_ref()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::short_hash(input.to_string().as_bytes())
 }
 
 /// The JSON patch that adds the proxy's parts to `pod`.

@@ -313,12 +313,7 @@ impl Injector {
 
 /// What the Event about a pod is attached to: its controller, else the pod.
 fn regarding(pod: &Pod, namespace: &str) -> ObjectReference {
-    let owner = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
+    let owner = crate::controller_of(&pod.metadata);
     match owner {
         Some(owner) => ObjectReference {
             api_version: Some(owner.api_version.clone()),

@@ -3,8 +3,6 @@
 //! every change, acknowledgements are recorded, and callers without a workload
 //! certificate or with a bad authority are refused with a reason.
 
-use std::time::Duration;
-
 use serde_json::json;
 use tonic::Code;
 use weft_operator::identity::test_util::{TestProxyApi, proxy_api};
@@ -17,21 +15,11 @@ struct Server {
 }
 
 async fn start() -> Server {
-    let api = proxy_api().await;
-    let control = ControlAddr {
-        host: "localhost".into(),
-        port: api.port,
-    };
-    for _ in 0..50 {
-        if weft_proxy::identity::connect(&control, &api.bundle)
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let api = proxy_api().await.ready().await;
+    Server {
+        control: api.control(),
+        api,
     }
-    Server { control, api }
 }
 
 /// A Destination client holding a workload certificate for `shop/web`, obtained with

@@ -24,23 +24,9 @@ struct Server {
 }
 
 async fn start() -> Server {
-    let api = proxy_api().await;
-    let control = ControlAddr {
-        host: "localhost".into(),
-        port: api.port,
-    };
-    // The serving certificate is issued asynchronously.
-    for _ in 0..50 {
-        if weft_proxy::identity::connect(&control, &api.bundle)
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let api = proxy_api().await.ready().await;
     Server {
-        control,
+        control: api.control(),
         bundle: api.bundle.clone(),
         api,
     }

@@ -23,6 +23,8 @@ use k8s_openapi::api::{
 };
 use tokio::sync::watch;
 
+use crate::identity::spiffe::is_dns_label;
+
 /// The longest authority accepted (a DNS name is at most 253 bytes, plus a port).
 pub const MAX_AUTHORITY: usize = 260;
 
@@ -90,15 +92,7 @@ pub fn parse_authority(authority: &str, cluster_domain: &str) -> Result<Target, 
         .or_else(|| host.strip_suffix(".svc"))
         .unwrap_or(&host);
     let (name, namespace) = rest.split_once('.').ok_or_else(bad)?;
-    let label = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-    };
-    if !label(name) || !label(namespace) {
+    if !is_dns_label(name) || !is_dns_label(namespace) {
         return Err(bad());
     }
     Ok(Target::Name {
@@ -567,12 +561,7 @@ fn pod_info(pod: &Pod) -> PodInfo {
     let meshed = labels
         .and_then(|l| l.get(weft_api::annotations::INJECTED))
         .is_some_and(|v| v == "true");
-    let owner = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
+    let owner = crate::controller_of(&pod.metadata);
     let workload = owner.map(|o| {
         // A ReplicaSet of a Deployment is named `<deployment>-<pod-template-hash>`.
         let hash = labels.and_then(|l| l.get("pod-template-hash"));
@@ -610,11 +599,7 @@ fn versioned(mut resolution: Resolution) -> Resolution {
             e.address, e.identity, e.opaque, e.labels
         ));
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    resolution.version = digest.as_ref()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    resolution.version = crate::short_hash(text.as_bytes());
     resolution
 }
 

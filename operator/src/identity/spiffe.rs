@@ -91,7 +91,9 @@ impl FromStr for SpiffeId {
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// A DNS-1123 label: what Kubernetes namespaces, names of Services and
+/// ServiceAccounts are.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

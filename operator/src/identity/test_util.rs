@@ -66,6 +66,30 @@ pub struct TestProxyApi {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+impl TestProxyApi {
+    /// Where clients dial it.
+    pub fn control(&self) -> weft_proxy::config::ControlAddr {
+        weft_proxy::config::ControlAddr {
+            host: "localhost".into(),
+            port: self.port,
+        }
+    }
+
+    /// Waits (up to 5 s) until its serving certificate is issued and a client connects.
+    pub async fn ready(self) -> Self {
+        for _ in 0..50 {
+            if weft_proxy::identity::connect(&self.control(), &self.bundle)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self
+    }
+}
+
 /// Starts a [`TestProxyApi`]. Its serving certificate is issued asynchronously, so a
 /// client may have to retry its first connection for a moment.
 pub async fn proxy_api() -> TestProxyApi {
