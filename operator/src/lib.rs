@@ -56,57 +56,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     tracing::info!(addr = %args.admin_addr, "admin server listening");
 
-    let (authority_tx, authority_rx) = watch::channel(None);
-    let identity = tokio::spawn(
-        identity::controller::IdentityController::new(
-            client.clone(),
-            &args.namespace,
-            std::time::Duration::from_secs(args.bundle_propagation_seconds),
-            reporter(&args.pod_name),
-            authority_tx,
-        )
-        .run(wait_for(shutdown_rx.clone())),
-    );
-    let certify = identity::certify::Certify::new(
-        authority_rx.clone(),
-        identity::certify::KubeTokenReviewer::new(client.clone()),
-        metrics.clone(),
-    );
-    let serving_as = |service: &str| {
-        let service = format!("{service}.{}.svc", args.namespace);
-        serving::ServingIdentity {
-            namespace: args.namespace.clone(),
-            service_account: args.service_account.clone(),
-            dns_names: vec![
-                service.clone(),
-                format!("{service}.{}", args.cluster_domain),
-            ],
-        }
-    };
-    let index = Arc::new(std::sync::Mutex::new(discovery::index::Index::new(
-        &args.cluster_domain,
-        "cluster.local",
-    )));
-    tokio::spawn(discovery::watch::run(
-        client.clone(),
-        index.clone(),
-        wait_for(shutdown_rx.clone()),
-    ));
-    let destination =
-        discovery::server::DestinationService::new(index, Default::default(), metrics.clone());
-    let proxy_api = proxy_api::serve(
-        args.proxy_api_addr,
-        authority_rx.clone(),
-        serving_as("weft-proxy-api"),
-        certify,
-        destination,
-        wait_for(shutdown_rx.clone()),
-    )
-    .await
-    .with_context(|| format!("cannot listen on {}", args.proxy_api_addr))?;
-    tracing::info!(addr = %args.proxy_api_addr, "proxy API listening");
-
-    // The injector's caches: the Mesh and every namespace's metadata.
+    // Watch caches: the Mesh and every namespace's metadata (the injector, the
+    // identity controller), and the discovery index (proxies, the identity controller).
     let (meshes, mesh_writer) = reflector::store::<Mesh>();
     let (namespaces, namespace_writer) = reflector::store();
     tokio::spawn(until(
@@ -130,6 +81,81 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .default_backoff()
         .for_each(|_| std::future::ready(())),
     ));
+    let index = Arc::new(std::sync::Mutex::new(discovery::index::Index::new(
+        &args.cluster_domain,
+        "cluster.local",
+    )));
+    tokio::spawn(discovery::watch::run(
+        client.clone(),
+        index.clone(),
+        wait_for(shutdown_rx.clone()),
+    ));
+    let meshed_namespaces: identity::controller::MeshedNamespaces = {
+        let (namespaces, index) = (namespaces.clone(), index.clone());
+        Arc::new(move || {
+            let mut meshed: std::collections::BTreeSet<String> = namespaces
+                .state()
+                .iter()
+                .filter(|ns| {
+                    ns.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(weft_api::annotations::INJECT))
+                        .is_some_and(|v| v == "enabled")
+                })
+                .filter_map(|ns| ns.metadata.name.clone())
+                .collect();
+            if let Ok(index) = index.lock() {
+                meshed.extend(index.namespaces_with_meshed_pods());
+            }
+            meshed
+        })
+    };
+    let (authority_tx, authority_rx) = watch::channel(None);
+    let identity = tokio::spawn(
+        identity::controller::IdentityController::new(
+            client.clone(),
+            &args.namespace,
+            std::time::Duration::from_secs(args.bundle_propagation_seconds),
+            reporter(&args.pod_name),
+            authority_tx,
+            meshed_namespaces,
+        )
+        .run(wait_for(shutdown_rx.clone())),
+    );
+    let certify = identity::certify::Certify::new(
+        authority_rx.clone(),
+        identity::certify::KubeTokenReviewer::new(client.clone()),
+        metrics.clone(),
+    );
+    let serving_as = |service: &str| {
+        let service = format!("{service}.{}.svc", args.namespace);
+        serving::ServingIdentity {
+            namespace: args.namespace.clone(),
+            service_account: args.service_account.clone(),
+            dns_names: vec![
+                service.clone(),
+                format!("{service}.{}", args.cluster_domain),
+            ],
+        }
+    };
+    let destination = discovery::server::DestinationService::new(
+        index.clone(),
+        Default::default(),
+        metrics.clone(),
+    );
+    let proxy_api = proxy_api::serve(
+        args.proxy_api_addr,
+        authority_rx.clone(),
+        serving_as("weft-proxy-api"),
+        certify,
+        destination,
+        wait_for(shutdown_rx.clone()),
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", args.proxy_api_addr))?;
+    tracing::info!(addr = %args.proxy_api_addr, "proxy API listening");
+
     let settings = inject::Settings {
         proxy_image: args.proxy_image.clone(),
         control_addr: format!(

@@ -208,6 +208,15 @@ impl Index {
         self.subscriptions.retain(|_, tx| tx.receiver_count() > 0);
     }
 
+    /// Namespaces holding at least one meshed pod.
+    pub fn namespaces_with_meshed_pods(&self) -> BTreeSet<String> {
+        self.pods
+            .iter()
+            .filter(|(_, pod)| pod.meshed)
+            .map(|(key, _)| key.namespace.clone())
+            .collect()
+    }
+
     /// The mesh's settings that resolutions depend on.
     pub fn set_mesh(&mut self, trust_domain: &str, opaque_ports: BTreeSet<u16>) {
         if self.trust_domain != trust_domain || self.opaque_ports != opaque_ports {

@@ -14,17 +14,21 @@
 //! Keys are only ever in the two Secrets and in memory; status and logs carry
 //! fingerprints and expiry dates, never keys.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{ConfigMap, Namespace, Pod, Secret},
+    api::core::v1::{ConfigMap, Secret},
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
     Api, Client, Resource,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::json;
@@ -51,9 +55,6 @@ pub const ISSUER_SECRET: &str = "weft-issuer";
 /// The ConfigMap holding the trust bundle in meshed namespaces, and its key.
 pub const BUNDLE_CONFIG_MAP: &str = "weft-trust-bundle";
 pub const BUNDLE_KEY: &str = "ca-bundle.pem";
-/// The namespace annotation that meshes a namespace.
-pub use weft_api::annotations::INJECT as INJECT_ANNOTATION;
-use weft_api::annotations::INJECTED;
 /// How often the controller re-checks everything.
 const INTERVAL: Duration = Duration::from_secs(10);
 
@@ -96,9 +97,16 @@ pub struct IdentityController {
     propagation: Duration,
     recorder: Recorder,
     authority: watch::Sender<Option<Arc<Authority>>>,
+    /// Where the bundle must be.
+    meshed_namespaces: MeshedNamespaces,
     /// The bundle last published to each namespace.
     published: BTreeMap<String, String>,
 }
+
+/// The namespaces the trust bundle must be published in: those annotated
+/// `weft.dev/inject=enabled`, and those holding a pod labelled `weft.dev/injected=true`
+/// (meshed by its own annotation). The operator answers from its watch caches.
+pub type MeshedNamespaces = Arc<dyn Fn() -> BTreeSet<String> + Send + Sync>;
 
 impl std::fmt::Debug for IdentityController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,8 +123,10 @@ impl IdentityController {
         propagation: Duration,
         reporter: Reporter,
         authority: watch::Sender<Option<Arc<Authority>>>,
+        meshed_namespaces: MeshedNamespaces,
     ) -> Self {
         Self {
+            meshed_namespaces,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             namespace: namespace.to_string(),
@@ -414,33 +424,7 @@ impl IdentityController {
     }
 
     async fn publish_bundle(&mut self, bundle: &str) -> Result<(), kube::Error> {
-        let namespaces = Api::<Namespace>::all(self.client.clone());
-        let mut meshed: Vec<String> = namespaces
-            .list_metadata(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|ns| {
-                ns.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(INJECT_ANNOTATION))
-                    .is_some_and(|v| v == "enabled")
-            })
-            .filter_map(|ns| ns.metadata.name)
-            .collect();
-        // Pods meshed by their own annotation, in namespaces that are not: their proxy
-        // waits for the bundle's volume until it is published here.
-        let injected = Api::<Pod>::all(self.client.clone())
-            .list_metadata(&ListParams::default().labels(&format!("{INJECTED}=true")))
-            .await?;
-        for pod in injected.items {
-            if let Some(ns) = pod.metadata.namespace
-                && !meshed.contains(&ns)
-            {
-                meshed.push(ns);
-            }
-        }
+        let meshed = (self.meshed_namespaces)();
         self.published.retain(|ns, _| meshed.contains(ns));
         for ns in meshed {
             if self.published.get(&ns).is_some_and(|b| b == bundle) {

@@ -331,3 +331,16 @@ fn unused_targets_are_forgotten() {
     idx.forget_unused();
     assert_eq!(idx.targets(), 0);
 }
+
+#[test]
+fn namespaces_with_meshed_pods_are_known() {
+    let mut idx = index();
+    idx.apply_pod(&pod("shop", "web-1", "books", true));
+    idx.apply_pod(&pod("lib", "plain", "books", false));
+    assert_eq!(
+        idx.namespaces_with_meshed_pods(),
+        BTreeSet::from(["shop".to_string()])
+    );
+    idx.delete_pod(&Key::new("shop", "web-1"));
+    assert!(idx.namespaces_with_meshed_pods().is_empty());
+}
