@@ -351,6 +351,17 @@ pub fn patch_mesh(patch: &str) -> Kubectl {
     kubectl(&["patch", "mesh", "default", "--type=merge", "-p", patch])
 }
 
+/// [`patch_mesh`], failing the test if it fails.
+#[track_caller]
+pub fn patch_mesh_ok(patch: &str) {
+    let out = patch_mesh(patch);
+    assert!(
+        out.success,
+        "patching the Mesh with {patch} failed: {}",
+        out.stderr
+    );
+}
+
 /// Annotates `ns` with `weft.dev/inject=enabled` and waits until the operator has
 /// published the trust bundle there, so pods created next are meshed and can start.
 /// Returns the bundle.

@@ -10,7 +10,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use weft_e2e::{
-    app_deployment, eventually, kubectl_ok, kubectl_stdin, mesh_namespace, patch_mesh, with_temp_ns,
+    app_deployment, eventually, kubectl_ok, kubectl_stdin, mesh_namespace, patch_mesh,
+    patch_mesh_ok, with_temp_ns,
 };
 
 struct Restore;
@@ -26,10 +27,7 @@ async fn a_classic_sidecar_starts_first_and_the_app_waits_for_it() {
     with_temp_ns("classic", |client, ns| async move {
         mesh_namespace(&client, &ns).await;
         let _restore = Restore;
-        kubectl_ok(&[
-            "patch", "mesh", "default", "--type=merge", "-p",
-            r#"{"spec":{"proxy":{"nativeSidecar":false}}}"#,
-        ]);
+        patch_mesh_ok(r#"{"spec":{"proxy":{"nativeSidecar":false}}}"#);
         // The operator has seen the change once a server-side dry run injects the
         // classic way.
         eventually("a classic injection", Duration::from_secs(60), || {

@@ -15,8 +15,8 @@ use std::{
 
 use tonic::{Code, Request};
 use weft_e2e::{
-    kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, metric, patch_mesh, proxy_metrics,
-    proxy_pod, with_temp_ns,
+    kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, metric, patch_mesh, patch_mesh_ok,
+    proxy_metrics, proxy_pod, with_temp_ns,
 };
 use weft_operator::{
     identity::{
@@ -89,14 +89,9 @@ impl Drop for Restore {
 async fn the_trust_anchor_rotates_while_a_proxy_stays_certified() {
     let _restore = Restore;
     // Minute-scale lifetimes, and a fresh anchor that has them.
-    kubectl_ok(&[
-        "patch",
-        "mesh",
-        "default",
-        "--type=merge",
-        "-p",
+    patch_mesh_ok(
         r#"{"spec":{"identity":{"trustAnchor":{"lifetime":"7m"},"issuerLifetime":"3m","workloadCertificateLifetime":"1m"}}}"#,
-    ]);
+    );
     let before = seen();
     let dropped = drop_anchor_and_issuer();
     assert!(dropped.success, "{}", dropped.stderr);

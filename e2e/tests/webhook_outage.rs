@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use weft_e2e::{kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, patch_mesh, with_temp_ns};
+use weft_e2e::{
+    kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, patch_mesh, patch_mesh_ok, with_temp_ns,
+};
 
 const OPERATOR: [&str; 2] = ["-n", "weft-system"];
 
@@ -107,14 +109,7 @@ async fn a_stopped_operator_blocks_pods_only_when_the_mesh_says_fail() {
 
         // Fail: refused in the meshed namespace, with the webhook named.
         scale_operator(1);
-        kubectl_ok(&[
-            "patch",
-            "mesh",
-            "default",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"webhook":{"failurePolicy":"Fail"}}}"#,
-        ]);
+        patch_mesh_ok(r#"{"spec":{"webhook":{"failurePolicy":"Fail"}}}"#);
         wait_for_policy("Fail");
         scale_operator(0);
         let refused = kubectl_stdin(&["apply", "-f", "-"], &pod("refused", &ns));

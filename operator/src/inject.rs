@@ -30,7 +30,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod, ResourceRequirements};
+use k8s_openapi::api::core::v1::{Pod, ResourceRequirements};
 use serde_json::{Value, json};
 use weft_api::{
     MeshSpec, Port,
@@ -556,36 +556,34 @@ fn init_container(parts: &Parts) -> Value {
 /// The proxy container, without what differs between native and classic sidecars.
 fn proxy_container(parts: &Parts) -> Value {
     let admin = parts.admin.get();
-    let mut container = Container {
-        name: PROXY_CONTAINER.into(),
-        ..Container::default()
-    };
-    container.resources = parts.resources.clone();
-    let mut proxy = serde_json::to_value(container).unwrap_or_else(|_| json!({}));
-    proxy["image"] = json!(parts.image);
-    proxy["imagePullPolicy"] = json!("IfNotPresent");
-    proxy["env"] = json!(parts.env);
-    proxy["ports"] = json!([{"name": "weft-admin", "containerPort": admin}]);
-    proxy["readinessProbe"] =
-        json!({"httpGet": {"path": "/ready", "port": admin}, "periodSeconds": 5});
-    proxy["livenessProbe"] =
-        json!({"httpGet": {"path": "/live", "port": admin}, "periodSeconds": 10});
-    proxy["securityContext"] = json!({
-        "runAsUser": parts.uid,
-        "runAsGroup": parts.uid,
-        "runAsNonRoot": true,
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    });
     // Mounted where the proxy looks by default, so neither path is set in its env.
     let dir = |file: &'static str| file.rsplit_once('/').map_or(file, |(dir, _)| dir);
-    proxy["volumeMounts"] = json!([
-        {"name": "weft-identity-token", "mountPath": dir(proxy::DEFAULT_IDENTITY_TOKEN_FILE), "readOnly": true},
-        {"name": "weft-trust-bundle", "mountPath": dir(proxy::DEFAULT_TRUST_BUNDLE_FILE), "readOnly": true},
-    ]);
-    proxy["terminationMessagePolicy"] = json!("FallbackToLogsOnError");
+    let mut proxy = json!({
+        "name": PROXY_CONTAINER,
+        "image": parts.image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": parts.env,
+        "ports": [{"name": "weft-admin", "containerPort": admin}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": admin}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/live", "port": admin}, "periodSeconds": 10},
+        "securityContext": {
+            "runAsUser": parts.uid,
+            "runAsGroup": parts.uid,
+            "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "weft-identity-token", "mountPath": dir(proxy::DEFAULT_IDENTITY_TOKEN_FILE), "readOnly": true},
+            {"name": "weft-trust-bundle", "mountPath": dir(proxy::DEFAULT_TRUST_BUNDLE_FILE), "readOnly": true},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
+    if let Some(resources) = &parts.resources {
+        proxy["resources"] = json!(resources);
+    }
     proxy
 }
 

@@ -53,10 +53,7 @@ pub fn configuration(mesh: &Mesh, bundle_pem: &str, operator_namespace: &str) ->
             excluded.push(ns.clone());
         }
     }
-    let failure_policy = match spec.webhook.failure_policy {
-        FailurePolicy::Ignore => "Ignore",
-        FailurePolicy::Fail => "Fail",
-    };
+    let failure_policy = policy_name(spec.webhook.failure_policy);
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -105,6 +102,13 @@ pub fn configuration(mesh: &Mesh, bundle_pem: &str, operator_namespace: &str) ->
     })
 }
 
+fn policy_name(policy: FailurePolicy) -> &'static str {
+    match policy {
+        FailurePolicy::Ignore => "Ignore",
+        FailurePolicy::Fail => "Fail",
+    }
+}
+
 /// Keeps the webhook registered for the active Mesh until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -140,10 +144,7 @@ pub async fn run(
                     Ok(_) => {
                         tracing::info!(webhook = WEBHOOK, "injection webhook registered");
                         applied = Some((desired.clone(), Instant::now()));
-                        Ok(desired["webhooks"][0]["failurePolicy"]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_string())
+                        Ok(policy_name(mesh.spec.webhook.failure_policy))
                     }
                     Err(error) => {
                         tracing::warn!(%error, "cannot register the injection webhook");
@@ -173,7 +174,7 @@ pub async fn run(
 async fn write_status(
     api: &Api<Mesh>,
     mesh: &Mesh,
-    verdict: Result<String, String>,
+    verdict: Result<&'static str, String>,
 ) -> Result<(), kube::Error> {
     let current = mesh
         .status
