@@ -2,5 +2,7 @@
 //! streams over them.
 
 pub mod index;
+pub mod policy;
+pub mod proxies;
 pub mod server;
 pub mod watch;

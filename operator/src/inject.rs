@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use weft_api::{
     MeshSpec, Port,
     annotations::{self, INJECT},
-    mesh::{DefaultInboundPolicy, LogFormat},
+    mesh::LogFormat,
 };
 use weft_proxy::config as proxy;
 
@@ -191,6 +191,10 @@ pub fn decide(
         .into_iter()
         .chain([(proxy::ENV_CONTROL_ADDR, settings.control_addr.clone())])
         .map(|(name, value)| json!({"name": name, "value": value}))
+        .chain([json!({
+            "name": proxy::ENV_POD_NAME,
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+        })])
         .collect::<Vec<_>>();
     let parts = Parts {
         image,
@@ -245,13 +249,32 @@ fn proxy_env(
     let policy = annotations
         .get(annotations::DEFAULT_INBOUND_POLICY)
         .cloned()
-        .unwrap_or_else(|| policy_name(mesh.default_inbound_policy).to_string());
+        .unwrap_or_else(|| {
+            crate::discovery::policy::default_policy_name(mesh.default_inbound_policy).to_string()
+        });
     let log = annotations
         .get(annotations::LOG_LEVEL)
         .cloned()
         .unwrap_or_else(|| mesh.proxy.log_level.clone());
+    // The TCP ports the pod's containers declare: the proxy follows their policy.
+    let mut declared: Vec<u16> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .collect();
+    declared.sort_unstable();
+    declared.dedup();
+    let declared = declared
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     // (variable, value, the annotation it may come from)
     let vars: Vec<(&'static str, String, Option<&str>)> = vec![
+        (proxy::ENV_INBOUND_PORTS, declared, None),
         (proxy::ENV_LOG, log, Some(annotations::LOG_LEVEL)),
         (
             proxy::ENV_LOG_FORMAT,
@@ -353,15 +376,6 @@ fn proxy_env(
         .filter(|(_, value, _)| !value.is_empty())
         .map(|(name, value, _)| (name, value))
         .collect())
-}
-
-fn policy_name(policy: DefaultInboundPolicy) -> &'static str {
-    match policy {
-        DefaultInboundPolicy::AllUnauthenticated => "all-unauthenticated",
-        DefaultInboundPolicy::AllAuthenticated => "all-authenticated",
-        DefaultInboundPolicy::ClusterAuthenticated => "cluster-authenticated",
-        DefaultInboundPolicy::Deny => "deny",
-    }
 }
 
 /// The proxy's resources: the Mesh's, with the `config.weft.dev/proxy-*` annotations

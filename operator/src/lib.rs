@@ -15,10 +15,12 @@ mod config;
 pub mod discovery;
 pub mod identity;
 pub mod inject;
+pub mod lease;
 pub mod mesh;
 pub mod metrics;
 pub mod proxy_api;
 pub mod serving;
+pub mod status;
 pub mod telemetry;
 pub mod webhook;
 
@@ -139,11 +141,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ],
         }
     };
-    let destination = discovery::server::DestinationService::new(
+    let proxies = discovery::proxies::Proxies::default();
+    let destination =
+        discovery::server::DestinationService::new(index.clone(), proxies.clone(), metrics.clone());
+    // Status that replicas would fight over is written by the Lease holder only.
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let lease = {
+        let (client, namespace, shutdown) =
+            (client.clone(), args.namespace.clone(), shutdown_rx.clone());
+        let identity = if args.pod_name.is_empty() {
+            format!("weft-operator-{}", std::process::id())
+        } else {
+            args.pod_name.clone()
+        };
+        tokio::spawn(async move {
+            lease::run(client, &namespace, &identity, leader_tx, wait_for(shutdown)).await;
+        })
+    };
+    tokio::spawn(status::run(
+        client.clone(),
         index.clone(),
-        Default::default(),
-        metrics.clone(),
-    );
+        proxies,
+        leader_rx,
+        wait_for(shutdown_rx.clone()),
+    ));
     let proxy_api = proxy_api::serve(
         args.proxy_api_addr,
         authority_rx.clone(),
@@ -221,6 +242,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("webhook registration panicked")?;
     admin.await.context("admin server panicked")?;
+    lease.await.context("leader election panicked")?;
     Ok(())
 }
 

@@ -47,10 +47,23 @@ pub async fn serve<R: TokenReviewer>(
     let acceptor = Arc::new(RwLock::new(acceptor(&cert, None)?));
     tokio::spawn(keep_trusting(acceptor.clone(), cert, authority));
 
+    // On shutdown: stop accepting (releasing the port), and end the Destination
+    // streams so the graceful shutdown completes and proxies reconnect elsewhere.
+    let (closing_tx, mut closing) = tokio::sync::watch::channel(false);
+    let streams = destination.clone();
+    let shutdown = async move {
+        shutdown.await;
+        streams.stop_streams();
+        let _ = closing_tx.send(true);
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = closing.wait_for(|c| *c) => return,
+            };
+            let Ok((tcp, peer)) = accepted else {
                 continue;
             };
             // Small request/response exchanges: never wait on Nagle and delayed ACKs.

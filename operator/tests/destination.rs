@@ -5,9 +5,12 @@
 
 use serde_json::json;
 use tonic::Code;
+use weft_operator::discovery::index::Key;
 use weft_operator::identity::test_util::{TestProxyApi, proxy_api};
 use weft_proxy::config::ControlAddr;
-use weft_proxy_api::v1::{AckRequest, ResolveRequest, destination_client::DestinationClient};
+use weft_proxy_api::v1::{
+    AckRequest, InboundPolicyRequest, ResolveRequest, destination_client::DestinationClient,
+};
 
 struct Server {
     control: ControlAddr,
@@ -51,7 +54,22 @@ async fn certified_client(server: &Server) -> DestinationClient<tonic::transport
     DestinationClient::new(channel)
 }
 
+/// A pod of `shop` running as `service_account`, with container port `http` 8080.
+fn feed_pod(server: &Server, name: &str, service_account: &str) {
+    let mut index = server.api.index.lock().expect("the index");
+    index.apply_pod(
+        &serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": name, "labels": {"app": name}},
+            "spec": {"serviceAccountName": service_account, "containers": [
+                {"name": "app", "ports": [{"name": "http", "containerPort": 8080}]},
+            ]},
+        }))
+        .expect("a Pod"),
+    );
+}
+
 fn feed_web(server: &Server, endpoints: &[&str]) {
+    feed_pod(server, "client-1", "web");
     let mut index = server.api.index.lock().expect("the index");
     index.apply_service(
         &serde_json::from_value(json!({
@@ -112,10 +130,17 @@ async fn a_subscriber_gets_the_initial_state_and_every_change() {
         })
         .await
         .expect("acknowledged");
-    let acks = server.api.acks.lock().unwrap().clone();
+    let client_1 = Key::new("shop", "client-1");
+    let acks = server.api.proxies.acked(&client_1);
     assert_eq!(
-        acks["shop/client-1"]["resolve:web.shop.svc.cluster.local:80"],
+        acks["resolve:web.shop.svc.cluster.local:80"],
         second.config_version
+    );
+    let report = server.api.proxies.report(&client_1).expect("connected");
+    assert!(report.in_sync);
+    assert!(
+        report.not_after.is_some(),
+        "the certificate's expiry is known"
     );
 
     // A destination the mesh does not know says so.
@@ -157,5 +182,269 @@ async fn callers_without_a_workload_certificate_or_with_bad_authorities_are_refu
     assert!(
         text.contains("weft_operator_destination_refusals_total{reason=\"NoClientCertificate\"} 1"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn inbound_policy_streams_follow_server_authorizations_and_acks_make_a_proxy_in_sync() {
+    let server = start().await;
+    feed_pod(&server, "web-1", "web");
+    let mut client = certified_client(&server).await;
+    let mut stream = client
+        .inbound_policy(InboundPolicyRequest {
+            pod: "web-1".into(),
+            port: 8080,
+        })
+        .await
+        .expect("a stream")
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("the initial policy");
+    assert_eq!(first.protocol, "detect");
+    assert_eq!(first.authorizations[0].name, "default:all-unauthenticated");
+    let web_1 = Key::new("shop", "web-1");
+    assert!(
+        !server.api.proxies.report(&web_1).unwrap().in_sync,
+        "not acked yet"
+    );
+    let ack = |version: String| AckRequest {
+        pod: "web-1".into(),
+        stream: "inbound:8080".into(),
+        config_version: version,
+    };
+    client.ack(ack(first.config_version.clone())).await.unwrap();
+    assert!(server.api.proxies.report(&web_1).unwrap().in_sync);
+
+    server.api.index.lock().unwrap().apply_authorization(
+        Key::new("shop", "web-http"),
+        &serde_json::from_value(json!({
+            "server": {"podSelector": {"matchLabels": {"app": "web-1"}}, "port": "http"},
+            "client": {"unauthenticated": true, "networks": [{"cidr": "198.18.0.0/16"}]},
+        }))
+        .unwrap(),
+    );
+    let second = stream.message().await.unwrap().expect("the change");
+    assert_eq!(
+        second.authorizations[0].name,
+        "serverauthorization/web-http"
+    );
+    assert_eq!(second.authorizations[0].networks[0].cidr, "198.18.0.0/16");
+    assert!(
+        !server.api.proxies.report(&web_1).unwrap().in_sync,
+        "a new version"
+    );
+    client.ack(ack(second.config_version)).await.unwrap();
+    assert!(server.api.proxies.report(&web_1).unwrap().in_sync);
+
+    drop(stream);
+    for _ in 0..50 {
+        if server.api.proxies.report(&web_1).is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.api.proxies.report(&web_1), None, "disconnected");
+}
+
+#[tokio::test]
+async fn streams_for_unknown_or_foreign_pods_bad_ports_and_unknown_streams_are_refused() {
+    let server = start().await;
+    feed_pod(&server, "web-1", "web");
+    feed_pod(&server, "db-1", "db");
+    let mut client = certified_client(&server).await;
+    let policy = |pod: &str, port| InboundPolicyRequest {
+        pod: pod.into(),
+        port,
+    };
+    let cases = [
+        (policy("nobody", 80), Code::NotFound),
+        (policy("db-1", 80), Code::PermissionDenied),
+        (policy("web-1", 70_000), Code::InvalidArgument),
+        (policy("Not_A_Pod", 80), Code::InvalidArgument),
+        (policy(&"a".repeat(300), 80), Code::InvalidArgument),
+    ];
+    for (request, code) in cases {
+        let err = client.inbound_policy(request.clone()).await.unwrap_err();
+        assert_eq!(err.code(), code, "{request:?}: {err}");
+    }
+    let err = client
+        .resolve(ResolveRequest {
+            authority: "web.shop:80".into(),
+            pod: "db-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    let err = client
+        .ack(AckRequest {
+            pod: "web-1".into(),
+            stream: "inbound:80".into(),
+            config_version: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    let text = server.api.metrics.encode();
+    for reason in [
+        "UnknownPod",
+        "PodIdentityMismatch",
+        "BadPort",
+        "BadPod",
+        "UnknownStream",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "weft_operator_destination_refusals_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}: {text}"
+        );
+    }
+}
+
+/// Waits up to 30 s (reconnection backoff included) for `check` to hold.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// An in-process proxy's discovery for pod `web-1`, certified as `shop/web`.
+async fn proxy_discovery(
+    server: &Server,
+    idle: std::time::Duration,
+) -> weft_proxy::discovery::Discovery {
+    let dir = std::env::temp_dir().join(format!(
+        "weft-discovery-{}-{}",
+        std::process::id(),
+        server.api.port
+    ));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let (token, bundle) = (dir.join("token"), dir.join("bundle.pem"));
+    std::fs::write(&token, "shop/web").expect("the token file");
+    std::fs::write(&bundle, &server.api.bundle).expect("the bundle file");
+    let settings = weft_proxy::identity::Settings {
+        identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
+        token_file: token.display().to_string(),
+        trust_bundle_file: bundle.display().to_string(),
+        control: server.control.clone(),
+    };
+    let credentials = weft_proxy::identity::certify(&settings)
+        .await
+        .expect("certified");
+    let (_, rx) = tokio::sync::watch::channel(Some(credentials));
+    weft_proxy::discovery::Discovery::start(
+        weft_proxy::discovery::Settings {
+            control: server.control.clone(),
+            trust_bundle_file: settings.trust_bundle_file,
+            pod: "web-1".into(),
+            inbound_ports: vec![8080],
+            idle,
+            max_resolutions: 16,
+        },
+        rx,
+    )
+}
+
+fn endpoints_of(config: &serde_json::Value, authority: &str) -> usize {
+    config["outbound"][authority]["endpoints"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn a_proxy_keeps_its_config_while_the_operator_is_away_and_resumes_without_losing_an_update()
+{
+    let mut server = start().await;
+    feed_pod(&server, "web-1", "web");
+    feed_web(&server, &["198.18.0.5"]);
+    let discovery = proxy_discovery(&server, std::time::Duration::from_secs(60)).await;
+    let web_1 = Key::new("shop", "web-1");
+    let authority = "198.19.0.12:80";
+    let resolution = discovery.resolve(authority);
+
+    eventually("the proxy to apply and acknowledge 3 streams", || {
+        server
+            .api
+            .proxies
+            .report(&web_1)
+            .is_some_and(|r| r.streams == 3 && r.in_sync)
+    })
+    .await;
+    let config = discovery.config();
+    assert_eq!(endpoints_of(&config, authority), 1, "{config:#}");
+    assert_eq!(
+        config["inbound"]["8080"]["protocol"], "detect",
+        "{config:#}"
+    );
+    assert_eq!(
+        config["inbound"]["0"]["authorizations"][0]["name"],
+        "default:all-unauthenticated"
+    );
+    let applied = server.api.proxies.acked(&web_1);
+    assert_eq!(
+        config["outbound"][authority]["version"].as_str(),
+        applied
+            .get(&format!("resolve:{authority}"))
+            .map(String::as_str),
+        "what the operator recorded is what the proxy shows"
+    );
+
+    // The operator goes away; the proxy keeps what it applied.
+    server.api.stop().await;
+    eventually("the proxy to notice", || discovery.config()["streams"] == 0).await;
+    assert_eq!(endpoints_of(&discovery.config(), authority), 1);
+    // A change while it is away...
+    feed_web(&server, &["198.18.0.5", "198.18.0.6"]);
+    // ...reaches the proxy once it is back.
+    server.api.restart().await;
+    eventually("the proxy to apply the change made while away", || {
+        endpoints_of(&discovery.config(), authority) == 2
+    })
+    .await;
+    assert_eq!(
+        resolution.borrow().as_ref().map(|r| r.endpoints.len()),
+        Some(2)
+    );
+    eventually("the restarted operator to see the proxy in sync", || {
+        server
+            .api
+            .proxies
+            .report(&web_1)
+            .is_some_and(|r| r.streams == 3 && r.in_sync)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unused_destination_is_dropped_on_both_sides() {
+    let server = start().await;
+    feed_pod(&server, "web-1", "web");
+    feed_web(&server, &["198.18.0.5"]);
+    let discovery = proxy_discovery(&server, std::time::Duration::from_millis(400)).await;
+    let web_1 = Key::new("shop", "web-1");
+    let _ = discovery.resolve("198.19.0.12:80");
+    eventually("the resolve stream", || {
+        server
+            .api
+            .proxies
+            .report(&web_1)
+            .is_some_and(|r| r.streams == 3)
+    })
+    .await;
+    eventually("the idle destination to be dropped", || {
+        server
+            .api
+            .proxies
+            .report(&web_1)
+            .is_some_and(|r| r.streams == 2)
+    })
+    .await;
+    let config = discovery.config();
+    assert!(
+        config["outbound"].as_object().unwrap().is_empty(),
+        "{config:#}"
     );
 }

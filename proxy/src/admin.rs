@@ -19,7 +19,7 @@ use hyper::{body::Bytes, service::service_fn};
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use crate::metrics::Metrics;
+use crate::{discovery::Discovery, metrics::Metrics};
 
 /// What the proxy still needs before it is ready. Today that is its identity; the
 /// configuration from the operator's discovery streams joins it when they land.
@@ -49,6 +49,7 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    discovery: Option<Discovery>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
@@ -65,9 +66,10 @@ pub async fn serve(
                 },
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            let (metrics, readiness) = (metrics.clone(), readiness.clone());
+            let (metrics, readiness, discovery) =
+                (metrics.clone(), readiness.clone(), discovery.clone());
             let service = service_fn(move |req| {
-                let response = respond(&req, &metrics, &readiness);
+                let response = respond(&req, &metrics, &readiness, discovery.as_ref());
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = graceful.watch(
@@ -84,7 +86,12 @@ pub async fn serve(
     }))
 }
 
-fn respond<B>(req: &Request<B>, metrics: &Metrics, readiness: &Readiness) -> Response<Full<Bytes>> {
+fn respond<B>(
+    req: &Request<B>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    discovery: Option<&Discovery>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
@@ -98,6 +105,18 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, readiness: &Readiness) -> Res
             ),
         },
         "/metrics" => plain(StatusCode::OK, metrics.encode()),
+        "/config" => {
+            let config = discovery.map_or_else(
+                || serde_json::json!({"streams": 0, "inbound": {}, "outbound": {}}),
+                Discovery::config,
+            );
+            let mut response = plain(StatusCode::OK, format!("{config:#}\n"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
         _ => plain(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }

@@ -69,6 +69,19 @@ pub const ENV_SKIP_OUTBOUND_SUBNETS: &str = "WEFT_PROXY_SKIP_OUTBOUND_SUBNETS";
 pub const DEFAULT_SKIP_OUTBOUND_SUBNETS: &str = "";
 
 /// The policy of inbound ports no authorization selects.
+/// The proxy's pod name (set by the injector from the downward API); without it the
+/// proxy streams nothing from the operator.
+pub const ENV_POD_NAME: &str = "WEFT_PROXY_POD_NAME";
+pub const DEFAULT_POD_NAME: &str = "";
+
+/// The TCP ports the pod's containers declare, whose inbound policy the proxy follows.
+pub const ENV_INBOUND_PORTS: &str = "WEFT_PROXY_INBOUND_PORTS";
+pub const DEFAULT_INBOUND_PORTS: &str = "";
+
+/// How long a destination's resolution is kept after its last use.
+pub const ENV_OUTBOUND_IDLE_TIMEOUT: &str = "WEFT_PROXY_OUTBOUND_IDLE_TIMEOUT";
+pub const DEFAULT_OUTBOUND_IDLE_TIMEOUT: &str = "60s";
+
 pub const ENV_DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
 pub const DEFAULT_DEFAULT_INBOUND_POLICY: &str = "all-unauthenticated";
 
@@ -92,6 +105,9 @@ pub struct Config {
     pub skip_inbound_ports: Vec<u16>,
     pub skip_outbound_ports: Vec<u16>,
     pub skip_outbound_subnets: Vec<String>,
+    pub pod_name: Option<String>,
+    pub inbound_ports: Vec<u16>,
+    pub outbound_idle_timeout: Duration,
 }
 
 /// A log format.
@@ -210,6 +226,13 @@ impl Config {
             DEFAULT_SKIP_OUTBOUND_SUBNETS,
             parse_subnets,
         );
+        let pod_name = vars.get(ENV_POD_NAME, DEFAULT_POD_NAME, parse_pod_name);
+        let inbound_ports = vars.get(ENV_INBOUND_PORTS, DEFAULT_INBOUND_PORTS, parse_ports);
+        let outbound_idle_timeout = vars.get(
+            ENV_OUTBOUND_IDLE_TIMEOUT,
+            DEFAULT_OUTBOUND_IDLE_TIMEOUT,
+            parse_duration,
+        );
 
         if let (Some(admin), Some(inbound), Some(outbound)) =
             (admin_addr, inbound_addr, outbound_addr)
@@ -250,6 +273,9 @@ impl Config {
                 skip_inbound_ports: skip_inbound_ports?,
                 skip_outbound_ports: skip_outbound_ports?,
                 skip_outbound_subnets: skip_outbound_subnets?,
+                pod_name: pod_name?,
+                inbound_ports: inbound_ports?,
+                outbound_idle_timeout: outbound_idle_timeout?,
             })
         })();
         config.ok_or(ConfigError(vars.invalid))
@@ -331,6 +357,24 @@ fn parse_control_addr(s: &str) -> Result<ControlAddr, String> {
 }
 
 /// A workload SPIFFE id, or nothing.
+fn parse_pod_name(s: &str) -> Result<Option<String>, String> {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if s.is_empty() {
+        Ok(None)
+    } else if s.len() <= 253 && s.split('.').all(label) {
+        Ok(Some(s.to_string()))
+    } else {
+        Err("expected a pod name (a DNS subdomain)".into())
+    }
+}
+
 fn parse_identity(s: &str) -> Result<Option<String>, String> {
     if s.is_empty() {
         return Ok(None);

@@ -245,7 +245,7 @@ fn unix_now() -> i64 {
 }
 
 /// `base` plus up to half of it again, at random, so restarted proxies spread out.
-fn jitter(base: Duration) -> Duration {
+pub(crate) fn jitter(base: Duration) -> Duration {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut byte = [0u8; 1];
     let _ = SystemRandom::new().fill(&mut byte);

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod discovery;
 pub mod identity;
 pub mod init;
 pub mod metrics;
@@ -43,7 +44,26 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let metrics = Arc::new(metrics::Metrics::new());
     let readiness = admin::Readiness::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (credentials, _credentials_rx) = watch::channel(None);
+    let (credentials, credentials_rx) = watch::channel(None);
+    let discovery = match (&config.identity, &config.pod_name) {
+        (Some(_), Some(pod)) => Some(discovery::Discovery::start(
+            discovery::Settings {
+                control: config.control_addr.clone(),
+                trust_bundle_file: config.trust_bundle_file.clone(),
+                pod: pod.clone(),
+                inbound_ports: config.inbound_ports.clone(),
+                idle: config.outbound_idle_timeout,
+                max_resolutions: 256,
+            },
+            credentials_rx,
+        )),
+        _ => {
+            tracing::warn!(
+                "WEFT_PROXY_IDENTITY or WEFT_PROXY_POD_NAME is not set: nothing is streamed from the operator"
+            );
+            None
+        }
+    };
     if let Some(identity) = config.identity.clone() {
         let settings = identity::Settings {
             identity,
@@ -68,13 +88,20 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ] {
         let forwarder = tcp::Forwarder::bind(direction, addr)
             .await
-            .map_err(bind_error(what, addr))?;
+            .map_err(bind_error(what, addr))?
+            .with_discovery(discovery.clone());
         tracing::info!(%addr, "{what} listener ready");
         forwarders.push(forwarder.spawn(metrics.clone(), shutdown_rx.clone()));
     }
-    let admin = admin::serve(config.admin_addr, metrics, readiness, shutdown_rx)
-        .await
-        .map_err(bind_error("admin", config.admin_addr))?;
+    let admin = admin::serve(
+        config.admin_addr,
+        metrics,
+        readiness,
+        discovery,
+        shutdown_rx,
+    )
+    .await
+    .map_err(bind_error("admin", config.admin_addr))?;
     tracing::info!(addr = %config.admin_addr, "admin server listening");
 
     shutdown_signal().await;

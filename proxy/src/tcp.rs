@@ -25,7 +25,10 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::metrics::{Direction, Metrics};
+use crate::{
+    discovery::Discovery,
+    metrics::{Direction, Metrics},
+};
 
 /// How long connecting to the original destination may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +39,7 @@ pub struct Forwarder {
     direction: Direction,
     listener: TcpListener,
     local: SocketAddr,
+    discovery: Option<Discovery>,
 }
 
 impl Forwarder {
@@ -47,7 +51,16 @@ impl Forwarder {
             direction,
             listener,
             local,
+            discovery: None,
         })
+    }
+
+    /// Outbound connections resolve their destination through `discovery`.
+    pub fn with_discovery(mut self, discovery: Option<Discovery>) -> Self {
+        if self.direction == Direction::Outbound {
+            self.discovery = discovery;
+        }
+        self
     }
 
     /// The address it listens on.
@@ -80,8 +93,9 @@ impl Forwarder {
                 };
                 let (metrics, guard) = (metrics.clone(), in_flight.clone());
                 let (direction, local) = (self.direction, self.local);
+                let discovery = self.discovery.clone();
                 tokio::spawn(async move {
-                    forward(direction, local, client, peer, &metrics).await;
+                    forward(direction, local, client, peer, &metrics, discovery.as_ref()).await;
                     drop(guard);
                 });
             }
@@ -100,6 +114,7 @@ async fn forward(
     mut client: TcpStream,
     peer: SocketAddr,
     metrics: &Metrics,
+    discovery: Option<&Discovery>,
 ) {
     let target = match original_dst(&client) {
         Ok(target) if is_self(target, local) => {
@@ -112,6 +127,11 @@ async fn forward(
             return;
         }
     };
+    if let Some(discovery) = discovery {
+        // Resolution on first use. The connection still goes where it was headed:
+        // endpoint selection and mTLS between proxies build on this resolution.
+        discovery.resolve(&target.to_string());
+    }
     let _ = client.set_nodelay(true);
     let started = Instant::now();
     let mut server = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {

@@ -23,6 +23,9 @@ use k8s_openapi::api::{
 };
 use tokio::sync::watch;
 
+use weft_api::{ServerAuthorizationSpec, mesh::DefaultInboundPolicy};
+
+use super::policy::{self, MeshPolicyInputs, PodPolicyInputs, Policy};
 use crate::identity::spiffe::is_dns_label;
 
 /// The longest authority accepted (a DNS name is at most 253 bytes, plus a port).
@@ -146,12 +149,45 @@ struct SliceEndpoint {
     pod: Option<String>,
 }
 
+/// What the index knows of a pod.
 #[derive(Clone, Debug, PartialEq)]
-struct PodInfo {
-    service_account: String,
-    meshed: bool,
-    workload: Option<String>,
-    opaque_ports: BTreeSet<u16>,
+pub struct PodInfo {
+    pub uid: String,
+    pub service_account: String,
+    /// Whether the injector gave it a proxy.
+    pub meshed: bool,
+    /// Whether its Ready condition is true.
+    pub ready: bool,
+    /// Whether it is being deleted.
+    pub terminating: bool,
+    /// The workload it belongs to; the pod itself when nothing controls it.
+    pub workload: Option<Workload>,
+    pub labels: BTreeMap<String, String>,
+    /// TCP container ports: (name, number).
+    pub ports: Vec<(Option<String>, u16)>,
+    /// Opaque ports from its annotation.
+    pub opaque_ports: BTreeSet<u16>,
+    /// Its default inbound policy annotation, when valid.
+    pub default_policy: Option<DefaultInboundPolicy>,
+}
+
+/// The workload a pod belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `Job`, `Pod`, or another controller's
+    /// kind.
+    pub kind: String,
+    pub name: String,
+    /// The workload's UID when the pod knows it (a Deployment's is one step further,
+    /// on its ReplicaSet).
+    pub uid: Option<String>,
+}
+
+impl Workload {
+    /// `deployment/web`, as metric labels show it.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.kind.to_ascii_lowercase(), self.name)
+    }
 }
 
 /// The index. See the module docs.
@@ -165,7 +201,11 @@ pub struct Index {
     slices: HashMap<Key, SliceInfo>,
     slices_of: HashMap<Key, BTreeSet<Key>>,
     pods: HashMap<Key, PodInfo>,
+    pods_synced: bool,
+    default_policy: DefaultInboundPolicy,
+    authorizations: HashMap<Key, ServerAuthorizationSpec>,
     subscriptions: HashMap<Target, watch::Sender<Arc<Resolution>>>,
+    policies: HashMap<(Key, u16), watch::Sender<Arc<Policy>>>,
 }
 
 impl Index {
@@ -179,7 +219,11 @@ impl Index {
             slices: HashMap::new(),
             slices_of: HashMap::new(),
             pods: HashMap::new(),
+            pods_synced: false,
+            default_policy: DefaultInboundPolicy::default(),
+            authorizations: HashMap::new(),
             subscriptions: HashMap::new(),
+            policies: HashMap::new(),
         }
     }
 
@@ -203,9 +247,135 @@ impl Index {
         self.subscriptions.len()
     }
 
-    /// Drops targets nobody listens to any more.
+    /// Drops targets and pod ports nobody listens to any more.
     pub fn forget_unused(&mut self) {
         self.subscriptions.retain(|_, tx| tx.receiver_count() > 0);
+        self.policies.retain(|_, tx| tx.receiver_count() > 0);
+    }
+
+    /// The current resolution of `target`, when someone subscribes to it.
+    pub fn current(&self, target: &Target) -> Option<Arc<Resolution>> {
+        self.subscriptions.get(target).map(|tx| tx.borrow().clone())
+    }
+
+    /// A pod, when the index knows it.
+    pub fn pod(&self, key: &Key) -> Option<&PodInfo> {
+        self.pods.get(key)
+    }
+
+    /// Every pod.
+    pub fn pods(&self) -> impl Iterator<Item = (&Key, &PodInfo)> {
+        self.pods.iter()
+    }
+
+    /// Whether the pods have been listed once, so that a pod missing from the index is
+    /// really gone.
+    pub fn pods_synced(&self) -> bool {
+        self.pods_synced
+    }
+
+    /// The SPIFFE id of a pod's ServiceAccount.
+    pub fn identity_of(&self, pod: &Key) -> Option<String> {
+        self.pods.get(pod).map(|info| {
+            format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                self.trust_domain, pod.namespace, info.service_account
+            )
+        })
+    }
+
+    /// A receiver of the policy of `port` of `pod` (0: the ports it does not declare),
+    /// or `None` when the index does not know the pod.
+    pub fn subscribe_policy(
+        &mut self,
+        pod: &Key,
+        port: u16,
+    ) -> Option<watch::Receiver<Arc<Policy>>> {
+        let key = (pod.clone(), port);
+        if let Some(tx) = self.policies.get(&key) {
+            return Some(tx.subscribe());
+        }
+        let policy = self.policy(pod, port)?;
+        let (tx, rx) = watch::channel(Arc::new(policy));
+        self.policies.insert(key, tx);
+        Some(rx)
+    }
+
+    /// Computes the policy of `port` of `pod` from the index.
+    pub fn policy(&self, pod: &Key, port: u16) -> Option<Policy> {
+        let info = self.pods.get(pod)?;
+        let mut authorizations: Vec<(&str, &ServerAuthorizationSpec)> = self
+            .authorizations
+            .iter()
+            .filter(|(k, _)| k.namespace == pod.namespace)
+            .map(|(k, spec)| (k.name.as_str(), spec))
+            .collect();
+        authorizations.sort_by_key(|(name, _)| *name);
+        Some(policy::compute(
+            &PodPolicyInputs {
+                namespace: &pod.namespace,
+                labels: &info.labels,
+                ports: &info.ports,
+                opaque_ports: &info.opaque_ports,
+                default_policy: info.default_policy,
+            },
+            port,
+            authorizations,
+            &MeshPolicyInputs {
+                trust_domain: &self.trust_domain,
+                default_policy: self.default_policy,
+                opaque_ports: &self.opaque_ports,
+            },
+        ))
+    }
+
+    pub fn apply_authorization(&mut self, key: Key, spec: &ServerAuthorizationSpec) {
+        if self.authorizations.get(&key) == Some(spec) {
+            return;
+        }
+        self.authorizations.insert(key.clone(), spec.clone());
+        self.refresh_policies(|pod| pod.namespace == key.namespace);
+    }
+
+    pub fn delete_authorization(&mut self, key: &Key) {
+        if self.authorizations.remove(key).is_some() {
+            self.refresh_policies(|pod| pod.namespace == key.namespace);
+        }
+    }
+
+    /// Replaces every ServerAuthorization after a relist.
+    pub fn replace_authorizations(&mut self, all: Vec<(Key, ServerAuthorizationSpec)>) {
+        let all: HashMap<Key, ServerAuthorizationSpec> = all.into_iter().collect();
+        if all != self.authorizations {
+            self.authorizations = all;
+            self.refresh_policies(|_| true);
+        }
+    }
+
+    /// Recomputes the policies of the pods `which` picks.
+    fn refresh_policies(&mut self, which: impl Fn(&Key) -> bool) {
+        let keys: Vec<(Key, u16)> = self
+            .policies
+            .keys()
+            .filter(|(pod, _)| which(pod))
+            .cloned()
+            .collect();
+        for (pod, port) in keys {
+            // A pod that is gone keeps its last policy until its proxy disconnects.
+            let Some(policy) = self.policy(&pod, port) else {
+                continue;
+            };
+            if let Some(tx) = self.policies.get(&(pod, port)) {
+                tx.send_if_modified(|current| {
+                    if **current == policy {
+                        false
+                    } else {
+                        *current = Arc::new(policy);
+                        true
+                    }
+                });
+            }
+        }
     }
 
     /// Namespaces holding at least one meshed pod.
@@ -218,11 +388,21 @@ impl Index {
     }
 
     /// The mesh's settings that resolutions depend on.
-    pub fn set_mesh(&mut self, trust_domain: &str, opaque_ports: BTreeSet<u16>) {
-        if self.trust_domain != trust_domain || self.opaque_ports != opaque_ports {
+    pub fn set_mesh(
+        &mut self,
+        trust_domain: &str,
+        opaque_ports: BTreeSet<u16>,
+        default_policy: DefaultInboundPolicy,
+    ) {
+        if self.trust_domain != trust_domain
+            || self.opaque_ports != opaque_ports
+            || self.default_policy != default_policy
+        {
             self.trust_domain = trust_domain.into();
             self.opaque_ports = opaque_ports;
+            self.default_policy = default_policy;
             self.refresh_all();
+            self.refresh_policies(|_| true);
         }
     }
 
@@ -352,6 +532,7 @@ impl Index {
         }
         self.pods.insert(key.clone(), info);
         self.refresh_pod(&key);
+        self.refresh_policies(|pod| *pod == key);
     }
 
     pub fn delete_pod(&mut self, key: &Key) {
@@ -412,6 +593,7 @@ impl Index {
         for pod in pods {
             self.apply_pod(pod);
         }
+        self.pods_synced = true;
     }
 
     fn unlink_slice(&mut self, service: &Key, slice: &Key) {
@@ -489,7 +671,7 @@ impl Index {
         if let Some((name, info)) = pod {
             labels.insert("pod".into(), name.clone());
             if let Some(workload) = &info.workload {
-                labels.insert("workload".into(), workload.clone());
+                labels.insert("workload".into(), workload.label());
             }
             if info.meshed {
                 identity = Some(format!(
@@ -570,32 +752,70 @@ fn pod_info(pod: &Pod) -> PodInfo {
     let meshed = labels
         .and_then(|l| l.get(weft_api::annotations::INJECTED))
         .is_some_and(|v| v == "true");
-    let owner = crate::controller_of(&pod.metadata);
-    let workload = owner.map(|o| {
-        // A ReplicaSet of a Deployment is named `<deployment>-<pod-template-hash>`.
-        let hash = labels.and_then(|l| l.get("pod-template-hash"));
-        match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
-            Some(deployment) if o.kind == "ReplicaSet" => format!("deployment/{deployment}"),
-            _ => format!("{}/{}", o.kind.to_ascii_lowercase(), o.name),
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let workload = match crate::controller_of(&pod.metadata) {
+        Some(o) => {
+            // A ReplicaSet of a Deployment is named `<deployment>-<pod-template-hash>`.
+            let hash = labels.and_then(|l| l.get("pod-template-hash"));
+            Some(
+                match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
+                    Some(deployment) if o.kind == "ReplicaSet" => Workload {
+                        kind: "Deployment".into(),
+                        name: deployment.into(),
+                        uid: None,
+                    },
+                    _ => Workload {
+                        kind: o.kind.clone(),
+                        name: o.name.clone(),
+                        uid: Some(o.uid.clone()),
+                    },
+                },
+            )
         }
-    });
-    let opaque_ports = pod
-        .metadata
-        .annotations
-        .as_ref()
+        None => pod.metadata.name.clone().map(|name| Workload {
+            kind: "Pod".into(),
+            name,
+            uid: Some(uid.clone()),
+        }),
+    };
+    let annotations = pod.metadata.annotations.as_ref();
+    let opaque_ports = annotations
         .and_then(|a| a.get(weft_api::annotations::OPAQUE_PORTS))
         .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
         .unwrap_or_default();
+    let spec = pod.spec.as_ref();
+    let mut ports: Vec<(Option<String>, u16)> = spec
+        .into_iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| Some((p.name.clone(), u16::try_from(p.container_port).ok()?)))
+        .collect();
+    ports.sort();
+    ports.dedup();
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
     PodInfo {
-        service_account: pod
-            .spec
-            .as_ref()
+        uid,
+        service_account: spec
             .and_then(|s| s.service_account_name.clone())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into()),
         meshed,
+        ready,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
         workload,
+        labels: labels.cloned().unwrap_or_default(),
+        ports,
         opaque_ports,
+        default_policy: annotations
+            .and_then(|a| a.get(weft_api::annotations::DEFAULT_INBOUND_POLICY))
+            .and_then(|v| policy::parse_default_policy(v)),
     }
 }
 

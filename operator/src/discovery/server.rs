@@ -1,11 +1,13 @@
-//! The Destination service of the proxy API: Resolve streams over the [`Index`], and
-//! acknowledgements of what proxies applied.
+//! The Destination service of the proxy API: Resolve and InboundPolicy streams over the
+//! [`Index`], and acknowledgements of what proxies applied, kept in [`Proxies`].
 //!
 //! Every call must come over mutual TLS with a workload certificate the mesh issued:
 //! the caller's SPIFFE id is read from its certificate (the TLS layer already checked
-//! the chain against the trust bundle) and a call without one is refused. A connection
-//! may hold at most [`MAX_STREAMS_PER_CONNECTION`] streams; more get
-//! RESOURCE_EXHAUSTED. Every refusal is counted by reason.
+//! the chain against the trust bundle) and a call without one is refused. The pod a
+//! call names must be one the index knows, in the caller's namespace and running under
+//! the caller's ServiceAccount. A connection may hold at most
+//! [`MAX_STREAMS_PER_CONNECTION`] streams; more get RESOURCE_EXHAUSTED. Every refusal
+//! is counted by reason.
 
 use std::{
     collections::HashMap,
@@ -15,31 +17,35 @@ use std::{
 };
 
 use futures::Stream;
+use tokio::sync::watch;
 use tonic::{
     Request, Response, Status,
     transport::server::{TcpConnectInfo, TlsConnectInfo},
 };
 use weft_proxy_api::v1::{
-    AckRequest, AckResponse, Endpoint, InboundPolicyRequest, InboundPolicyUpdate, ProtocolHint,
-    Resolution, ResolveRequest, destination_server::Destination,
+    AckRequest, AckResponse, Authorization, Endpoint, InboundPolicyRequest, InboundPolicyUpdate,
+    Network, ProtocolHint, Resolution, ResolveRequest, destination_server::Destination,
 };
 
-use super::index::{Index, Resolution as Resolved, parse_authority};
+use super::{
+    index::{Index, Key, Resolution as Resolved, parse_authority},
+    policy::Policy,
+    proxies::Proxies,
+};
 use crate::{identity::SpiffeId, metrics::Metrics};
 
 /// The most streams one proxy connection may hold open.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 512;
 
-/// What proxies acknowledged: per pod (`namespace/name`), per stream, the version.
-pub type Acks = Arc<Mutex<HashMap<String, HashMap<String, String>>>>;
-
 /// The Destination service.
 #[derive(Clone)]
 pub struct DestinationService {
     index: Arc<Mutex<Index>>,
-    acks: Acks,
+    proxies: Proxies,
     metrics: Arc<Metrics>,
     streams: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    /// Set when the server shuts down: every stream ends.
+    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for DestinationService {
@@ -49,13 +55,19 @@ impl std::fmt::Debug for DestinationService {
 }
 
 impl DestinationService {
-    pub fn new(index: Arc<Mutex<Index>>, acks: Acks, metrics: Arc<Metrics>) -> Self {
+    pub fn new(index: Arc<Mutex<Index>>, proxies: Proxies, metrics: Arc<Metrics>) -> Self {
         Self {
             index,
-            acks,
+            proxies,
             metrics,
             streams: Arc::default(),
+            stopping: Arc::new(watch::channel(false).0),
         }
+    }
+
+    /// Ends every open stream (and refuses new ones), for a shutdown.
+    pub fn stop_streams(&self) {
+        self.stopping.send_replace(true);
     }
 
     fn refuse(&self, reason: &'static str, status: Status) -> Status {
@@ -63,8 +75,8 @@ impl DestinationService {
         status
     }
 
-    /// The caller's mesh identity, from its client certificate.
-    fn caller<T>(&self, request: &Request<T>) -> Result<SpiffeId, Status> {
+    /// The caller's mesh identity and certificate expiry, from its client certificate.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let certs = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -83,6 +95,34 @@ impl DestinationService {
                 Status::unauthenticated("the client certificate names no SPIFFE id"),
             )
         })
+    }
+
+    /// The caller's own pod `name`, checked against the index.
+    fn own_pod(&self, caller: &Caller, name: &str, index: &Index) -> Result<Key, Status> {
+        if name.is_empty() || name.len() > 253 || !crate::identity::spiffe::is_dns_subdomain(name) {
+            return Err(self.refuse(
+                "BadPod",
+                Status::invalid_argument(format!("{name:.64?} is not a pod name")),
+            ));
+        }
+        let key = Key::new(caller.id.namespace(), name);
+        match index.identity_of(&key) {
+            None => Err(self.refuse(
+                "UnknownPod",
+                Status::not_found(format!(
+                    "no pod {}/{name} is known (yet): retry",
+                    key.namespace
+                )),
+            )),
+            Some(identity) if identity != caller.id.to_string() => Err(self.refuse(
+                "PodIdentityMismatch",
+                Status::permission_denied(format!(
+                    "pod {}/{name} runs as {identity}, not as the caller {}",
+                    key.namespace, caller.id
+                )),
+            )),
+            Some(_) => Ok(key),
+        }
     }
 
     /// Takes one of the connection's stream slots, given back when the guard drops.
@@ -133,13 +173,24 @@ impl Drop for StreamSlot {
     }
 }
 
-/// The URI SAN of a DER certificate, as a SPIFFE id.
-fn spiffe_id_of(der: &[u8]) -> Option<SpiffeId> {
+/// Who is calling.
+struct Caller {
+    id: SpiffeId,
+    /// When its certificate expires, in Unix seconds.
+    not_after: i64,
+}
+
+/// The URI SAN of a DER certificate, as a SPIFFE id, and its expiry.
+fn spiffe_id_of(der: &[u8]) -> Option<Caller> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
+    let id = san.value.general_names.iter().find_map(|name| match name {
         x509_parser::extensions::GeneralName::URI(uri) => uri.parse().ok(),
         _ => None,
+    })?;
+    Some(Caller {
+        id,
+        not_after: cert.validity().not_after.timestamp(),
     })
 }
 
@@ -157,45 +208,59 @@ impl Destination for DestinationService {
     ) -> Result<Response<Self::ResolveStream>, Status> {
         let caller = self.caller(&request)?;
         let slot = self.slot(&request)?;
-        let authority = &request.get_ref().authority;
-        let mut rx = {
+        let ResolveRequest { authority, pod } = request.into_inner();
+        let (pod, rx) = {
             let mut index = self
                 .index
                 .lock()
                 .map_err(|_| Status::internal("poisoned"))?;
-            let target = parse_authority(authority, index.cluster_domain()).map_err(|e| {
+            let target = parse_authority(&authority, index.cluster_domain()).map_err(|e| {
                 self.refuse("BadAuthority", Status::invalid_argument(e.to_string()))
             })?;
-            index.subscribe(&target)
+            let pod = self.own_pod(&caller, &pod, &index)?;
+            (pod, index.subscribe(&target))
         };
-        tracing::debug!(%caller, %authority, "resolve stream opened");
-        self.metrics.destination_stream(true);
-        let metrics = self.metrics.clone();
-        let stream = async_stream(move |tx| async move {
-            let _slot = slot;
-            loop {
-                let update = to_proto(&rx.borrow_and_update());
-                if tx.send(Ok(update)).await.is_err() {
-                    break;
-                }
-                tokio::select! {
-                    changed = rx.changed() => if changed.is_err() { break },
-                    _ = tx.closed() => break,
-                }
-            }
-            metrics.destination_stream(false);
-        });
-        Ok(Response::new(stream))
+        tracing::debug!(caller = %caller.id, %authority, "resolve stream opened");
+        let name = format!("resolve:{authority}");
+        Ok(Response::new(
+            self.serve(rx, pod, name, caller, slot, to_proto),
+        ))
     }
 
     async fn inbound_policy(
         &self,
         request: Request<InboundPolicyRequest>,
     ) -> Result<Response<Self::InboundPolicyStream>, Status> {
-        self.caller(&request)?;
-        Err(Status::unimplemented(
-            "inbound policy streams are not served yet: proxies apply their default policy",
-        ))
+        let caller = self.caller(&request)?;
+        let slot = self.slot(&request)?;
+        let InboundPolicyRequest { pod, port } = request.into_inner();
+        let port = u16::try_from(port).map_err(|_| {
+            self.refuse(
+                "BadPort",
+                Status::invalid_argument(format!("{port} is not a port (0 to 65535)")),
+            )
+        })?;
+        let (pod, rx) = {
+            let mut index = self
+                .index
+                .lock()
+                .map_err(|_| Status::internal("poisoned"))?;
+            let pod = self.own_pod(&caller, &pod, &index)?;
+            let rx = index
+                .subscribe_policy(&pod, port)
+                .ok_or_else(|| Status::not_found("the pod is gone"))?;
+            (pod, rx)
+        };
+        tracing::debug!(caller = %caller.id, port, "inbound policy stream opened");
+        let name = format!("inbound:{port}");
+        Ok(Response::new(self.serve(
+            rx,
+            pod,
+            name,
+            caller,
+            slot,
+            policy_to_proto,
+        )))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
@@ -207,18 +272,81 @@ impl Destination for DestinationService {
                 Status::invalid_argument("pod must be a pod name and stream at most 300 bytes"),
             ));
         }
-        let pod = format!("{}/{}", caller.namespace(), ack.pod);
-        let mut acks = self.acks.lock().map_err(|_| Status::internal("poisoned"))?;
-        let streams = acks.entry(pod).or_default();
-        if streams.len() >= MAX_STREAMS_PER_CONNECTION && !streams.contains_key(&ack.stream) {
-            drop(acks);
-            return Err(self.refuse(
-                "TooManyStreams",
-                Status::resource_exhausted("too many acknowledged streams for one pod"),
-            ));
-        }
-        streams.insert(ack.stream, ack.config_version);
+        let pod = Key::new(caller.id.namespace(), &ack.pod);
+        self.proxies
+            .ack(&pod, &ack.stream, ack.config_version)
+            .map_err(|e| {
+                self.refuse("UnknownStream", Status::failed_precondition(e.to_string()))
+            })?;
         Ok(Response::new(AckResponse {}))
+    }
+}
+
+/// Something a stream carries: it has a version.
+trait Versioned {
+    fn version(&self) -> &str;
+}
+
+impl Versioned for Resolved {
+    fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+impl Versioned for Policy {
+    fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+impl DestinationService {
+    /// Streams every value of `rx` to the caller, registered in [`Proxies`] as `name`
+    /// for `pod` while it is open.
+    fn serve<V, P>(
+        &self,
+        mut rx: watch::Receiver<Arc<V>>,
+        pod: Key,
+        name: String,
+        caller: Caller,
+        slot: StreamSlot,
+        to_proto: fn(&V) -> P,
+    ) -> Pin<Box<dyn Stream<Item = Result<P, Status>> + Send>>
+    where
+        V: Versioned + Send + Sync + 'static,
+        P: Send + 'static,
+    {
+        let current = rx.clone();
+        let registered = self.proxies.open(
+            pod,
+            name,
+            move || current.borrow().version().to_string(),
+            Some(caller.not_after),
+        );
+        self.metrics.destination_stream(true);
+        let metrics = self.metrics.clone();
+        let mut stopping = self.stopping.subscribe();
+        async_stream(move |tx| async move {
+            let _slot = slot;
+            let _registered = registered;
+            loop {
+                if *stopping.borrow_and_update() {
+                    let _ = tx
+                        .send(Err(Status::unavailable("the operator is shutting down")))
+                        .await;
+                    break;
+                }
+                let update = to_proto(&rx.borrow_and_update());
+                if tx.send(Ok(update)).await.is_err() {
+                    break;
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { break },
+                    _ = stopping.changed() => {}
+                    _ = tx.closed() => break,
+                }
+            }
+            metrics.destination_stream(false);
+        })
     }
 }
 
@@ -234,6 +362,30 @@ where
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }))
+}
+
+fn policy_to_proto(policy: &Policy) -> InboundPolicyUpdate {
+    InboundPolicyUpdate {
+        protocol: policy.protocol.clone(),
+        authorizations: policy
+            .authorizations
+            .iter()
+            .map(|a| Authorization {
+                name: a.name.clone(),
+                identities: a.identities.clone(),
+                unauthenticated: a.unauthenticated,
+                networks: a
+                    .networks
+                    .iter()
+                    .map(|n| Network {
+                        cidr: n.cidr.clone(),
+                        except: n.except.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        config_version: policy.version.clone(),
+    }
 }
 
 fn to_proto(resolved: &Resolved) -> Resolution {

@@ -1,6 +1,6 @@
-//! Feeds the [`Index`] from the cluster: watches of Services, EndpointSlices, Pods and
-//! the active Mesh, each event applied as it comes and each relist replacing what the
-//! index held.
+//! Feeds the [`Index`] from the cluster: watches of Services, EndpointSlices, Pods,
+//! ServerAuthorizations and the active Mesh, each event applied as it comes and each
+//! relist replacing what the index held.
 
 use std::{
     collections::BTreeSet,
@@ -17,7 +17,7 @@ use kube::{
     Api, Client,
     runtime::{WatchStreamExt as _, watcher},
 };
-use weft_api::{ACTIVE_MESH_NAME, Mesh};
+use weft_api::{ACTIVE_MESH_NAME, Mesh, ServerAuthorization};
 
 use super::index::{Index, Key};
 
@@ -48,6 +48,23 @@ pub async fn run(client: Client, index: Arc<Mutex<Index>>, shutdown: impl Future
         |index, p: &Pod| delete(index, p, Index::delete_pod),
         Index::replace_pods,
     );
+    let authorizations = feed(
+        watcher(Api::<ServerAuthorization>::all(client.clone()), config()),
+        index.clone(),
+        |index, a: &ServerAuthorization| {
+            if let Some(key) = key(a) {
+                index.apply_authorization(key, &a.spec);
+            }
+        },
+        |index, a: &ServerAuthorization| delete(index, a, Index::delete_authorization),
+        |index, all: &[ServerAuthorization]| {
+            index.replace_authorizations(
+                all.iter()
+                    .filter_map(|a| Some((key(a)?, a.spec.clone())))
+                    .collect(),
+            );
+        },
+    );
     let meshes = feed(
         watcher(
             Api::<Mesh>::all(client),
@@ -72,19 +89,27 @@ pub async fn run(client: Client, index: Arc<Mutex<Index>>, shutdown: impl Future
     };
     tokio::select! {
         _ = shutdown => {}
-        _ = futures::future::join5(services, slices, pods, meshes, sweep) => {}
+        _ = futures::future::join5(services, slices, pods, futures::future::join(authorizations, meshes), sweep) => {}
     }
 }
 
 fn apply_mesh(index: &mut Index, mesh: &Mesh) {
     let opaque: BTreeSet<u16> = mesh.spec.opaque_ports.iter().map(|p| p.get()).collect();
-    index.set_mesh(&mesh.spec.trust_domain, opaque);
+    index.set_mesh(
+        &mesh.spec.trust_domain,
+        opaque,
+        mesh.spec.default_inbound_policy,
+    );
+}
+
+fn key<K: kube::Resource>(object: &K) -> Option<Key> {
+    let meta = object.meta();
+    Some(Key::new(meta.namespace.as_deref()?, meta.name.as_deref()?))
 }
 
 fn delete<K: kube::Resource>(index: &mut Index, object: &K, by_key: fn(&mut Index, &Key)) {
-    let meta = object.meta();
-    if let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) {
-        by_key(index, &Key::new(ns, name));
+    if let Some(key) = key(object) {
+        by_key(index, &key);
     }
 }
 

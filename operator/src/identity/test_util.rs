@@ -60,10 +60,10 @@ pub struct TestProxyApi {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The discovery index the Destination service reads; tests feed it objects.
     pub index: std::sync::Arc<std::sync::Mutex<crate::discovery::index::Index>>,
-    /// What proxies acknowledged.
-    pub acks: crate::discovery::server::Acks,
-    _authority: tokio::sync::watch::Sender<Option<std::sync::Arc<super::Authority>>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    /// The connected proxies and what they acknowledged.
+    pub proxies: crate::discovery::proxies::Proxies,
+    authority: tokio::sync::watch::Sender<Option<std::sync::Arc<super::Authority>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TestProxyApi {
@@ -94,47 +94,80 @@ impl TestProxyApi {
 /// client may have to retry its first connection for a moment.
 pub async fn proxy_api() -> TestProxyApi {
     let (anchor, authority) = authority();
-    let (authority_tx, authority_rx) = tokio::sync::watch::channel(Some(authority));
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let certify = super::certify::Certify::new(authority_rx.clone(), SlashTokens, metrics.clone());
+    let (authority, _) = tokio::sync::watch::channel(Some(authority));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
-    let addr = listener.local_addr().expect("a bound address");
+    let port = listener.local_addr().expect("a bound address").port();
     drop(listener);
-    let serving = crate::serving::ServingIdentity {
-        namespace: "weft-system".into(),
-        service_account: "weft-operator".into(),
-        dns_names: vec!["localhost".into()],
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let index = std::sync::Arc::new(std::sync::Mutex::new(crate::discovery::index::Index::new(
-        "cluster.local",
-        "cluster.local",
-    )));
-    let acks = crate::discovery::server::Acks::default();
-    let destination = crate::discovery::server::DestinationService::new(
-        index.clone(),
-        acks.clone(),
-        metrics.clone(),
-    );
-    crate::proxy_api::serve(
-        addr,
-        authority_rx,
-        serving,
-        certify,
-        destination,
-        async move {
-            let _ = stopped.await;
-        },
-    )
-    .await
-    .expect("the proxy API listens");
-    TestProxyApi {
-        port: addr.port(),
+    let mut api = TestProxyApi {
+        port,
         bundle: anchor.cert_pem().to_string(),
-        metrics,
-        index,
-        acks,
-        _authority: authority_tx,
-        _stop: stop,
+        metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+        index: std::sync::Arc::new(std::sync::Mutex::new(crate::discovery::index::Index::new(
+            "cluster.local",
+            "cluster.local",
+        ))),
+        proxies: Default::default(),
+        authority,
+        stop: None,
+    };
+    api.start().await;
+    api
+}
+
+impl TestProxyApi {
+    /// Serves on its port: the same CA and index, and a fresh set of connected proxies,
+    /// as an operator restarted over the same cluster has.
+    async fn start(&mut self) {
+        let serving = crate::serving::ServingIdentity {
+            namespace: "weft-system".into(),
+            service_account: "weft-operator".into(),
+            dns_names: vec!["localhost".into()],
+        };
+        let certify = super::certify::Certify::new(
+            self.authority.subscribe(),
+            SlashTokens,
+            self.metrics.clone(),
+        );
+        let destination = crate::discovery::server::DestinationService::new(
+            self.index.clone(),
+            self.proxies.clone(),
+            self.metrics.clone(),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        crate::proxy_api::serve(
+            addr,
+            self.authority.subscribe(),
+            serving,
+            certify,
+            destination,
+            async move {
+                let _ = stopped.await;
+            },
+        )
+        .await
+        .expect("the proxy API listens");
+        self.stop = Some(stop);
+    }
+
+    /// Stops serving: every stream ends and every connection closes.
+    pub async fn stop(&mut self) {
+        self.stop.take();
+        // Let the server's tasks see the signal and release the port.
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.proxies = Default::default();
+    }
+
+    /// Serves again after [`TestProxyApi::stop`].
+    pub async fn restart(&mut self) {
+        self.start().await;
     }
 }

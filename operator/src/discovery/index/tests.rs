@@ -314,7 +314,7 @@ fn opaque_ports_come_from_the_mesh_and_the_pod() {
     ));
     let rx = idx.subscribe(&Target::Address("198.19.0.20:5432".parse().unwrap()));
     assert!(!rx.borrow().endpoints[0].opaque);
-    idx.set_mesh("cluster.local", BTreeSet::from([5432]));
+    idx.set_mesh("cluster.local", BTreeSet::from([5432]), Default::default());
     assert!(rx.borrow().endpoints[0].opaque);
 }
 
@@ -343,4 +343,179 @@ fn namespaces_with_meshed_pods_are_known() {
     );
     idx.delete_pod(&Key::new("shop", "web-1"));
     assert!(idx.namespaces_with_meshed_pods().is_empty());
+}
+
+/// A meshed pod of `web` with container ports `http` 8080 and `admin` 9000.
+fn web_pod(name: &str, labels: serde_json::Value, annotations: serde_json::Value) -> Pod {
+    let mut pod = pod("shop", name, "web", true);
+    let extra: BTreeMap<String, String> = serde_json::from_value(labels).unwrap();
+    pod.metadata.labels.get_or_insert_default().extend(extra);
+    pod.metadata.annotations = serde_json::from_value(annotations).unwrap();
+    pod.spec = serde_json::from_value(json!({
+        "serviceAccountName": "web",
+        "containers": [{"name": "app", "ports": [
+            {"name": "http", "containerPort": 8080},
+            {"name": "admin", "containerPort": 9000},
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+        ]}],
+    }))
+    .unwrap();
+    pod
+}
+
+fn authorization(port: serde_json::Value, selector: serde_json::Value) -> ServerAuthorizationSpec {
+    serde_json::from_value(json!({
+        "server": {"podSelector": selector, "port": port},
+        "client": {"meshTLS": {"serviceAccounts": [{"name": "checkout"}]}},
+    }))
+    .unwrap()
+}
+
+fn rule_names(policy: &Policy) -> Vec<&str> {
+    policy
+        .authorizations
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect()
+}
+
+#[test]
+fn a_server_authorization_selects_a_port_by_its_name() {
+    let mut idx = index();
+    let web = Key::new("shop", "web-1");
+    assert!(idx.subscribe_policy(&web, 8080).is_none(), "unknown pod");
+    idx.apply_pod(&web_pod("web-1", json!({}), json!({})));
+    let mut http = idx.subscribe_policy(&web, 8080).unwrap();
+    let mut admin = idx.subscribe_policy(&web, 9000).unwrap();
+    let mut undeclared = idx.subscribe_policy(&web, 0).unwrap();
+    assert_eq!(
+        rule_names(&http.borrow_and_update()),
+        ["default:all-unauthenticated"]
+    );
+    admin.mark_unchanged();
+    undeclared.mark_unchanged();
+
+    // Appears after the proxy subscribed; selects the `http` port by name.
+    idx.apply_authorization(
+        Key::new("shop", "web-http"),
+        &authorization(json!("http"), json!({"matchLabels": {"app": "web"}})),
+    );
+    {
+        let policy = http.borrow_and_update();
+        assert_eq!(rule_names(&policy), ["serverauthorization/web-http"]);
+        let rule = &policy.authorizations[0];
+        assert_eq!(
+            rule.identities,
+            ["spiffe://cluster.local/ns/shop/sa/checkout"]
+        );
+        assert!(!rule.unauthenticated);
+        assert_eq!(policy.protocol, "detect");
+    }
+    assert!(!admin.has_changed().unwrap(), "9000 is not named http");
+    assert!(
+        !undeclared.has_changed().unwrap(),
+        "port 0 is always the default"
+    );
+
+    // The same port by number, in another namespace: no effect.
+    idx.apply_authorization(
+        Key::new("other", "web-http"),
+        &authorization(json!(9000), json!({})),
+    );
+    assert!(!admin.has_changed().unwrap());
+
+    // The pod's labels change so the selector no longer matches: back to the default.
+    idx.apply_pod(&web_pod("web-1", json!({"app": "web-v2"}), json!({})));
+    assert_eq!(
+        rule_names(&http.borrow_and_update()),
+        ["default:all-unauthenticated"]
+    );
+
+    // A matchExpressions selector, and a declared protocol.
+    let mut spec = authorization(
+        json!(9000),
+        json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web-v2"]}]}),
+    );
+    spec.server.protocol = Some(weft_api::server_authorization::ServerProtocol::Grpc);
+    idx.apply_authorization(Key::new("shop", "admin"), &spec);
+    {
+        let policy = admin.borrow_and_update();
+        assert_eq!(rule_names(&policy), ["serverauthorization/admin"]);
+        assert_eq!(policy.protocol, "gRPC");
+    }
+    idx.delete_authorization(&Key::new("shop", "admin"));
+    assert_eq!(
+        rule_names(&admin.borrow_and_update()),
+        ["default:all-unauthenticated"]
+    );
+}
+
+#[test]
+fn the_default_policy_comes_from_the_pod_or_the_mesh_and_opaque_ports_are_opaque() {
+    let mut idx = index();
+    let web = Key::new("shop", "web-1");
+    idx.apply_pod(&web_pod("web-1", json!({}), json!({})));
+    let mut undeclared = idx.subscribe_policy(&web, 0).unwrap();
+    let mut postgres = idx.subscribe_policy(&web, 5432).unwrap();
+    assert_eq!(postgres.borrow_and_update().protocol, "detect");
+
+    idx.set_mesh(
+        "cluster.local",
+        BTreeSet::from([5432]),
+        DefaultInboundPolicy::Deny,
+    );
+    assert!(
+        undeclared.borrow_and_update().authorizations.is_empty(),
+        "deny"
+    );
+    assert_eq!(postgres.borrow_and_update().protocol, "opaque");
+
+    idx.apply_pod(&web_pod(
+        "web-1",
+        json!({}),
+        json!({"config.weft.dev/default-inbound-policy": "all-authenticated"}),
+    ));
+    let policy = undeclared.borrow_and_update().clone();
+    assert_eq!(rule_names(&policy), ["default:all-authenticated"]);
+    assert_eq!(policy.authorizations[0].identities, ["*"]);
+    assert!(!policy.authorizations[0].unauthenticated);
+    assert_ne!(policy.version, postgres.borrow().version);
+}
+
+#[test]
+fn a_pod_knows_its_workload_readiness_and_identity() {
+    let mut idx = index();
+    let mut pod = web_pod("web-1", json!({}), json!({}));
+    pod.status = serde_json::from_value(json!({
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }))
+    .unwrap();
+    idx.apply_pod(&pod);
+    let key = Key::new("shop", "web-1");
+    let info = idx.pod(&key).unwrap();
+    assert!(info.ready && info.meshed && !info.terminating);
+    assert_eq!(info.workload.as_ref().unwrap().label(), "deployment/web");
+    assert_eq!(
+        idx.identity_of(&key).as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/web")
+    );
+
+    // A bare pod is its own workload.
+    let mut bare = web_pod("solo", json!({}), json!({}));
+    bare.metadata.owner_references = None;
+    bare.metadata.uid = Some("pod-uid".into());
+    idx.apply_pod(&bare);
+    let workload = idx.pod(&Key::new("shop", "solo")).unwrap().workload.clone();
+    assert_eq!(
+        workload,
+        Some(Workload {
+            kind: "Pod".into(),
+            name: "solo".into(),
+            uid: Some("pod-uid".into())
+        })
+    );
+    assert!(!idx.pods_synced());
+    idx.replace_pods(&[pod]);
+    assert!(idx.pods_synced());
+    assert!(idx.pod(&Key::new("shop", "solo")).is_none());
 }

@@ -1,0 +1,398 @@
+//! The proxy's side of the Destination API: what it streams from the operator, applies,
+//! acknowledges, and shows on `/config`.
+//!
+//! - **Inbound**: at start, one InboundPolicy stream for each port the pod declares and
+//!   one for port 0 (the policy of every other port).
+//! - **Outbound**: a Resolve stream per destination, opened on its first use, kept
+//!   while it is used, and dropped after [`Settings::idle`] without use. At most
+//!   [`Settings::max_resolutions`] are held; beyond that a destination is forwarded
+//!   as-is, unresolved.
+//! - Every update applied is acknowledged with its config version, so the operator
+//!   knows this proxy is in sync.
+//! - **When the operator is away**, every stream retries with jittered exponential
+//!   backoff and the last applied config stays in force; a reconnection presents the
+//!   current certificate and re-reads the trust bundle file.
+//!
+//! All streams share one mutual-TLS channel, made with the proxy's workload
+//! certificate once it has one.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tonic::{Status, Streaming, transport::Channel};
+use weft_proxy_api::v1::{
+    AckRequest, InboundPolicyRequest, InboundPolicyUpdate, Resolution, ResolveRequest,
+    destination_client::DestinationClient,
+};
+
+use crate::{config::ControlAddr, identity::Credentials};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What discovery needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub control: ControlAddr,
+    pub trust_bundle_file: String,
+    /// This proxy's pod.
+    pub pod: String,
+    /// The ports the pod declares.
+    pub inbound_ports: Vec<u16>,
+    /// How long an unused resolution is kept.
+    pub idle: Duration,
+    /// The most destinations resolved at once.
+    pub max_resolutions: usize,
+}
+
+/// A handle on discovery. Cheap to clone.
+#[derive(Clone)]
+pub struct Discovery {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    settings: Settings,
+    credentials: watch::Receiver<Option<Credentials>>,
+    /// The shared channel and its generation.
+    channel: Mutex<(u64, Option<Channel>)>,
+    connecting: tokio::sync::Mutex<()>,
+    applied: Mutex<Applied>,
+    outbound: Mutex<HashMap<String, Outbound>>,
+}
+
+struct Outbound {
+    last_used: Instant,
+    resolution: watch::Receiver<Option<Arc<Resolution>>>,
+    task: tokio::task::AbortHandle,
+}
+
+/// What is applied now.
+#[derive(Default)]
+struct Applied {
+    inbound: BTreeMap<u16, InboundPolicyUpdate>,
+    outbound: BTreeMap<String, Resolution>,
+    /// Streams currently open to the operator.
+    streams: usize,
+}
+
+impl Discovery {
+    /// Starts the inbound streams and the idle sweep.
+    pub fn start(settings: Settings, credentials: watch::Receiver<Option<Credentials>>) -> Self {
+        let discovery = Self {
+            inner: Arc::new(Inner {
+                settings,
+                credentials,
+                channel: Mutex::new((0, None)),
+                connecting: tokio::sync::Mutex::new(()),
+                applied: Mutex::default(),
+                outbound: Mutex::default(),
+            }),
+        };
+        let ports = std::iter::once(0).chain(discovery.inner.settings.inbound_ports.clone());
+        for port in ports {
+            tokio::spawn(discovery.clone().inbound(port));
+        }
+        tokio::spawn(discovery.clone().sweep());
+        tokio::spawn(discovery.clone().renew_channel_with_certificate());
+        discovery
+    }
+
+    /// The resolution of `authority` (`ip:port`), following it from now on. Empty
+    /// until the operator answers, or when too many destinations are resolved already.
+    pub fn resolve(&self, authority: &str) -> watch::Receiver<Option<Arc<Resolution>>> {
+        let mut outbound = lock(&self.inner.outbound);
+        if let Some(entry) = outbound.get_mut(authority) {
+            entry.last_used = Instant::now();
+            return entry.resolution.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        if outbound.len() >= self.inner.settings.max_resolutions {
+            tracing::debug!(authority, "too many destinations resolved; not resolving");
+            return rx;
+        }
+        let task = tokio::spawn(self.clone().outbound(authority.to_string(), tx)).abort_handle();
+        outbound.insert(
+            authority.to_string(),
+            Outbound {
+                last_used: Instant::now(),
+                resolution: rx.clone(),
+                task,
+            },
+        );
+        rx
+    }
+
+    /// What is applied, as `/config` shows it.
+    pub fn config(&self) -> Value {
+        let applied = lock(&self.inner.applied);
+        let inbound: serde_json::Map<String, Value> = applied
+            .inbound
+            .iter()
+            .map(|(port, p)| {
+                let rules: Vec<Value> = p
+                    .authorizations
+                    .iter()
+                    .map(|a| {
+                        json!({
+                            "name": a.name,
+                            "identities": a.identities,
+                            "unauthenticated": a.unauthenticated,
+                            "networks": a.networks.iter().map(|n| json!({"cidr": n.cidr, "except": n.except})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                (
+                    port.to_string(),
+                    json!({"protocol": p.protocol, "authorizations": rules, "version": p.config_version}),
+                )
+            })
+            .collect();
+        let outbound: serde_json::Map<String, Value> = applied
+            .outbound
+            .iter()
+            .map(|(authority, r)| {
+                let endpoints: Vec<Value> = r
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "address": e.address,
+                            "identity": e.identity,
+                            "protocolHint": e.protocol_hint().as_str_name(),
+                            "labels": e.labels,
+                        })
+                    })
+                    .collect();
+                (
+                    authority.clone(),
+                    json!({"known": r.known, "service": r.service, "endpoints": endpoints, "version": r.config_version}),
+                )
+            })
+            .collect();
+        json!({
+            "pod": self.inner.settings.pod,
+            "streams": applied.streams,
+            "inbound": inbound,
+            "outbound": outbound,
+        })
+    }
+
+    async fn inbound(self, port: u16) {
+        let pod = self.inner.settings.pod.clone();
+        self.follow(
+            format!("inbound:{port}"),
+            move |mut client| {
+                let request = InboundPolicyRequest {
+                    pod: pod.clone(),
+                    port: port.into(),
+                };
+                async move { client.inbound_policy(request).await }
+            },
+            |applied, update: &InboundPolicyUpdate| {
+                applied.inbound.insert(port, update.clone());
+                update.config_version.clone()
+            },
+        )
+        .await;
+    }
+
+    async fn outbound(self, authority: String, tx: watch::Sender<Option<Arc<Resolution>>>) {
+        let pod = self.inner.settings.pod.clone();
+        let key = authority.clone();
+        self.follow(
+            format!("resolve:{authority}"),
+            move |mut client| {
+                let request = ResolveRequest {
+                    authority: authority.clone(),
+                    pod: pod.clone(),
+                };
+                async move { client.resolve(request).await }
+            },
+            move |applied, update: &Resolution| {
+                applied.outbound.insert(key.clone(), update.clone());
+                tx.send_replace(Some(Arc::new(update.clone())));
+                update.config_version.clone()
+            },
+        )
+        .await;
+    }
+
+    /// Opens the stream `open` makes, applies and acknowledges each update, and
+    /// reopens it with backoff whenever it fails or ends.
+    async fn follow<U, F, Fut>(
+        &self,
+        name: String,
+        open: F,
+        apply: impl Fn(&mut Applied, &U) -> String,
+    ) where
+        F: Fn(DestinationClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Streaming<U>>, Status>>,
+    {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let (generation, channel) = self.channel().await;
+            let mut client = DestinationClient::new(channel);
+            match open(client.clone()).await {
+                Ok(response) => {
+                    let _open = OpenStream::new(&self.inner.applied);
+                    let mut stream = response.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(update)) => {
+                                backoff = MIN_BACKOFF;
+                                let version = apply(&mut lock(&self.inner.applied), &update);
+                                let ack = AckRequest {
+                                    pod: self.inner.settings.pod.clone(),
+                                    stream: name.clone(),
+                                    config_version: version,
+                                };
+                                if let Err(status) = client.ack(ack).await {
+                                    tracing::debug!(stream = %name, %status, "acknowledgement refused");
+                                }
+                            }
+                            Ok(None) => {
+                                tracing::info!(stream = %name, "the operator ended the stream");
+                                break;
+                            }
+                            Err(status) => {
+                                tracing::info!(stream = %name, %status, "stream failed");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(stream = %name, %status, retry_in = ?backoff, "the operator refused the stream");
+                }
+            }
+            self.drop_channel(generation);
+            tokio::time::sleep(crate::identity::jitter(backoff)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// The shared channel, connecting it (with backoff) when there is none.
+    async fn channel(&self) -> (u64, Channel) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if let (generation, Some(channel)) = &*lock(&self.inner.channel) {
+                return (*generation, channel.clone());
+            }
+            let _connecting = self.inner.connecting.lock().await;
+            if let (generation, Some(channel)) = &*lock(&self.inner.channel) {
+                return (*generation, channel.clone());
+            }
+            let mut credentials = self.inner.credentials.clone();
+            let key = match credentials.wait_for(Option::is_some).await {
+                Ok(creds) => creds.as_ref().map(|c| c.key.clone()),
+                Err(_) => None,
+            };
+            let Some(key) = key else {
+                // The identity task is gone: the process is ending.
+                return std::future::pending().await;
+            };
+            let settings = &self.inner.settings;
+            let connected = match std::fs::read_to_string(&settings.trust_bundle_file) {
+                Ok(bundle) => crate::identity::connect_as(&settings.control, &bundle, Some(key))
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot read {}: {e}", settings.trust_bundle_file)),
+            };
+            match connected {
+                Ok(channel) => {
+                    let mut current = lock(&self.inner.channel);
+                    current.0 += 1;
+                    current.1 = Some(channel.clone());
+                    tracing::info!(control = %settings.control.host, "connected to the operator");
+                    return (current.0, channel);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff, "cannot connect to the operator");
+                }
+            }
+            tokio::time::sleep(crate::identity::jitter(backoff)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Forgets the channel of `generation`, so the next stream reconnects.
+    fn drop_channel(&self, generation: u64) {
+        let mut current = lock(&self.inner.channel);
+        if current.0 == generation {
+            current.1 = None;
+        }
+    }
+
+    /// New streams present a renewed certificate: forget the channel when it changes.
+    async fn renew_channel_with_certificate(self) {
+        let mut credentials = self.inner.credentials.clone();
+        while credentials.changed().await.is_ok() {
+            let generation = lock(&self.inner.channel).0;
+            self.drop_channel(generation);
+        }
+    }
+
+    /// Drops the resolutions nobody used for [`Settings::idle`].
+    async fn sweep(self) {
+        let idle = self.inner.settings.idle;
+        let every = (idle / 4).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let gone: Vec<String> = {
+                let mut outbound = lock(&self.inner.outbound);
+                let gone: Vec<String> = outbound
+                    .iter()
+                    .filter(|(_, e)| e.last_used.elapsed() >= idle)
+                    .map(|(a, _)| a.clone())
+                    .collect();
+                for authority in &gone {
+                    if let Some(entry) = outbound.remove(authority) {
+                        entry.task.abort();
+                    }
+                }
+                gone
+            };
+            if !gone.is_empty() {
+                let mut applied = lock(&self.inner.applied);
+                for authority in &gone {
+                    applied.outbound.remove(authority);
+                }
+                tracing::debug!(count = gone.len(), "idle destinations dropped");
+            }
+        }
+    }
+}
+
+/// Counts a stream as open while it lives.
+struct OpenStream<'a>(&'a Mutex<Applied>);
+
+impl<'a> OpenStream<'a> {
+    fn new(applied: &'a Mutex<Applied>) -> Self {
+        lock(applied).streams += 1;
+        Self(applied)
+    }
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        let mut applied = lock(self.0);
+        applied.streams = applied.streams.saturating_sub(1);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; a poisoned one still holds valid data.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
