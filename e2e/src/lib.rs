@@ -426,3 +426,46 @@ pub fn in_netns(netns: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Scales the operator to `replicas` and waits: for 0, until its pods are gone; else
+/// until the rollout is complete.
+pub fn scale_operator(replicas: u32) {
+    const OPERATOR: [&str; 2] = ["-n", "weft-system"];
+    let replicas = format!("--replicas={replicas}");
+    let mut args = vec!["scale", "deployment/weft-operator", replicas.as_str()];
+    args.extend(OPERATOR);
+    kubectl_ok(&args);
+    if replicas == "--replicas=0" {
+        let mut args = vec![
+            "wait",
+            "--for=delete",
+            "pod",
+            "-l",
+            "app.kubernetes.io/name=weft-operator",
+            "--timeout=120s",
+        ];
+        args.extend(OPERATOR);
+        // Nothing to wait for is fine too.
+        let _ = kubectl(&args);
+    } else {
+        let mut args = vec![
+            "rollout",
+            "status",
+            "deployment/weft-operator",
+            "--timeout=180s",
+        ];
+        args.extend(OPERATOR);
+        kubectl_ok(&args);
+    }
+}
+
+/// Scales the operator back to one replica when dropped, so a failing test that
+/// stopped it leaves the cluster usable.
+#[derive(Debug)]
+pub struct RestoreOperator;
+
+impl Drop for RestoreOperator {
+    fn drop(&mut self) {
+        scale_operator(1);
+    }
+}

@@ -9,39 +9,9 @@
 use std::time::Duration;
 
 use weft_e2e::{
-    kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, patch_mesh, patch_mesh_ok, with_temp_ns,
+    kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, patch_mesh, patch_mesh_ok, scale_operator,
+    with_temp_ns,
 };
-
-const OPERATOR: [&str; 2] = ["-n", "weft-system"];
-
-fn scale_operator(replicas: u32) {
-    let replicas = format!("--replicas={replicas}");
-    let mut args = vec!["scale", "deployment/weft-operator", replicas.as_str()];
-    args.extend(OPERATOR);
-    kubectl_ok(&args);
-    if replicas == "--replicas=0" {
-        let mut args = vec![
-            "wait",
-            "--for=delete",
-            "pod",
-            "-l",
-            "app.kubernetes.io/name=weft-operator",
-            "--timeout=120s",
-        ];
-        args.extend(OPERATOR);
-        // Nothing to wait for is fine too.
-        let _ = kubectl(&args);
-    } else {
-        let mut args = vec![
-            "rollout",
-            "status",
-            "deployment/weft-operator",
-            "--timeout=180s",
-        ];
-        args.extend(OPERATOR);
-        kubectl_ok(&args);
-    }
-}
 
 /// Waits until the registered webhook has `policy` as its failure policy.
 fn wait_for_policy(policy: &str) {

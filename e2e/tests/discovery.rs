@@ -1,0 +1,290 @@
+//! Discovery on the real cluster: what `kubectl get meshstatus` shows is what the
+//! proxies applied. A meshed Deployment scaled 1 → 5 → 2 is counted in its MeshStatus,
+//! `IN-SYNC` counts proxies that acknowledged their current configuration, a
+//! ServerAuthorization reaches every proxy's `/config`, a destination is resolved on
+//! first use, proxies keep their config while the operator is stopped and receive what
+//! changed meanwhile once it is back, and deleting the Deployment removes its
+//! MeshStatus.
+//!
+//! This stops the operator, so it is the only test in its binary (test binaries run
+//! one after another); a guard restarts the operator even on failure.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use weft_e2e::{
+    APP_AFTER_PROXY, RestoreOperator, eventually, kubectl, kubectl_ok, kubectl_stdin,
+    mesh_namespace, scale_operator, with_temp_ns,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Deployment `web` (container port `http` 8080) and Service `web` (port 80).
+fn web(ns: &str, replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: app
+        image: weft.local/testapp:dev
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, "{APP_AFTER_PROXY}"]
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#
+    )
+}
+
+/// The MeshStatus `web`, as JSON.
+fn mesh_status(ns: &str) -> Result<Value, String> {
+    let out = kubectl(&["get", "meshstatus", "web", "-n", ns, "-o", "json"]);
+    if !out.success {
+        return Err(out.stderr);
+    }
+    serde_json::from_str(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// Waits until MeshStatus `web` shows `meshed`, `ready` and `in_sync` as printed.
+async fn wait_for_counts(ns: &str, meshed: &str, ready: &str, in_sync: &str) -> Value {
+    eventually(
+        &format!("MeshStatus web at meshed {meshed}, ready {ready}, in sync {in_sync}"),
+        TIMEOUT,
+        || async {
+            let status = mesh_status(ns)?;
+            let summary = &status["status"]["summary"];
+            let seen = (
+                summary["meshed"].as_str().unwrap_or_default(),
+                summary["ready"].as_str().unwrap_or_default(),
+                summary["inSync"].as_str().unwrap_or_default(),
+            );
+            if seen == (meshed, ready, in_sync) {
+                Ok(status)
+            } else {
+                Err(format!("{seen:?}: {}", status["status"]))
+            }
+        },
+    )
+    .await
+}
+
+/// The pods of `web` that are not terminating.
+fn web_pods(ns: &str) -> Vec<String> {
+    let out = kubectl_ok(&["get", "pods", "-n", ns, "-l", "app=web", "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).expect("a pod list");
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A proxy's `/config`, through the API server's pod proxy.
+fn proxy_config(ns: &str, pod: &str) -> Value {
+    let raw = kubectl_ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/pods/{pod}:4191/proxy/config"),
+    ]);
+    serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{pod}'s /config is JSON: {e}: {raw}"))
+}
+
+/// The authorization names a proxy applied for `port`.
+fn applied_rules(config: &Value, port: &str) -> Vec<String> {
+    config["inbound"][port]["authorizations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn scaling_a_meshed_deployment_is_reflected_in_its_proxies_and_its_mesh_status() {
+    with_temp_ns("discovery", |client, ns| async move {
+        mesh_namespace(&client, &ns).await;
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &web(&ns, 1));
+        assert!(applied.success, "{}", applied.stderr);
+
+        let status = wait_for_counts(&ns, "1/1", "1/1", "1/1").await;
+        assert_eq!(status["spec"]["workload"]["kind"], "Deployment");
+        assert_eq!(status["metadata"]["ownerReferences"][0]["name"], "web");
+        assert_eq!(
+            status["status"]["identity"],
+            format!("spiffe://cluster.local/ns/{ns}/sa/default")
+        );
+        assert!(
+            status["status"]["certificateExpiry"].is_string(),
+            "{status}"
+        );
+        assert_eq!(status["status"]["inboundPorts"][0]["port"], 8080);
+        assert_eq!(
+            status["status"]["inboundPorts"][0]["policy"],
+            "default:all-unauthenticated"
+        );
+
+        kubectl_ok(&["scale", "deployment", "web", "-n", &ns, "--replicas=5"]);
+        wait_for_counts(&ns, "5/5", "5/5", "5/5").await;
+        let printed = kubectl_ok(&["get", "meshstatus", "-n", &ns]);
+        assert!(
+            printed.contains("5/5") && printed.contains("IN-SYNC"),
+            "{printed}"
+        );
+
+        // A ServerAuthorization for the `http` port: IN-SYNC counts the proxies that
+        // applied it, and each shows it on /config.
+        let authorization = format!(
+            r#"
+apiVersion: weft.dev/v1alpha1
+kind: ServerAuthorization
+metadata: {{name: web-http, namespace: {ns}}}
+spec:
+  server: {{podSelector: {{matchLabels: {{app: web}}}}, port: http}}
+  client: {{meshTLS: {{serviceAccounts: [{{name: default}}]}}}}
+"#
+        );
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &authorization);
+        assert!(applied.success, "{}", applied.stderr);
+        let status = eventually("the new policy in MeshStatus, in sync", TIMEOUT, || async {
+            let status = mesh_status(&ns)?;
+            let policy = &status["status"]["inboundPorts"][0]["policy"];
+            let in_sync = &status["status"]["summary"]["inSync"];
+            if policy == "serverauthorization/web-http" && in_sync == "5/5" {
+                Ok(status)
+            } else {
+                Err(format!("policy {policy}, in sync {in_sync}"))
+            }
+        })
+        .await;
+        let pods = web_pods(&ns);
+        assert_eq!(pods.len(), 5, "{pods:?}");
+        for pod in &pods {
+            let config = proxy_config(&ns, pod);
+            assert_eq!(
+                applied_rules(&config, "8080"),
+                ["serverauthorization/web-http"],
+                "{pod}: {config:#}"
+            );
+            assert_eq!(
+                applied_rules(&config, "0"),
+                ["default:all-unauthenticated"],
+                "{pod}: {config:#}"
+            );
+        }
+        assert_eq!(status["status"]["proxies"]["connected"], 5);
+
+        kubectl_ok(&["scale", "deployment", "web", "-n", &ns, "--replicas=2"]);
+        wait_for_counts(&ns, "2/2", "2/2", "2/2").await;
+
+        // A destination is resolved on first use: the Service, from one of the pods.
+        let cluster_ip = kubectl_ok(&[
+            "get",
+            "service",
+            "web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ]);
+        let authority = format!("{}:80", cluster_ip.trim());
+        let client_pod = web_pods(&ns)[0].clone();
+        let before = proxy_config(&ns, &client_pod);
+        assert!(before["outbound"][&authority].is_null(), "{before:#}");
+        let fetched = kubectl(&[
+            "exec",
+            "-n",
+            &ns,
+            &client_pod,
+            "-c",
+            "app",
+            "--",
+            "timeout",
+            "5",
+            "wget",
+            "-q",
+            "-O",
+            "/dev/null",
+            &format!("http://{authority}/hostname"),
+        ]);
+        assert!(fetched.success, "{}", fetched.stderr);
+        eventually("the Service resolved with 2 endpoints", TIMEOUT, || async {
+            let config = proxy_config(&ns, &client_pod);
+            let resolved = &config["outbound"][&authority];
+            let endpoints = resolved["endpoints"].as_array().map_or(0, Vec::len);
+            if resolved["known"] == true && endpoints == 2 {
+                Ok(())
+            } else {
+                Err(format!("{resolved}"))
+            }
+        })
+        .await;
+        let resolved = &proxy_config(&ns, &client_pod)["outbound"][&authority];
+        assert_eq!(resolved["service"], format!("web.{ns}"));
+        assert_eq!(
+            resolved["endpoints"][0]["identity"],
+            format!("spiffe://cluster.local/ns/{ns}/sa/default")
+        );
+        assert_eq!(
+            resolved["endpoints"][0]["labels"]["workload"],
+            "deployment/web"
+        );
+
+        // The operator goes away: the proxies keep what they applied. A change made
+        // meanwhile reaches them when it is back.
+        let restore = RestoreOperator;
+        scale_operator(0);
+        for pod in web_pods(&ns) {
+            let config = proxy_config(&ns, &pod);
+            assert_eq!(config["streams"], 0, "{pod}: {config:#}");
+            assert_eq!(
+                applied_rules(&config, "8080"),
+                ["serverauthorization/web-http"],
+                "{pod} keeps its policy: {config:#}"
+            );
+        }
+        kubectl_ok(&["delete", "serverauthorization", "web-http", "-n", &ns]);
+        drop(restore);
+        eventually("the deletion to reach every proxy", TIMEOUT, || async {
+            let pods = web_pods(&ns);
+            let rules: Vec<Vec<String>> = pods
+                .iter()
+                .map(|p| applied_rules(&proxy_config(&ns, p), "8080"))
+                .collect();
+            if pods.len() == 2 && rules.iter().all(|r| r == &["default:all-unauthenticated"]) {
+                Ok(())
+            } else {
+                Err(format!("{rules:?}"))
+            }
+        })
+        .await;
+        wait_for_counts(&ns, "2/2", "2/2", "2/2").await;
+
+        kubectl_ok(&["delete", "deployment", "web", "-n", &ns, "--wait=false"]);
+        eventually("the MeshStatus to be removed", TIMEOUT, || async {
+            match mesh_status(&ns) {
+                Err(e) if e.contains("NotFound") => Ok(()),
+                Err(e) => Err(e),
+                Ok(status) => Err(format!("still there: {}", status["status"]["summary"])),
+            }
+        })
+        .await;
+    })
+    .await;
+}
