@@ -33,7 +33,7 @@ install: build ## Build the images and install Weft into the local cluster from 
 	KUBECONFIG=$(KUBECONFIG_E2E) e2e/install.sh
 
 bench: ## Benchmarks; each prints its figures
-	$(CARGO) bench --locked -p weft-operator --bench certify --bench webhook
+	$(CARGO) bench --locked -p weft-operator --bench certify --bench webhook --bench discovery
 
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
