@@ -25,9 +25,9 @@ async fn start() -> Server {
     }
 }
 
-/// A Destination client holding a workload certificate for `shop/web`, obtained with
-/// Certify as a proxy does.
-async fn certified_client(server: &Server) -> DestinationClient<tonic::transport::Channel> {
+/// A workload certificate for `shop/web`, obtained with Certify as a proxy does, and
+/// the path of the trust bundle file written for it.
+async fn certify(server: &Server) -> (weft_proxy::identity::Credentials, String) {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("weft-destination-{}-{n}", std::process::id()));
@@ -44,6 +44,12 @@ async fn certified_client(server: &Server) -> DestinationClient<tonic::transport
     let credentials = weft_proxy::identity::certify(&settings)
         .await
         .expect("certified");
+    (credentials, settings.trust_bundle_file)
+}
+
+/// A Destination client holding a workload certificate for `shop/web`.
+async fn certified_client(server: &Server) -> DestinationClient<tonic::transport::Channel> {
+    let (credentials, _) = certify(server).await;
     let channel = weft_proxy::identity::connect_as(
         &server.control,
         &server.api.bundle,
@@ -316,29 +322,12 @@ async fn proxy_discovery(
     server: &Server,
     idle: std::time::Duration,
 ) -> weft_proxy::discovery::Discovery {
-    let dir = std::env::temp_dir().join(format!(
-        "weft-discovery-{}-{}",
-        std::process::id(),
-        server.api.port
-    ));
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    let (token, bundle) = (dir.join("token"), dir.join("bundle.pem"));
-    std::fs::write(&token, "shop/web").expect("the token file");
-    std::fs::write(&bundle, &server.api.bundle).expect("the bundle file");
-    let settings = weft_proxy::identity::Settings {
-        identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
-        token_file: token.display().to_string(),
-        trust_bundle_file: bundle.display().to_string(),
-        control: server.control.clone(),
-    };
-    let credentials = weft_proxy::identity::certify(&settings)
-        .await
-        .expect("certified");
+    let (credentials, trust_bundle_file) = certify(server).await;
     let (_, rx) = tokio::sync::watch::channel(Some(credentials));
     weft_proxy::discovery::Discovery::start(
         weft_proxy::discovery::Settings {
             control: server.control.clone(),
-            trust_bundle_file: settings.trust_bundle_file,
+            trust_bundle_file,
             pod: "web-1".into(),
             inbound_ports: vec![8080],
             idle,
