@@ -519,3 +519,36 @@ fn a_pod_knows_its_workload_readiness_and_identity() {
     assert!(idx.pods_synced());
     assert!(idx.pod(&Key::new("shop", "solo")).is_none());
 }
+
+#[test]
+fn a_service_selector_change_moves_its_endpoints_to_the_newly_selected_pods() {
+    let mut idx = index();
+    idx.apply_service(&service("shop", "web", "198.19.0.12", &[(80, "http")]));
+    idx.apply_pod(&pod("shop", "web-1", "web", true));
+    idx.apply_pod(&pod("shop", "api-1", "api", true));
+    idx.apply_slice(&slice(
+        "shop",
+        "web-abc",
+        "web",
+        ("http", 8080),
+        &[("198.18.0.5", None, "web-1")],
+    ));
+    let mut rx = idx.subscribe(&web_target());
+    assert_eq!(addrs(&rx.borrow_and_update()), ["198.18.0.5:8080"]);
+
+    // The selector now picks `api` pods: the EndpointSlice controller rewrites the
+    // slice, and subscribers follow, identities included.
+    idx.apply_slice(&slice(
+        "shop",
+        "web-abc",
+        "web",
+        ("http", 8080),
+        &[("198.18.0.9", None, "api-1")],
+    ));
+    let r = rx.borrow_and_update();
+    assert_eq!(addrs(&r), ["198.18.0.9:8080"]);
+    assert_eq!(
+        r.endpoints[0].identity.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/api")
+    );
+}
