@@ -257,13 +257,9 @@ fn proxy_env(
         .cloned()
         .unwrap_or_else(|| mesh.proxy.log_level.clone());
     // The TCP ports the pod's containers declare: the proxy follows their policy.
-    let mut declared: Vec<u16> = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .filter_map(|p| u16::try_from(p.container_port).ok())
+    let mut declared: Vec<u16> = crate::discovery::index::tcp_container_ports(pod)
+        .into_iter()
+        .map(|(_, number)| number)
         .collect();
     declared.sort_unstable();
     declared.dedup();

@@ -79,14 +79,17 @@ pub fn compute(
     type Pods = (Workload, WorkloadKind, Vec<Key>);
     let mut workloads: BTreeMap<(String, String, u8), Pods> = BTreeMap::new();
     let mut totals = Totals::default();
+    // Each connected proxy's report, taken once.
+    let mut reports = HashMap::new();
     for (key, pod) in index.pods() {
         if pod.terminating {
             continue;
         }
         if pod.meshed {
             totals.meshed_pods += 1;
-            if proxies.report(key).is_some() {
+            if let Some(report) = proxies.report(key) {
                 totals.connected_proxies += 1;
+                reports.insert(key.clone(), report);
             }
         }
         let Some(workload) = &pod.workload else {
@@ -122,7 +125,7 @@ pub fn compute(
         let reports: Vec<_> = infos
             .iter()
             .filter(|(_, i)| i.meshed)
-            .filter_map(|(p, _)| proxies.report(p))
+            .filter_map(|(p, _)| reports.get(*p))
             .collect();
         let connected = reports.len() as i32;
         let in_sync = reports.iter().filter(|r| r.in_sync).count() as i32;

@@ -784,15 +784,7 @@ fn pod_info(pod: &Pod) -> PodInfo {
         .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
         .unwrap_or_default();
     let spec = pod.spec.as_ref();
-    let mut ports: Vec<(Option<String>, u16)> = spec
-        .into_iter()
-        .flat_map(|s| s.containers.iter())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .filter_map(|p| Some((p.name.clone(), u16::try_from(p.container_port).ok()?)))
-        .collect();
-    ports.sort();
-    ports.dedup();
+    let ports = tcp_container_ports(pod);
     let ready = pod
         .status
         .as_ref()
@@ -817,6 +809,21 @@ fn pod_info(pod: &Pod) -> PodInfo {
             .and_then(|a| a.get(weft_api::annotations::DEFAULT_INBOUND_POLICY))
             .and_then(|v| policy::parse_default_policy(v)),
     }
+}
+
+/// The TCP ports a pod's containers declare, (name, number), sorted and deduplicated.
+pub fn tcp_container_ports(pod: &Pod) -> Vec<(Option<String>, u16)> {
+    let mut ports: Vec<(Option<String>, u16)> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| Some((p.name.clone(), u16::try_from(p.container_port).ok()?)))
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports
 }
 
 /// `resolution` with its version: a hash of its content.
