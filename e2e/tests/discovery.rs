@@ -2,9 +2,10 @@
 //! proxies applied. A meshed Deployment scaled 1 → 5 → 2 is counted in its MeshStatus,
 //! `IN-SYNC` counts proxies that acknowledged their current configuration, a
 //! ServerAuthorization reaches every proxy's `/config`, a destination is resolved on
-//! first use, proxies keep their config while the operator is stopped and receive what
-//! changed meanwhile once it is back, and deleting the Deployment removes its
-//! MeshStatus.
+//! first use and a ServiceProfile for it reaches the proxy that resolved it (the
+//! ServiceProfile's and the ServerAuthorization's status say what proxies got),
+//! proxies keep their config while the operator is stopped and receive what changed
+//! meanwhile once it is back, and deleting the Deployment removes its MeshStatus.
 //!
 //! This stops the operator, so it is the only test in its binary (test binaries run
 //! one after another); a guard restarts the operator even on failure.
@@ -189,6 +190,28 @@ spec:
             );
         }
         assert_eq!(status["status"]["proxies"]["connected"], 5);
+        eventually("the ServerAuthorization's status", TIMEOUT, || async {
+            let out = kubectl_ok(&[
+                "get",
+                "serverauthorization",
+                "web-http",
+                "-n",
+                &ns,
+                "-o",
+                "json",
+            ]);
+            let status =
+                serde_json::from_str::<Value>(&out).map_err(|e| e.to_string())?["status"].clone();
+            if status["matchedPods"] == 5
+                && status["matchedPorts"] == serde_json::json!([8080])
+                && status["conditions"][0]["status"] == "True"
+            {
+                Ok(())
+            } else {
+                Err(format!("{status}"))
+            }
+        })
+        .await;
 
         kubectl_ok(&["scale", "deployment", "web", "-n", &ns, "--replicas=2"]);
         wait_for_counts(&ns, "2/2", "2/2", "2/2").await;
@@ -245,6 +268,65 @@ spec:
             resolved["endpoints"][0]["labels"]["workload"],
             "deployment/web"
         );
+
+        // A ServiceProfile for the Service reaches the proxy that resolved it; its
+        // status says what the proxies got and names the route that was left out.
+        let profile = format!(
+            r#"
+apiVersion: weft.dev/v1alpha1
+kind: ServiceProfile
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  service: web
+  routes:
+  - name: GET /hostname
+    condition: {{method: GET, pathRegex: /hostname}}
+    timeout: 2s
+  - name: broken
+    condition: {{pathRegex: "/books/[0-9"}}
+"#
+        );
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &profile);
+        assert!(applied.success, "{}", applied.stderr);
+        eventually(
+            "the ServiceProfile's routes in /config",
+            TIMEOUT,
+            || async {
+                let config = proxy_config(&ns, &client_pod);
+                let routes = &config["outbound"][&authority]["profile"]["routes"];
+                if routes[0]["name"] == "GET /hostname"
+                    && routes.as_array().map(Vec::len) == Some(1)
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{}", config["outbound"][&authority]))
+                }
+            },
+        )
+        .await;
+        eventually("the ServiceProfile's status", TIMEOUT, || async {
+            let out = kubectl_ok(&["get", "serviceprofile", "web", "-n", &ns, "-o", "json"]);
+            let status =
+                serde_json::from_str::<Value>(&out).map_err(|e| e.to_string())?["status"].clone();
+            let condition = |type_: &str| {
+                status["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == type_)
+                    .map(|c| (c["status"].clone(), c["reason"].clone()))
+            };
+            if status["routeCount"] == 1
+                && condition("Accepted") == Some(("False".into(), "InvalidRoute".into()))
+                && condition("ResolvedRefs") == Some(("True".into(), "Resolved".into()))
+                && status["configVersion"].is_string()
+            {
+                Ok(())
+            } else {
+                Err(format!("{status}"))
+            }
+        })
+        .await;
 
         // The operator goes away: the proxies keep what they applied. A change made
         // meanwhile reaches them when it is back.

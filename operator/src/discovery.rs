@@ -3,6 +3,7 @@
 
 pub mod index;
 pub mod policy;
+pub mod profile;
 pub mod proxies;
 pub mod server;
 pub mod watch;

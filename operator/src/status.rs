@@ -1,5 +1,6 @@
-//! Status publication: one `MeshStatus` per meshed workload, and the Mesh's totals,
-//! computed from the discovery index (pods, policies) and the connected proxies (what
+//! Status publication: one `MeshStatus` per meshed workload, the Mesh's totals, and
+//! the status of every ServiceProfile and ServerAuthorization ([`resources`]), computed
+//! from the discovery index (pods, policies, profiles) and the connected proxies (what
 //! they acknowledged), and written by the Lease holder only.
 //!
 //! Writes are coalesced: the publisher wakes on any change, waits [`SETTLE`] for the
@@ -25,13 +26,16 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, Client, Resource as _, ResourceExt as _,
+    Api, Client, Resource, ResourceExt as _,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams},
+    core::NamespaceResourceScope,
 };
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 use tokio::sync::watch;
 use weft_api::{
-    ACTIVE_MESH_NAME, Mesh, MeshStatus, MeshStatusSpec, WorkloadState,
+    ACTIVE_MESH_NAME, Mesh, MeshStatus, MeshStatusSpec, ServerAuthorization,
+    ServerAuthorizationState, ServiceProfile, ServiceProfileState, WorkloadState,
     condition::{ConditionStatus, carry_transition_times, condition},
     mesh_status::{
         InboundPortState, PodCounts, ProxyCounts, Summary, WorkloadKind, WorkloadRef, conditions,
@@ -42,6 +46,8 @@ use crate::discovery::{
     index::{Index, Key, Workload},
     proxies::Proxies,
 };
+
+pub mod resources;
 
 /// How long the publisher waits for a burst of changes to end.
 pub const SETTLE: Duration = Duration::from_millis(250);
@@ -273,8 +279,13 @@ pub async fn run(
         written: HashMap::new(),
         uids: HashMap::new(),
         totals: None,
+        profiles: HashMap::new(),
+        authorizations: HashMap::new(),
     };
     let mut changes = proxies.changes();
+    let Ok(mut index_changes) = index.lock().map(|i| i.changes()) else {
+        return;
+    };
     let work = async {
         loop {
             if leader.wait_for(|l| *l).await.is_err() {
@@ -288,17 +299,37 @@ pub async fn run(
             while *leader.borrow() {
                 let snapshot = {
                     let Ok(index) = index.lock() else { return };
-                    index
-                        .pods_synced()
-                        .then(|| compute(&index, &proxies, Timestamp::now()))
+                    index_changes.mark_unchanged();
+                    let now = Timestamp::now();
+                    index.pods_synced().then(|| {
+                        (
+                            compute(&index, &proxies, now),
+                            resources::profiles(&index, now),
+                            resources::authorizations(&index, now),
+                        )
+                    })
                 };
-                if let Some((desired, totals)) = snapshot
-                    && let Err(error) = publisher.publish(desired, totals).await
-                {
-                    tracing::warn!(%error, "cannot write status; retrying");
+                if let Some(((desired, totals), profiles, authorizations)) = snapshot {
+                    if let Err(error) = publisher.publish(desired, totals).await {
+                        tracing::warn!(%error, "cannot write status; retrying");
+                    }
+                    let client = &publisher.client;
+                    let profiles =
+                        sync_status::<ServiceProfile, _>(client, &mut publisher.profiles, profiles)
+                            .await;
+                    let authorizations = sync_status::<ServerAuthorization, _>(
+                        client,
+                        &mut publisher.authorizations,
+                        authorizations,
+                    )
+                    .await;
+                    if let Err(error) = profiles.and(authorizations) {
+                        tracing::warn!(%error, "cannot write status; retrying");
+                    }
                 }
                 tokio::select! {
                     _ = changes.changed() => {}
+                    _ = index_changes.changed() => {}
                     _ = tokio::time::sleep(RESYNC) => {}
                     _ = leader.changed() => {}
                 }
@@ -307,6 +338,8 @@ pub async fn run(
             // Lost the Lease: forget what we wrote, the next leader owns it now.
             publisher.written.clear();
             publisher.totals = None;
+            publisher.profiles.clear();
+            publisher.authorizations.clear();
         }
     };
     tokio::select! {
@@ -322,11 +355,111 @@ struct Publisher {
     /// Deployment UIDs, by namespace and name.
     uids: HashMap<Key, String>,
     totals: Option<Totals>,
+    /// The status last written (or read) of each ServiceProfile.
+    profiles: HashMap<Key, ServiceProfileState>,
+    /// The status last written (or read) of each ServerAuthorization.
+    authorizations: HashMap<Key, ServerAuthorizationState>,
+}
+
+/// A status with conditions, whose transition times carry over unchanged conditions.
+trait Conditions {
+    fn conditions_mut(&mut self) -> &mut Vec<weft_api::Condition>;
+}
+
+impl Conditions for ServiceProfileState {
+    fn conditions_mut(&mut self) -> &mut Vec<weft_api::Condition> {
+        &mut self.conditions
+    }
+}
+
+impl Conditions for ServerAuthorizationState {
+    fn conditions_mut(&mut self) -> &mut Vec<weft_api::Condition> {
+        &mut self.conditions
+    }
+}
+
+/// Reads the status of every `K`, so that what is already there is not written again.
+async fn load_status<K, S>(
+    client: &Client,
+    status: fn(K) -> Option<S>,
+) -> kube::Result<HashMap<Key, S>>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let list = Api::<K>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|object| {
+            let key = Key::new(
+                object.meta().namespace.as_deref()?,
+                object.meta().name.as_deref()?,
+            );
+            Some((key, status(object)?))
+        })
+        .collect())
+}
+
+/// Writes each status of `desired` that differs from what `written` holds, and forgets
+/// the objects that are gone.
+async fn sync_status<K, S>(
+    client: &Client,
+    written: &mut HashMap<Key, S>,
+    desired: BTreeMap<Key, S>,
+) -> kube::Result<()>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: Conditions + Serialize + PartialEq + Clone,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut failed = Ok(());
+    written.retain(|key, _| desired.contains_key(key));
+    for (key, mut want) in desired {
+        if let Some(current) = written.get_mut(&key) {
+            let carried = carry_transition_times(
+                current.conditions_mut(),
+                std::mem::take(want.conditions_mut()),
+            );
+            *want.conditions_mut() = carried;
+            if *current == want {
+                continue;
+            }
+        }
+        let body = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": want,
+        });
+        let api = Api::<K>::namespaced(client.clone(), &key.namespace);
+        match api
+            .patch_status(&key.name, &params, &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => {
+                written.insert(key, want);
+            }
+            // Deleted meanwhile: the index will hear of it.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(error) => failed = Err(error),
+        }
+    }
+    failed
 }
 
 impl Publisher {
-    /// Learns which MeshStatuses exist, and their status.
+    /// Learns which MeshStatuses exist, and their status, and the status of every
+    /// ServiceProfile and ServerAuthorization.
     async fn load(&mut self) -> kube::Result<()> {
+        self.profiles = load_status(&self.client, |p: ServiceProfile| p.status).await?;
+        self.authorizations = load_status(&self.client, |a: ServerAuthorization| a.status).await?;
         let label = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
         let list = Api::<MeshStatus>::all(self.client.clone())
             .list(&ListParams::default().labels(&label))

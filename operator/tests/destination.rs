@@ -222,6 +222,7 @@ async fn inbound_policy_streams_follow_server_authorizations_and_acks_make_a_pro
 
     server.api.index.lock().unwrap().apply_authorization(
         Key::new("shop", "web-http"),
+        Some(1),
         &serde_json::from_value(json!({
             "server": {"podSelector": {"matchLabels": {"app": "web-1"}}, "port": "http"},
             "client": {"unauthenticated": true, "networks": [{"cidr": "198.18.0.0/16"}]},

@@ -169,15 +169,43 @@ impl Discovery {
                     .map(|e| {
                         json!({
                             "address": e.address,
+                            "weight": e.weight,
                             "identity": e.identity,
                             "protocolHint": e.protocol_hint().as_str_name(),
                             "labels": e.labels,
                         })
                     })
                     .collect();
+                let profile = r.profile.as_ref().map(|p| {
+                    let routes: Vec<Value> = p
+                        .routes
+                        .iter()
+                        .map(|route| {
+                            json!({
+                                "name": route.name,
+                                "method": route.method,
+                                "pathRegex": route.path_regex,
+                                "timeoutMs": route.timeout_ms,
+                                "retryable": route.retryable,
+                            })
+                        })
+                        .collect();
+                    let backends: Vec<String> = p
+                        .backends
+                        .iter()
+                        .map(|b| format!("{}:{}", b.service, b.weight))
+                        .collect();
+                    json!({"name": p.name, "routes": routes, "backends": backends})
+                });
                 (
                     authority.clone(),
-                    json!({"known": r.known, "service": r.service, "endpoints": endpoints, "version": r.config_version}),
+                    json!({
+                        "known": r.known,
+                        "service": r.service,
+                        "endpoints": endpoints,
+                        "profile": profile,
+                        "version": r.config_version,
+                    }),
                 )
             })
             .collect();

@@ -23,10 +23,17 @@ use k8s_openapi::api::{
 };
 use tokio::sync::watch;
 
-use weft_api::{ServerAuthorizationSpec, mesh::DefaultInboundPolicy};
+use weft_api::{ServerAuthorizationSpec, ServiceProfileSpec, mesh::DefaultInboundPolicy};
 
-use super::policy::{self, MeshPolicyInputs, PodPolicyInputs, Policy};
+use super::{
+    policy::{self, MeshPolicyInputs, PodPolicyInputs, Policy},
+    profile::{self, Checked, Profile},
+};
 use crate::identity::spiffe::is_dns_label;
+
+/// A traffic split gives each backend `weight × SPLIT_SCALE` spread over its
+/// endpoints, so that shares stay whole numbers however many endpoints there are.
+const SPLIT_SCALE: u64 = 10_000;
 
 /// The longest authority accepted (a DNS name is at most 253 bytes, plus a port).
 pub const MAX_AUTHORITY: usize = 260;
@@ -109,8 +116,10 @@ pub fn parse_authority(authority: &str, cluster_domain: &str) -> Result<Target, 
 pub struct Resolution {
     /// The Service behind the target, when the mesh knows one.
     pub service: Option<Key>,
-    /// Ready endpoints, sorted by address.
+    /// Ready endpoints, sorted by address: the Service's own, or its traffic split's.
     pub endpoints: Vec<Endpoint>,
+    /// The Service's ServiceProfile, when it has one.
+    pub profile: Option<Profile>,
     /// A hash of the above.
     pub version: String,
 }
@@ -119,6 +128,8 @@ pub struct Resolution {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Endpoint {
     pub address: SocketAddr,
+    /// Relative weight: 1, unless a traffic split shares the traffic out.
+    pub weight: u32,
     /// The SPIFFE id of its proxy, when its pod is meshed.
     pub identity: Option<String>,
     /// Whether the port is opaque (no protocol detection).
@@ -203,9 +214,16 @@ pub struct Index {
     pods: HashMap<Key, PodInfo>,
     pods_synced: bool,
     default_policy: DefaultInboundPolicy,
-    authorizations: HashMap<Key, ServerAuthorizationSpec>,
+    /// ServerAuthorizations, with their generation.
+    authorizations: HashMap<Key, (Option<i64>, ServerAuthorizationSpec)>,
+    profiles: HashMap<Key, Checked>,
+    /// Service → the names of the ServiceProfiles describing it.
+    profiles_of: HashMap<Key, BTreeSet<String>>,
     subscriptions: HashMap<Target, watch::Sender<Arc<Resolution>>>,
     policies: HashMap<(Key, u16), watch::Sender<Arc<Policy>>>,
+    /// Told of every change to what status shows: pods, Services, ServiceProfiles,
+    /// ServerAuthorizations, the Mesh (not endpoints, which only proxies see).
+    changed: watch::Sender<()>,
 }
 
 impl Index {
@@ -222,9 +240,17 @@ impl Index {
             pods_synced: false,
             default_policy: DefaultInboundPolicy::default(),
             authorizations: HashMap::new(),
+            profiles: HashMap::new(),
+            profiles_of: HashMap::new(),
             subscriptions: HashMap::new(),
             policies: HashMap::new(),
+            changed: watch::Sender::new(()),
         }
+    }
+
+    /// Wakes on every change to what status shows (see `changed`).
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     /// The cluster's DNS domain, for parsing authorities.
@@ -308,7 +334,7 @@ impl Index {
             .authorizations
             .iter()
             .filter(|(k, _)| k.namespace == pod.namespace)
-            .map(|(k, spec)| (k.name.as_str(), spec))
+            .map(|(k, (_, spec))| (k.name.as_str(), spec))
             .collect();
         authorizations.sort_by_key(|(name, _)| *name);
         Some(policy::compute(
@@ -329,12 +355,27 @@ impl Index {
         ))
     }
 
-    pub fn apply_authorization(&mut self, key: Key, spec: &ServerAuthorizationSpec) {
-        if self.authorizations.get(&key) == Some(spec) {
+    pub fn apply_authorization(
+        &mut self,
+        key: Key,
+        generation: Option<i64>,
+        spec: &ServerAuthorizationSpec,
+    ) {
+        let value = (generation, spec.clone());
+        if self.authorizations.get(&key) == Some(&value) {
             return;
         }
-        self.authorizations.insert(key.clone(), spec.clone());
+        self.authorizations.insert(key.clone(), value);
         self.refresh_policies(|pod| pod.namespace == key.namespace);
+    }
+
+    /// Every ServerAuthorization, with its generation.
+    pub fn authorizations(
+        &self,
+    ) -> impl Iterator<Item = (&Key, Option<i64>, &ServerAuthorizationSpec)> {
+        self.authorizations
+            .iter()
+            .map(|(key, (generation, spec))| (key, *generation, spec))
     }
 
     pub fn delete_authorization(&mut self, key: &Key) {
@@ -344,16 +385,95 @@ impl Index {
     }
 
     /// Replaces every ServerAuthorization after a relist.
-    pub fn replace_authorizations(&mut self, all: Vec<(Key, ServerAuthorizationSpec)>) {
-        let all: HashMap<Key, ServerAuthorizationSpec> = all.into_iter().collect();
+    pub fn replace_authorizations(
+        &mut self,
+        all: Vec<(Key, Option<i64>, ServerAuthorizationSpec)>,
+    ) {
+        let all: HashMap<Key, (Option<i64>, ServerAuthorizationSpec)> = all
+            .into_iter()
+            .map(|(key, generation, spec)| (key, (generation, spec)))
+            .collect();
         if all != self.authorizations {
             self.authorizations = all;
             self.refresh_policies(|_| true);
         }
     }
 
+    pub fn apply_profile(&mut self, key: Key, generation: Option<i64>, spec: &ServiceProfileSpec) {
+        if let Some(old) = self.profiles.get(&key)
+            && old.generation == generation
+            && old.spec == *spec
+        {
+            return;
+        }
+        self.changed.send_replace(());
+        let checked = profile::check(&key, generation, spec);
+        let service = checked.service.clone();
+        if let Some(old) = self.profiles.insert(key.clone(), checked) {
+            self.unlink_profile(&old.service, &key.name);
+            self.refresh(&old.service);
+        }
+        self.profiles_of
+            .entry(service.clone())
+            .or_default()
+            .insert(key.name);
+        self.refresh(&service);
+    }
+
+    pub fn delete_profile(&mut self, key: &Key) {
+        if let Some(old) = self.profiles.remove(key) {
+            self.changed.send_replace(());
+            self.unlink_profile(&old.service, &key.name);
+            self.refresh(&old.service);
+        }
+    }
+
+    /// Replaces every ServiceProfile after a relist.
+    pub fn replace_profiles(&mut self, all: Vec<(Key, Option<i64>, ServiceProfileSpec)>) {
+        let keep: BTreeSet<&Key> = all.iter().map(|(key, _, _)| key).collect();
+        let gone: Vec<Key> = self
+            .profiles
+            .keys()
+            .filter(|k| !keep.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.delete_profile(&key);
+        }
+        for (key, generation, spec) in all {
+            self.apply_profile(key, generation, &spec);
+        }
+    }
+
+    /// Every ServiceProfile, checked.
+    pub fn profiles(&self) -> impl Iterator<Item = (&Key, &Checked)> {
+        self.profiles.iter()
+    }
+
+    /// The ServiceProfile that applies to `service`: the first by name of those naming
+    /// it.
+    pub fn profile_of(&self, service: &Key) -> Option<&Checked> {
+        let name = self.profiles_of.get(service)?.first()?;
+        self.profiles.get(&Key::new(&service.namespace, name))
+    }
+
+    /// Whether the index knows the Service `key`.
+    pub fn has_service(&self, key: &Key) -> bool {
+        self.services.contains_key(key)
+    }
+
+    fn unlink_profile(&mut self, service: &Key, name: &str) {
+        if let Some(set) = self.profiles_of.get_mut(service) {
+            set.remove(name);
+            if set.is_empty() {
+                self.profiles_of.remove(service);
+            }
+        }
+    }
+
     /// Recomputes the policies of the pods `which` picks.
     fn refresh_policies(&mut self, which: impl Fn(&Key) -> bool) {
+        self.changed.send_replace(());
         let keys: Vec<(Key, u16)> = self
             .policies
             .keys()
@@ -435,6 +555,7 @@ impl Index {
         if self.services.get(&key) == Some(&info) {
             return;
         }
+        self.changed.send_replace(());
         if let Some(old) = self.services.insert(key.clone(), info.clone()) {
             for ip in old.cluster_ips {
                 self.by_cluster_ip.remove(&ip);
@@ -448,6 +569,7 @@ impl Index {
 
     pub fn delete_service(&mut self, key: &Key) {
         if let Some(old) = self.services.remove(key) {
+            self.changed.send_replace(());
             for ip in old.cluster_ips {
                 self.by_cluster_ip.remove(&ip);
             }
@@ -537,6 +659,7 @@ impl Index {
 
     pub fn delete_pod(&mut self, key: &Key) {
         if self.pods.remove(key).is_some() {
+            self.changed.send_replace(());
             self.refresh_pod(key);
         }
     }
@@ -624,38 +747,66 @@ impl Index {
         let Some((key, port)) = self.service_of(target) else {
             return versioned(Resolution::default());
         };
-        let port_name = self
-            .services
-            .get(&key)
-            .and_then(|s| s.ports.get(&port).cloned());
-        let mut endpoints = Vec::new();
-        if let Some(port_name) = port_name {
-            for slice in self.slices_of.get(&key).into_iter().flatten() {
-                let Some(slice) = self.slices.get(slice) else {
-                    continue;
-                };
-                let Some(&target_port) = slice.ports.get(&port_name) else {
-                    continue;
-                };
-                for e in slice.endpoints.iter().filter(|e| e.ready) {
-                    let pod = e.pod.as_ref().and_then(|name| {
-                        self.pods
-                            .get(&Key::new(&key.namespace, name))
-                            .map(|p| (name, p))
-                    });
-                    for ip in &e.addresses {
-                        endpoints.push(self.endpoint(&key.namespace, *ip, target_port, pod));
+        let profile = self.profile_of(&key).map(|c| c.profile.clone());
+        let mut endpoints = match profile.as_ref().filter(|p| !p.backends.is_empty()) {
+            None => self.endpoints_of(&key, port),
+            Some(split) => {
+                // Each backend's share is spread evenly over its endpoints.
+                let mut endpoints = Vec::new();
+                for backend in split.backends.iter().filter(|b| b.weight > 0) {
+                    let mine = self.endpoints_of(&backend.service, port);
+                    let count = mine.len() as u64;
+                    for mut e in mine {
+                        let share = u64::from(backend.weight) * SPLIT_SCALE / count;
+                        e.weight = u32::try_from(share.max(1)).unwrap_or(u32::MAX);
+                        endpoints.push(e);
                     }
                 }
+                endpoints
             }
-        }
+        };
         endpoints.sort();
-        endpoints.dedup_by(|a, b| a.address == b.address);
+        // An address in two backends gets both shares.
+        endpoints.dedup_by(|later, kept| {
+            let same = later.address == kept.address;
+            if same {
+                kept.weight = kept.weight.saturating_add(later.weight);
+            }
+            same
+        });
         versioned(Resolution {
             service: Some(key),
             endpoints,
+            profile,
             version: String::new(),
         })
+    }
+
+    /// The ready endpoints of `port` of `service`, each of weight 1.
+    fn endpoints_of(&self, service: &Key, port: u16) -> Vec<Endpoint> {
+        let mut endpoints = Vec::new();
+        let Some(port_name) = self.services.get(service).and_then(|s| s.ports.get(&port)) else {
+            return endpoints;
+        };
+        for slice in self.slices_of.get(service).into_iter().flatten() {
+            let Some(slice) = self.slices.get(slice) else {
+                continue;
+            };
+            let Some(&target_port) = slice.ports.get(port_name) else {
+                continue;
+            };
+            for e in slice.endpoints.iter().filter(|e| e.ready) {
+                let pod = e.pod.as_ref().and_then(|name| {
+                    self.pods
+                        .get(&Key::new(&service.namespace, name))
+                        .map(|p| (name, p))
+                });
+                for ip in &e.addresses {
+                    endpoints.push(self.endpoint(&service.namespace, *ip, target_port, pod));
+                }
+            }
+        }
+        endpoints
     }
 
     fn endpoint(
@@ -683,20 +834,29 @@ impl Index {
         }
         Endpoint {
             address: SocketAddr::new(ip, port),
+            weight: 1,
             identity,
             opaque,
             labels,
         }
     }
 
-    /// Recomputes the targets of `service`, and the unknown ones it may now answer.
+    /// Recomputes the targets of `service` (and of Services splitting traffic to it),
+    /// and the unknown ones it may now answer.
     fn refresh(&mut self, service: &Key) {
         let affected: Vec<Target> = self
             .subscriptions
             .iter()
             .filter(|(target, tx)| {
                 let now = self.service_of(target).map(|(k, _)| k);
-                now.as_ref() == Some(service) || tx.borrow().service.as_ref() == Some(service)
+                let current = tx.borrow();
+                now.as_ref() == Some(service)
+                    || current.service.as_ref() == Some(service)
+                    || current
+                        .profile
+                        .iter()
+                        .flat_map(|p| &p.backends)
+                        .any(|b| b.service == *service)
             })
             .map(|(target, _)| target.clone())
             .collect();
@@ -828,11 +988,11 @@ pub fn tcp_container_ports(pod: &Pod) -> Vec<(Option<String>, u16)> {
 
 /// `resolution` with its version: a hash of its content.
 fn versioned(mut resolution: Resolution) -> Resolution {
-    let mut text = format!("{:?}", resolution.service);
+    let mut text = format!("{:?}|{:?}", resolution.service, resolution.profile);
     for e in &resolution.endpoints {
         text.push_str(&format!(
-            "|{}|{:?}|{}|{:?}",
-            e.address, e.identity, e.opaque, e.labels
+            "|{}|{}|{:?}|{}|{:?}",
+            e.address, e.weight, e.identity, e.opaque, e.labels
         ));
     }
     resolution.version = crate::short_hash(text.as_bytes());

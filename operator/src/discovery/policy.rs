@@ -114,6 +114,19 @@ pub fn compute<'a>(
     })
 }
 
+/// The ports of a pod that `port` of a ServerAuthorization names: the number itself, or
+/// every container port of that name.
+pub fn server_ports(port: &ServerPort, ports: &[(Option<String>, u16)]) -> Vec<u16> {
+    match port {
+        ServerPort::Number(p) => vec![p.get()],
+        ServerPort::Name(name) => ports
+            .iter()
+            .filter(|(n, _)| n.as_deref() == Some(name.as_str()))
+            .map(|(_, p)| *p)
+            .collect(),
+    }
+}
+
 /// Whether `port` of a ServerAuthorization names container port `number`.
 fn selects_port(port: &ServerPort, number: u16, ports: &[(Option<String>, u16)]) -> bool {
     match port {

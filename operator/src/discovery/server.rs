@@ -23,13 +23,15 @@ use tonic::{
     transport::server::{TcpConnectInfo, TlsConnectInfo},
 };
 use weft_proxy_api::v1::{
-    AckRequest, AckResponse, Authorization, Endpoint, InboundPolicyRequest, InboundPolicyUpdate,
-    Network, ProtocolHint, Resolution, ResolveRequest, destination_server::Destination,
+    self as api, AckRequest, AckResponse, Authorization, Endpoint, InboundPolicyRequest,
+    InboundPolicyUpdate, Network, ProtocolHint, Resolution, ResolveRequest,
+    destination_server::Destination,
 };
 
 use super::{
     index::{Index, Key, Resolution as Resolved, parse_authority},
     policy::Policy,
+    profile::Profile,
     proxies::Proxies,
 };
 use crate::{identity::SpiffeId, metrics::Metrics};
@@ -401,7 +403,7 @@ fn to_proto(resolved: &Resolved) -> Resolution {
             .iter()
             .map(|e| Endpoint {
                 address: e.address.to_string(),
-                weight: 1,
+                weight: e.weight,
                 identity: e.identity.clone().unwrap_or_default(),
                 protocol_hint: if e.opaque {
                     ProtocolHint::Opaque
@@ -414,5 +416,45 @@ fn to_proto(resolved: &Resolved) -> Resolution {
             })
             .collect(),
         config_version: resolved.version.clone(),
+        profile: resolved.profile.as_ref().map(profile_to_proto),
+    }
+}
+
+fn profile_to_proto(profile: &Profile) -> api::Profile {
+    api::Profile {
+        name: profile.name.clone(),
+        routes: profile
+            .routes
+            .iter()
+            .map(|r| api::Route {
+                name: r.name.clone(),
+                method: r.method.clone().unwrap_or_default(),
+                path_regex: r.path_regex.clone(),
+                timeout_ms: r.timeout_ms.unwrap_or(0),
+                retryable: r.retryable,
+                response_classes: r
+                    .response_classes
+                    .iter()
+                    .map(|c| api::ResponseClass {
+                        min: c.min.into(),
+                        max: c.max.into(),
+                        is_failure: c.is_failure,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        retry_budget: profile.retry_budget.as_ref().map(|b| api::RetryBudget {
+            retry_ratio: f64::from(b.retry_ratio_ppm) / 1_000_000.0,
+            min_retries_per_second: b.min_retries_per_second,
+            ttl_ms: b.ttl_ms,
+        }),
+        backends: profile
+            .backends
+            .iter()
+            .map(|b| api::Backend {
+                service: format!("{}.{}", b.service.name, b.service.namespace),
+                weight: b.weight,
+            })
+            .collect(),
     }
 }

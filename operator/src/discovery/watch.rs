@@ -1,5 +1,5 @@
 //! Feeds the [`Index`] from the cluster: watches of Services, EndpointSlices, Pods,
-//! ServerAuthorizations and the active Mesh, each event applied as it comes and each
+//! ServerAuthorizations, ServiceProfiles and the active Mesh, each event applied as it comes and each
 //! relist replacing what the index held.
 
 use std::{
@@ -17,7 +17,7 @@ use kube::{
     Api, Client,
     runtime::{WatchStreamExt as _, watcher},
 };
-use weft_api::{ACTIVE_MESH_NAME, Mesh, ServerAuthorization};
+use weft_api::{ACTIVE_MESH_NAME, Mesh, ServerAuthorization, ServiceProfile};
 
 use super::index::{Index, Key};
 
@@ -53,14 +53,31 @@ pub async fn run(client: Client, index: Arc<Mutex<Index>>, shutdown: impl Future
         index.clone(),
         |index, a: &ServerAuthorization| {
             if let Some(key) = key(a) {
-                index.apply_authorization(key, &a.spec);
+                index.apply_authorization(key, a.metadata.generation, &a.spec);
             }
         },
         |index, a: &ServerAuthorization| delete(index, a, Index::delete_authorization),
         |index, all: &[ServerAuthorization]| {
             index.replace_authorizations(
                 all.iter()
-                    .filter_map(|a| Some((key(a)?, a.spec.clone())))
+                    .filter_map(|a| Some((key(a)?, a.metadata.generation, a.spec.clone())))
+                    .collect(),
+            );
+        },
+    );
+    let profiles = feed(
+        watcher(Api::<ServiceProfile>::all(client.clone()), config()),
+        index.clone(),
+        |index, p: &ServiceProfile| {
+            if let Some(key) = key(p) {
+                index.apply_profile(key, p.metadata.generation, &p.spec);
+            }
+        },
+        |index, p: &ServiceProfile| delete(index, p, Index::delete_profile),
+        |index, all: &[ServiceProfile]| {
+            index.replace_profiles(
+                all.iter()
+                    .filter_map(|p| Some((key(p)?, p.metadata.generation, p.spec.clone())))
                     .collect(),
             );
         },
@@ -89,7 +106,13 @@ pub async fn run(client: Client, index: Arc<Mutex<Index>>, shutdown: impl Future
     };
     tokio::select! {
         _ = shutdown => {}
-        _ = futures::future::join5(services, slices, pods, futures::future::join(authorizations, meshes), sweep) => {}
+        _ = futures::future::join5(
+            services,
+            slices,
+            pods,
+            futures::future::join3(authorizations, profiles, meshes),
+            sweep,
+        ) => {}
     }
 }
 

@@ -398,6 +398,7 @@ fn a_server_authorization_selects_a_port_by_its_name() {
     // Appears after the proxy subscribed; selects the `http` port by name.
     idx.apply_authorization(
         Key::new("shop", "web-http"),
+        None,
         &authorization(json!("http"), json!({"matchLabels": {"app": "web"}})),
     );
     {
@@ -420,6 +421,7 @@ fn a_server_authorization_selects_a_port_by_its_name() {
     // The same port by number, in another namespace: no effect.
     idx.apply_authorization(
         Key::new("other", "web-http"),
+        None,
         &authorization(json!(9000), json!({})),
     );
     assert!(!admin.has_changed().unwrap());
@@ -437,7 +439,7 @@ fn a_server_authorization_selects_a_port_by_its_name() {
         json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web-v2"]}]}),
     );
     spec.server.protocol = Some(weft_api::server_authorization::ServerProtocol::Grpc);
-    idx.apply_authorization(Key::new("shop", "admin"), &spec);
+    idx.apply_authorization(Key::new("shop", "admin"), None, &spec);
     {
         let policy = admin.borrow_and_update();
         assert_eq!(rule_names(&policy), ["serverauthorization/admin"]);
@@ -551,4 +553,138 @@ fn a_service_selector_change_moves_its_endpoints_to_the_newly_selected_pods() {
         r.endpoints[0].identity.as_deref(),
         Some("spiffe://cluster.local/ns/shop/sa/api")
     );
+}
+
+fn profile(value: serde_json::Value) -> ServiceProfileSpec {
+    serde_json::from_value(value).unwrap()
+}
+
+#[test]
+fn a_service_profile_appearing_after_a_proxy_subscribed_reaches_it() {
+    let mut idx = index();
+    idx.apply_service(&service("shop", "web", "198.19.0.12", &[(80, "http")]));
+    idx.apply_slice(&slice(
+        "shop",
+        "web-abc",
+        "web",
+        ("http", 8080),
+        &[("198.18.0.5", None, "web-1"), ("198.18.0.6", None, "web-2")],
+    ));
+    let mut rx = idx.subscribe(&web_target());
+    assert_eq!(rx.borrow_and_update().profile, None);
+    let before = rx.borrow().version.clone();
+
+    idx.apply_profile(
+        Key::new("shop", "web"),
+        Some(1),
+        &profile(json!({
+            "service": "web",
+            "routes": [{"name": "GET /books", "condition": {"method": "GET", "pathRegex": "/books"},
+                        "timeout": "250ms", "retryable": true}],
+        })),
+    );
+    assert!(
+        rx.has_changed().unwrap(),
+        "the profile reaches the subscriber"
+    );
+    {
+        let resolution = rx.borrow_and_update();
+        let routes = &resolution.profile.as_ref().expect("a profile").routes;
+        assert_eq!(routes.len(), 1);
+        assert_eq!(
+            (routes[0].name.as_str(), routes[0].timeout_ms),
+            ("GET /books", Some(250))
+        );
+        assert_ne!(resolution.version, before, "a new version");
+        assert_eq!(addrs(&resolution), ["198.18.0.5:8080", "198.18.0.6:8080"]);
+    }
+
+    // A second profile for the same Service, later by name, changes nothing; the
+    // same resource seen again (a resync) wakes nobody.
+    idx.apply_profile(
+        Key::new("shop", "web-other"),
+        Some(1),
+        &profile(json!({"service": "web"})),
+    );
+    idx.apply_profile(
+        Key::new("shop", "web"),
+        Some(1),
+        &profile(json!({
+            "service": "web",
+            "routes": [{"name": "GET /books", "condition": {"method": "GET", "pathRegex": "/books"},
+                        "timeout": "250ms", "retryable": true}],
+        })),
+    );
+    assert!(!rx.has_changed().unwrap());
+
+    // Deleted: the other profile takes over.
+    idx.delete_profile(&Key::new("shop", "web"));
+    assert_eq!(
+        rx.borrow_and_update()
+            .profile
+            .as_ref()
+            .map(|p| p.name.as_str()),
+        Some("web-other")
+    );
+    idx.delete_profile(&Key::new("shop", "web-other"));
+    assert_eq!(rx.borrow_and_update().profile, None);
+}
+
+#[test]
+fn a_traffic_split_shares_the_traffic_by_weight_and_follows_its_backends() {
+    let mut idx = index();
+    idx.apply_service(&service("shop", "web", "198.19.0.12", &[(80, "http")]));
+    idx.apply_service(&service(
+        "shop",
+        "web-canary",
+        "198.19.0.13",
+        &[(80, "http")],
+    ));
+    idx.apply_slice(&slice(
+        "shop",
+        "web-abc",
+        "web",
+        ("http", 8080),
+        &[("198.18.0.5", None, "web-1"), ("198.18.0.6", None, "web-2")],
+    ));
+    let mut rx = idx.subscribe(&web_target());
+    idx.apply_profile(
+        Key::new("shop", "web"),
+        None,
+        &profile(json!({
+            "service": "web",
+            "trafficSplit": [{"service": "web", "weight": 90}, {"service": "web-canary", "weight": 10}],
+        })),
+    );
+    // The canary has no endpoints yet: the Service's own take everything.
+    assert_eq!(
+        addrs(&rx.borrow_and_update()),
+        ["198.18.0.5:8080", "198.18.0.6:8080"]
+    );
+
+    // The canary's endpoints appear: the subscriber of `web` hears of it.
+    idx.apply_slice(&slice(
+        "shop",
+        "web-canary-abc",
+        "web-canary",
+        ("http", 8080),
+        &[("198.18.0.9", None, "web-canary-1")],
+    ));
+    assert!(rx.has_changed().unwrap());
+    let resolution = rx.borrow_and_update().clone();
+    let weights: Vec<(String, u32)> = resolution
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("198.18.0.5:8080".to_string(), 450_000),
+            ("198.18.0.6:8080".to_string(), 450_000),
+            ("198.18.0.9:8080".to_string(), 100_000),
+        ],
+        "90:10 between the backends, spread evenly inside each"
+    );
+    assert_eq!(resolution.service, Some(Key::new("shop", "web")));
 }
