@@ -25,26 +25,9 @@ async fn start() -> Server {
     }
 }
 
-/// A workload certificate for `shop/web`, obtained with Certify as a proxy does, and
-/// the path of the trust bundle file written for it.
+/// A workload certificate for `shop/web`, and its trust bundle file.
 async fn certify(server: &Server) -> (weft_proxy::identity::Credentials, String) {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("weft-destination-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    let (token, bundle) = (dir.join("token"), dir.join("bundle.pem"));
-    std::fs::write(&token, "shop/web").expect("the token file");
-    std::fs::write(&bundle, &server.api.bundle).expect("the bundle file");
-    let settings = weft_proxy::identity::Settings {
-        identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
-        token_file: token.display().to_string(),
-        trust_bundle_file: bundle.display().to_string(),
-        control: server.control.clone(),
-    };
-    let credentials = weft_proxy::identity::certify(&settings)
-        .await
-        .expect("certified");
-    (credentials, settings.trust_bundle_file)
+    server.api.certify("shop", "web").await
 }
 
 /// A Destination client holding a workload certificate for `shop/web`.

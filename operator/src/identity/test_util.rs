@@ -170,4 +170,30 @@ impl TestProxyApi {
     pub async fn restart(&mut self) {
         self.start().await;
     }
+
+    /// A workload certificate for `namespace/service_account`, obtained with Certify
+    /// as a proxy does, and the path of the trust bundle file written for it.
+    pub async fn certify(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> (weft_proxy::identity::Credentials, String) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("weft-certify-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let (token, bundle) = (dir.join("token"), dir.join("bundle.pem"));
+        std::fs::write(&token, format!("{namespace}/{service_account}")).expect("the token file");
+        std::fs::write(&bundle, &self.bundle).expect("the bundle file");
+        let settings = weft_proxy::identity::Settings {
+            identity: format!("spiffe://cluster.local/ns/{namespace}/sa/{service_account}"),
+            token_file: token.display().to_string(),
+            trust_bundle_file: bundle.display().to_string(),
+            control: self.control(),
+        };
+        let credentials = weft_proxy::identity::certify(&settings)
+            .await
+            .expect("certified");
+        (credentials, settings.trust_bundle_file)
+    }
 }
