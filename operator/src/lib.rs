@@ -113,6 +113,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             meshed
         })
     };
+    // Status that replicas would fight over, and CA generation and rotation, are done
+    // by the Lease holder only.
+    let (leader_tx, leader_rx) = watch::channel(false);
     let (authority_tx, authority_rx) = watch::channel(None);
     let identity = tokio::spawn(
         identity::controller::IdentityController::new(
@@ -121,6 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             std::time::Duration::from_secs(args.bundle_propagation_seconds),
             reporter(&args.pod_name),
             authority_tx,
+            leader_rx.clone(),
             meshed_namespaces,
         )
         .run(wait_for(shutdown_rx.clone())),
@@ -144,8 +148,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let proxies = discovery::proxies::Proxies::default();
     let destination =
         discovery::server::DestinationService::new(index.clone(), proxies.clone(), metrics.clone());
-    // Status that replicas would fight over is written by the Lease holder only.
-    let (leader_tx, leader_rx) = watch::channel(false);
     let lease = {
         let (client, namespace, shutdown) =
             (client.clone(), args.namespace.clone(), shutdown_rx.clone());

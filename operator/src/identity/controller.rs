@@ -73,6 +73,8 @@ pub enum IdentityError {
     AnchorExpired { name: String },
     #[error("certificate generation failed: {0}")]
     Generate(#[source] CaError),
+    #[error("the replica holding the Lease creates or renews the CA; this one waits for it")]
+    NotLeader,
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -84,6 +86,7 @@ impl IdentityError {
             Self::InvalidAnchor { .. } => "InvalidTrustAnchor",
             Self::AnchorExpired { .. } => "TrustAnchorExpired",
             Self::Generate(_) => "GenerationFailed",
+            Self::NotLeader => "WaitingForLeader",
             Self::Kube(_) => "KubernetesError",
         }
     }
@@ -97,6 +100,10 @@ pub struct IdentityController {
     propagation: Duration,
     recorder: Recorder,
     authority: watch::Sender<Option<Arc<Authority>>>,
+    /// Whether this replica holds the Lease: only the holder generates, rotates and
+    /// renews CA material and writes identity status; every replica reads the CA
+    /// Secrets and signs with them.
+    leader: watch::Receiver<bool>,
     /// Where the bundle must be.
     meshed_namespaces: MeshedNamespaces,
     /// The bundle last published to each namespace.
@@ -123,9 +130,11 @@ impl IdentityController {
         propagation: Duration,
         reporter: Reporter,
         authority: watch::Sender<Option<Arc<Authority>>>,
+        leader: watch::Receiver<bool>,
         meshed_namespaces: MeshedNamespaces,
     ) -> Self {
         Self {
+            leader,
             meshed_namespaces,
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -139,11 +148,14 @@ impl IdentityController {
     /// Runs until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut leader = self.leader.clone();
         loop {
             self.reconcile().await;
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(INTERVAL) => {}
+                // Becoming the leader may be what the CA was waiting for.
+                Ok(()) = leader.changed() => {}
             }
         }
     }
@@ -171,7 +183,9 @@ impl IdentityController {
                 Err(error)
             }
         };
-        if let Err(error) = self.write_status(&mesh, verdict).await {
+        if self.leading()
+            && let Err(error) = self.write_status(&mesh, verdict).await
+        {
             tracing::warn!(%error, "cannot write the Mesh's identity status");
         }
     }
@@ -206,6 +220,10 @@ impl IdentityController {
         );
         self.authority.send_replace(Some(authority.clone()));
         Ok((authority, health))
+    }
+
+    fn leading(&self) -> bool {
+        *self.leader.borrow()
     }
 
     /// The anchors, rotated one step when one is due.
@@ -273,6 +291,7 @@ impl IdentityController {
                     Some((data, annotations, secret.metadata.resource_version)),
                 )
             }
+            None if !self.leading() => return Err(IdentityError::NotLeader),
             None => {
                 let set = AnchorSet::new(
                     Ca::generate_anchor(&spec.trust_domain, lifetime, now)
@@ -289,6 +308,8 @@ impl IdentityController {
         let mut unsaved = None;
         let set = match (step, stored) {
             (Step::Wait, _) | (_, None) => set,
+            // The leader takes the step; this replica sees it on a later pass.
+            _ if !self.leading() => set,
             (step, Some((data, annotations, resource_version))) => {
                 let rotated = set
                     .apply(step, &policy, &spec.trust_domain, lifetime, now)
@@ -392,19 +413,28 @@ impl IdentityController {
     ) -> Result<Ca, IdentityError> {
         let secrets = Api::<Secret>::namespaced(self.client.clone(), &self.namespace);
         let lifetime = spec.identity.issuer_lifetime.get();
-        if let Some(secret) = secrets.get_opt(ISSUER_SECRET).await? {
-            match ca_from_secret(&secret) {
-                Ok(issuer)
-                    if super::ca::issued_by(&issuer, anchor)
-                        && !renewal_due(&issuer, lifetime, now) =>
-                {
-                    return Ok(issuer);
-                }
-                Ok(_) => {
-                    tracing::info!("the issuer is due for renewal or was signed by another anchor")
-                }
-                Err(error) => tracing::warn!(%error, "the issuer Secret is unusable; replacing it"),
+        let stored = secrets
+            .get_opt(ISSUER_SECRET)
+            .await?
+            .map(|secret| ca_from_secret(&secret));
+        match stored {
+            Some(Ok(issuer))
+                if super::ca::issued_by(&issuer, anchor)
+                    && (!renewal_due(&issuer, lifetime, now)
+                        // Not the leader: keep signing with it while the leader
+                        // renews it, as long as it has not expired.
+                        || (!self.leading() && issuer.not_after() > now)) =>
+            {
+                return Ok(issuer);
             }
+            _ if !self.leading() => return Err(IdentityError::NotLeader),
+            Some(Ok(_)) => {
+                tracing::info!("the issuer is due for renewal or was signed by another anchor")
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "the issuer Secret is unusable; replacing it")
+            }
+            None => {}
         }
         // The issuer never outlives the anchor that signed it.
         let until_anchor_expiry = Duration::try_from(anchor.not_after() - now).unwrap_or_default();
