@@ -191,10 +191,16 @@ pub fn decide(
         .into_iter()
         .chain([(proxy::ENV_CONTROL_ADDR, settings.control_addr.clone())])
         .map(|(name, value)| json!({"name": name, "value": value}))
-        .chain([json!({
-            "name": proxy::ENV_POD_NAME,
-            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
-        })])
+        .chain([
+            json!({
+                "name": proxy::ENV_POD_NAME,
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            }),
+            json!({
+                "name": proxy::ENV_HOST_IP,
+                "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}},
+            }),
+        ])
         .collect::<Vec<_>>();
     let parts = Parts {
         image,

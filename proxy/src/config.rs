@@ -78,6 +78,11 @@ pub const DEFAULT_POD_NAME: &str = "";
 pub const ENV_INBOUND_PORTS: &str = "WEFT_PROXY_INBOUND_PORTS";
 pub const DEFAULT_INBOUND_PORTS: &str = "";
 
+/// The IP of the pod's node (set by the injector from the downward API). Plaintext
+/// connections from it are the kubelet's probes, and always allowed in.
+pub const ENV_HOST_IP: &str = "WEFT_PROXY_HOST_IP";
+pub const DEFAULT_HOST_IP: &str = "";
+
 /// How long a destination's resolution is kept after its last use.
 pub const ENV_OUTBOUND_IDLE_TIMEOUT: &str = "WEFT_PROXY_OUTBOUND_IDLE_TIMEOUT";
 pub const DEFAULT_OUTBOUND_IDLE_TIMEOUT: &str = "60s";
@@ -108,6 +113,7 @@ pub struct Config {
     pub pod_name: Option<String>,
     pub inbound_ports: Vec<u16>,
     pub outbound_idle_timeout: Duration,
+    pub host_ip: Option<std::net::IpAddr>,
 }
 
 /// A log format.
@@ -234,6 +240,16 @@ impl Config {
             parse_duration,
         );
 
+        let host_ip = vars.get(ENV_HOST_IP, DEFAULT_HOST_IP, |s| {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                s.parse()
+                    .map(Some)
+                    .map_err(|_| "expected an IP address".to_string())
+            }
+        });
+
         if let (Some(admin), Some(inbound), Some(outbound)) =
             (admin_addr, inbound_addr, outbound_addr)
         {
@@ -276,6 +292,7 @@ impl Config {
                 pod_name: pod_name?,
                 inbound_ports: inbound_ports?,
                 outbound_idle_timeout: outbound_idle_timeout?,
+                host_ip: host_ip?,
             })
         })();
         config.ok_or(ConfigError(vars.invalid))
@@ -462,6 +479,39 @@ fn parse_subnets(s: &str) -> Result<Vec<String>, String> {
             }
         })
         .collect()
+}
+
+impl DefaultPolicy {
+    /// The policy's name, as the Mesh spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AllUnauthenticated => "all-unauthenticated",
+            Self::AllAuthenticated => "all-authenticated",
+            Self::ClusterAuthenticated => "cluster-authenticated",
+            Self::Deny => "deny",
+        }
+    }
+
+    /// The inbound policy it stands for, as the operator would stream it: any mesh
+    /// identity, and unauthenticated clients too for `all-unauthenticated`; nobody
+    /// for `deny`.
+    pub fn to_policy(self) -> weft_proxy_api::v1::InboundPolicyUpdate {
+        let rule = |unauthenticated| weft_proxy_api::v1::Authorization {
+            name: format!("default:{}", self.name()),
+            identities: vec!["*".into()],
+            unauthenticated,
+            networks: Vec::new(),
+        };
+        weft_proxy_api::v1::InboundPolicyUpdate {
+            protocol: "detect".into(),
+            authorizations: match self {
+                Self::AllUnauthenticated => vec![rule(true)],
+                Self::AllAuthenticated | Self::ClusterAuthenticated => vec![rule(false)],
+                Self::Deny => Vec::new(),
+            },
+            config_version: String::new(),
+        }
+    }
 }
 
 fn parse_default_policy(s: &str) -> Result<DefaultPolicy, String> {

@@ -134,6 +134,17 @@ impl Discovery {
         rx
     }
 
+    /// The applied policy of inbound `port`: its own, else the pod's policy for ports
+    /// it does not declare; `None` before the operator answered.
+    pub fn inbound_policy(&self, port: u16) -> Option<InboundPolicyUpdate> {
+        let applied = lock(&self.inner.applied);
+        applied
+            .inbound
+            .get(&port)
+            .or_else(|| applied.inbound.get(&0))
+            .cloned()
+    }
+
     /// What is applied, as `/config` shows it.
     pub fn config(&self) -> Value {
         let applied = lock(&self.inner.applied);

@@ -28,11 +28,49 @@ const RENEW_AT: f64 = 0.7;
 /// How long one Certify call may take, connection included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The proxy's current certificate and key, ready for TLS.
+/// The proxy's current certificate and key, ready for TLS, and the trust bundle it
+/// was certified with.
 #[derive(Clone, Debug)]
 pub struct Credentials {
     pub key: Arc<CertifiedKey>,
     pub not_after_unix: i64,
+    pub roots: Arc<RootCertStore>,
+}
+
+impl Credentials {
+    /// Credentials from PEM: a certificate chain (leaf first), its PKCS#8 key, and the
+    /// trust bundle.
+    pub fn from_pem(
+        chain: &str,
+        key: &str,
+        bundle: &str,
+        not_after_unix: i64,
+    ) -> Result<Self, CertifyError> {
+        use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
+        let chain = pem_certificates(chain);
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| CertifyError::BadResponse(format!("the key: {e}")))?;
+        let signing_key = rustls::crypto::ring::sign::any_ecdsa_type(&key)?;
+        Ok(Self {
+            key: Arc::new(CertifiedKey::new(chain, signing_key)),
+            not_after_unix,
+            roots: Arc::new(roots_of(bundle)?),
+        })
+    }
+}
+
+/// The roots of a PEM trust bundle; an error when it holds none.
+fn roots_of(bundle: &str) -> Result<RootCertStore, CertifyError> {
+    let mut roots = RootCertStore::empty();
+    for der in pem_certificates(bundle) {
+        let _ = roots.add(der);
+    }
+    if roots.is_empty() {
+        return Err(CertifyError::EmptyBundle(
+            bundle.lines().next().unwrap_or_default().to_string(),
+        ));
+    }
+    Ok(roots)
 }
 
 /// Why a certification failed.
@@ -151,6 +189,7 @@ pub async fn certify(settings: &Settings) -> Result<Credentials, CertifyError> {
     Ok(Credentials {
         key: Arc::new(certified),
         not_after_unix: response.valid_until_unix_seconds,
+        roots: Arc::new(roots_of(&bundle)?),
     })
 }
 
@@ -170,15 +209,7 @@ pub async fn connect_as(
     bundle: &str,
     client: Option<Arc<CertifiedKey>>,
 ) -> Result<tonic::transport::Channel, CertifyError> {
-    let mut roots = RootCertStore::empty();
-    for der in pem_certificates(bundle) {
-        let _ = roots.add(der);
-    }
-    if roots.is_empty() {
-        return Err(CertifyError::EmptyBundle(
-            bundle.lines().next().unwrap_or_default().to_string(),
-        ));
-    }
+    let roots = roots_of(bundle)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -1,9 +1,11 @@
 //! The Weft proxy: a sidecar that captures a pod's traffic, speaks mTLS to other
 //! proxies, and is configured only by what it streams from the operator.
 //!
-//! Today it keeps its identity (a certificate from the operator), forwards the pod's
-//! captured TCP connections (inbound 4143, outbound 4140) to where they were going, and
-//! runs its admin server; `/ready` turns true once it holds a valid certificate.
+//! It keeps its identity (a certificate from the operator), streams its configuration
+//! from the operator ([`discovery`]), forwards the pod's captured TCP connections
+//! ([`tcp`]: inbound 4143, outbound 4140) — balanced over the destination's endpoints,
+//! mTLS between meshed pods, inbound policy enforced — and runs its admin server;
+//! `/ready` turns true once it holds a valid certificate.
 //!
 //! Threading: one multi-threaded tokio runtime. SIGTERM or SIGINT starts a graceful
 //! shutdown: stop accepting, let in-flight work drain within the grace period, exit.
@@ -11,13 +13,17 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authz;
+pub mod balance;
 pub mod config;
+pub mod detect;
 pub mod discovery;
 pub mod identity;
 pub mod init;
 pub mod metrics;
 pub mod tcp;
 pub mod telemetry;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -45,6 +51,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let readiness = admin::Readiness::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (credentials, credentials_rx) = watch::channel(None);
+    let tls = tls::Tls::new(credentials_rx.clone());
     let discovery = match (&config.identity, &config.pod_name) {
         (Some(_), Some(pod)) => Some(discovery::Discovery::start(
             discovery::Settings {
@@ -89,7 +96,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let forwarder = tcp::Forwarder::bind(direction, addr)
             .await
             .map_err(bind_error(what, addr))?
-            .with_discovery(discovery.clone());
+            .with_discovery(discovery.clone())
+            .with_tls(tls.clone())
+            .with_inbound_settings(tcp::InboundSettings {
+                detect_timeout: config.detect_timeout,
+                opaque_ports: config.inbound_opaque_ports.clone(),
+                default_policy: Some(config.default_inbound_policy.to_policy()),
+                host_ip: config.host_ip,
+                ..tcp::InboundSettings::default()
+            });
         tracing::info!(%addr, "{what} listener ready");
         forwarders.push(forwarder.spawn(metrics.clone(), shutdown_rx.clone()));
     }

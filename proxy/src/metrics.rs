@@ -2,10 +2,16 @@
 //!
 //! Names follow Linkerd's proxy where the concept is the same, so dashboards port.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashSet,
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
+    encoding::{
+        EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder, text::encode,
+    },
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -42,10 +48,66 @@ impl EncodeLabelValue for Direction {
     }
 }
 
-/// Labels of the `tcp_*` metrics.
+/// The most distinct label sets of the `tcp_*` family; beyond, a connection's peer
+/// labels read `overflow`, so no peer can grow the proxy's memory through them.
+pub const MAX_TCP_LABEL_SETS: usize = 512;
+
+/// Labels of the `tcp_*` metrics: the direction, whether the connection between
+/// proxies was mTLS, and who is on the other side. Unset labels are left out.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct TcpLabels {
+    pub direction: Option<Direction>,
+    /// `true` (mTLS between proxies), `false`, or `no_identity` (the peer is meshed
+    /// but this proxy has no certificate yet).
+    pub tls: Option<&'static str>,
+    /// Inbound: the client proxy's SPIFFE id.
+    pub client_id: Option<String>,
+    /// Outbound: the server proxy's SPIFFE id.
+    pub server_id: Option<String>,
+    /// Outbound: where the application connected (`ip:port`).
+    pub authority: Option<String>,
+    pub dst_namespace: Option<String>,
+    pub dst_workload: Option<String>,
+}
+
+impl EncodeLabelSet for TcpLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeLabel as _;
+        if let Some(direction) = self.direction {
+            ("direction", direction).encode(encoder.encode_label())?;
+        }
+        if let Some(tls) = self.tls {
+            ("tls", tls).encode(encoder.encode_label())?;
+        }
+        for (key, value) in [
+            ("client_id", &self.client_id),
+            ("server_id", &self.server_id),
+            ("authority", &self.authority),
+            ("dst_namespace", &self.dst_namespace),
+            ("dst_workload", &self.dst_workload),
+        ] {
+            if let Some(value) = value {
+                (key, value.as_str()).encode(encoder.encode_label())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TcpLabels {
+    pub fn new(direction: Direction) -> Self {
+        Self {
+            direction: Some(direction),
+            ..Self::default()
+        }
+    }
+}
+
+/// Labels of the inbound authorization counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TcpLabels {
-    direction: Direction,
+struct AuthzLabels {
+    /// The rule that allowed the connection; empty for a denial.
+    authz: String,
 }
 
 /// The `tcp_*` family, per direction.
@@ -66,6 +128,11 @@ pub struct Metrics {
     cert_expiration: Gauge<i64>,
     cert_refreshes: Family<RefreshLabels, Counter>,
     tcp: Tcp,
+    tcp_label_sets: Mutex<HashSet<TcpLabels>>,
+    authz_allow: Family<AuthzLabels, Counter>,
+    authz_deny: Counter,
+    tls_errors: Family<TcpLabels, Counter>,
+    detect_errors: Counter,
 }
 
 impl Metrics {
@@ -135,37 +202,118 @@ impl Metrics {
             "Captured connections whose destination could not be reached",
             tcp.connect_errors.clone(),
         );
+        let authz_allow = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "inbound_tcp_authz_allow",
+            "Inbound connections allowed, by the rule that allowed them",
+            authz_allow.clone(),
+        );
+        let authz_deny = Counter::default();
+        registry.register(
+            "inbound_tcp_authz_deny",
+            "Inbound connections no rule of their port's policy allowed",
+            authz_deny.clone(),
+        );
+        let tls_errors = Family::<TcpLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_errors",
+            "TLS handshakes between proxies that failed",
+            tls_errors.clone(),
+        );
+        let detect_errors = Counter::default();
+        registry.register(
+            "protocol_detect_errors",
+            "Connections that failed while their protocol was being detected",
+            detect_errors.clone(),
+        );
         Self {
             registry,
             cert_expiration,
             cert_refreshes,
             tcp,
+            tcp_label_sets: Mutex::default(),
+            authz_allow,
+            authz_deny,
+            tls_errors,
+            detect_errors,
         }
     }
 
-    /// Records a connection forwarded to its destination.
-    pub fn tcp_opened(&self, direction: Direction) {
-        let labels = TcpLabels { direction };
+    /// `labels`, or its overflow form once [`MAX_TCP_LABEL_SETS`] are in use.
+    fn bounded(&self, labels: &TcpLabels) -> TcpLabels {
+        let mut seen = self
+            .tcp_label_sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if seen.contains(labels) {
+            return labels.clone();
+        }
+        if seen.len() < MAX_TCP_LABEL_SETS {
+            seen.insert(labels.clone());
+            return labels.clone();
+        }
+        let overflow = |v: &Option<String>| v.as_ref().map(|_| "overflow".to_string());
+        TcpLabels {
+            direction: labels.direction,
+            tls: labels.tls,
+            client_id: overflow(&labels.client_id),
+            server_id: overflow(&labels.server_id),
+            authority: overflow(&labels.authority),
+            dst_namespace: overflow(&labels.dst_namespace),
+            dst_workload: overflow(&labels.dst_workload),
+        }
+    }
+
+    /// Records a connection forwarded to its destination; returns the labels to close
+    /// it with.
+    pub fn tcp_opened(&self, labels: &TcpLabels) -> TcpLabels {
+        let labels = self.bounded(labels);
         self.tcp.open.get_or_create(&labels).inc();
         self.tcp.open_connections.get_or_create(&labels).inc();
+        labels
     }
 
     /// Records a forwarded connection's end, with the bytes read from and written to
     /// the side that opened it.
-    pub fn tcp_closed(&self, direction: Direction, read: u64, written: u64) {
-        let labels = TcpLabels { direction };
-        self.tcp.close.get_or_create(&labels).inc();
-        self.tcp.open_connections.get_or_create(&labels).dec();
-        self.tcp.read_bytes.get_or_create(&labels).inc_by(read);
-        self.tcp.write_bytes.get_or_create(&labels).inc_by(written);
+    pub fn tcp_closed(&self, labels: &TcpLabels, read: u64, written: u64) {
+        self.tcp.close.get_or_create(labels).inc();
+        self.tcp.open_connections.get_or_create(labels).dec();
+        self.tcp.read_bytes.get_or_create(labels).inc_by(read);
+        self.tcp.write_bytes.get_or_create(labels).inc_by(written);
     }
 
     /// Records a captured connection whose destination could not be reached.
     pub fn tcp_connect_failed(&self, direction: Direction) {
         self.tcp
             .connect_errors
-            .get_or_create(&TcpLabels { direction })
+            .get_or_create(&TcpLabels::new(direction))
             .inc();
+    }
+
+    /// Records an inbound connection allowed by rule `authz`.
+    pub fn authz_allowed(&self, authz: &str) {
+        self.authz_allow
+            .get_or_create(&AuthzLabels {
+                authz: authz.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records an inbound connection denied.
+    pub fn authz_denied(&self) {
+        self.authz_deny.inc();
+    }
+
+    /// Records a failed TLS handshake between proxies.
+    pub fn tls_failed(&self, direction: Direction) {
+        self.tls_errors
+            .get_or_create(&TcpLabels::new(direction))
+            .inc();
+    }
+
+    /// Records a connection that failed during protocol detection.
+    pub fn detect_failed(&self) {
+        self.detect_errors.inc();
     }
 
     /// Records a new certificate expiring at `not_after` (Unix seconds).

@@ -1,45 +1,120 @@
-//! Transparent TCP forwarding: the inbound (4143) and outbound (4140) listeners.
+//! The data plane's listeners: inbound (4143) and outbound (4140).
 //!
 //! `weft-proxy init` redirects the pod's captured connections to these ports; the
-//! address the peer actually dialled comes back from `SO_ORIGINAL_DST`, and the proxy
-//! connects there itself. Its own connections leave under its UID, which the capture
-//! rules exclude, so they are not captured again.
+//! address the peer actually dialled comes back from `SO_ORIGINAL_DST`. The proxy's
+//! own connections leave under its UID, which the capture rules exclude.
 //!
-//! Today every connection is forwarded as opaque TCP. Protocol detection, mTLS
-//! between proxies, balancing and policy are layered on this accept loop by the data
-//! plane; the counters here are the `tcp_*` family Linkerd's dashboards read.
+//! **Outbound.** The original destination is resolved through discovery (on first use;
+//! a connection waits up to [`RESOLVE_WAIT`] for the first answer). A destination the
+//! mesh knows is balanced per connection over its endpoints ([`crate::balance`]); a
+//! meshed endpoint is reached over mTLS that checks the identity discovery gave, an
+//! unmeshed one in plaintext; a known Service with no ready endpoint fails fast. A
+//! destination the mesh does not know is forwarded to the original address unchanged.
+//!
+//! **Inbound.** The first bytes are read ([`crate::detect`]): a TLS ClientHello naming
+//! this proxy is a peer proxy's mTLS, terminated here, and the client's identity is
+//! recorded; anything else (plaintext, or an application's own TLS) is passed through
+//! as it came. The port's policy decides whether the client may connect; then the
+//! connection goes to the application on the original port over loopback.
+//!
+//! Every connection is counted in the `tcp_*` family Linkerd's dashboards read, with
+//! `tls` and the peer's identity. Half-closes propagate both ways.
 //!
 //! A connection made straight to a listener (not redirected) has itself as its
 //! original destination; forwarding it would loop, so it is closed at once.
 
 use std::{
-    net::SocketAddr,
-    sync::Arc,
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::watch,
     task::JoinHandle,
 };
+use weft_proxy_api::v1::{InboundPolicyUpdate, Resolution};
 
 use crate::{
+    authz,
+    balance::{Balancer, InFlight},
+    detect::{self, Prefixed, Protocol},
     discovery::Discovery,
-    metrics::{Direction, Metrics},
+    metrics::{Direction, Metrics, TcpLabels},
+    tls::{ALPN_TCP, Tls},
 };
 
-/// How long connecting to the original destination may take.
+/// How long connecting to a destination may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection to a destination seen for the first time waits for its
+/// resolution before it is forwarded as-is.
+pub const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+/// How long the inbound side waits for a client's first bytes on a port that is not
+/// opaque: a protocol where the server speaks first is passed through after this
+/// (such ports belong among the opaque ones).
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same on an opaque port. A peer proxy sends its ClientHello as soon as it is
+/// connected, so a client silent this long is an application whose server speaks
+/// first (MySQL, SMTP), passed through after this short wait.
+pub const OPAQUE_DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The most destinations whose endpoint loads are kept.
+const MAX_BALANCERS: usize = 1024;
+
+/// Where outbound destinations are resolved: discovery, or a test's stand-in.
+pub trait Resolve: Send + Sync + 'static {
+    /// The resolution of `authority` (`ip:port`), followed from now on; `None` until
+    /// known.
+    fn resolve(&self, authority: &str) -> watch::Receiver<Option<Arc<Resolution>>>;
+}
+
+/// Where inbound policies come from: discovery, or a test's stand-in.
+pub trait Policies: Send + Sync + 'static {
+    /// The policy of `port`, or `None` while none is known.
+    fn inbound_policy(&self, port: u16) -> Option<InboundPolicyUpdate>;
+}
+
+impl Resolve for Discovery {
+    fn resolve(&self, authority: &str) -> watch::Receiver<Option<Arc<Resolution>>> {
+        Discovery::resolve(self, authority)
+    }
+}
+
+impl Policies for Discovery {
+    fn inbound_policy(&self, port: u16) -> Option<InboundPolicyUpdate> {
+        Discovery::inbound_policy(self, port)
+    }
+}
 
 /// One listening side of the proxy.
-#[derive(Debug)]
 pub struct Forwarder {
-    direction: Direction,
     listener: TcpListener,
+    context: Arc<Context>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("direction", &self.context.direction)
+            .field("local", &self.context.local)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every connection of a listener shares.
+struct Context {
+    direction: Direction,
     local: SocketAddr,
-    discovery: Option<Discovery>,
+    resolver: Option<Arc<dyn Resolve>>,
+    policies: Option<Arc<dyn Policies>>,
+    tls: Option<Tls>,
+    /// Every connection's destination, instead of `SO_ORIGINAL_DST` (tests, benches).
+    fixed_target: Option<SocketAddr>,
+    inbound: InboundSettings,
+    /// Endpoint loads per destination, and the resolution version they follow.
+    balancers: Mutex<HashMap<String, (String, Arc<Balancer>)>>,
 }
 
 impl Forwarder {
@@ -48,24 +123,71 @@ impl Forwarder {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         Ok(Self {
-            direction,
             listener,
-            local,
-            discovery: None,
+            context: Arc::new(Context {
+                direction,
+                local,
+                resolver: None,
+                policies: None,
+                tls: None,
+                fixed_target: None,
+                inbound: InboundSettings::default(),
+                balancers: Mutex::default(),
+            }),
         })
     }
 
-    /// Outbound connections resolve their destination through `discovery`.
+    fn context(&mut self) -> &mut Context {
+        Arc::get_mut(&mut self.context).expect("configured before it is spawned")
+    }
+
+    /// Outbound connections resolve their destination, and inbound ones follow their
+    /// port's policy, through `discovery`.
     pub fn with_discovery(mut self, discovery: Option<Discovery>) -> Self {
-        if self.direction == Direction::Outbound {
-            self.discovery = discovery;
+        if let Some(discovery) = discovery {
+            let context = self.context();
+            match context.direction {
+                Direction::Outbound => context.resolver = Some(Arc::new(discovery)),
+                Direction::Inbound => context.policies = Some(Arc::new(discovery)),
+            }
         }
+        self
+    }
+
+    /// Outbound destinations are resolved by `resolver`.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
+        self.context().resolver = Some(resolver);
+        self
+    }
+
+    /// Inbound policies come from `policies`.
+    pub fn with_policies(mut self, policies: Arc<dyn Policies>) -> Self {
+        self.context().policies = Some(policies);
+        self
+    }
+
+    /// mTLS with peer proxies uses `tls`.
+    pub fn with_tls(mut self, tls: Tls) -> Self {
+        self.context().tls = Some(tls);
+        self
+    }
+
+    /// Every connection goes to `target` instead of its original destination (for
+    /// tests and benchmarks, which run without traffic capture).
+    pub fn with_fixed_target(mut self, target: SocketAddr) -> Self {
+        self.context().fixed_target = Some(target);
+        self
+    }
+
+    /// How the inbound side detects, and what it enforces before the operator answers.
+    pub fn with_inbound_settings(mut self, settings: InboundSettings) -> Self {
+        self.context().inbound = settings;
         self
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.context.local
     }
 
     /// Accepts and forwards until `shutdown` turns true; the task then waits for the
@@ -86,16 +208,16 @@ impl Forwarder {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off briefly.
-                        tracing::warn!(%error, direction = ?self.direction, "accept failed");
+                        let direction = self.context.direction;
+                        tracing::warn!(%error, ?direction, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
                 let (metrics, guard) = (metrics.clone(), in_flight.clone());
-                let (direction, local) = (self.direction, self.local);
-                let discovery = self.discovery.clone();
+                let context = self.context.clone();
                 tokio::spawn(async move {
-                    forward(direction, local, client, peer, &metrics, discovery.as_ref()).await;
+                    context.forward(client, peer, &metrics).await;
                     drop(guard);
                 });
             }
@@ -107,59 +229,338 @@ impl Forwarder {
     }
 }
 
-/// Forwards one accepted connection to where it was headed.
-async fn forward(
-    direction: Direction,
-    local: SocketAddr,
-    mut client: TcpStream,
-    peer: SocketAddr,
-    metrics: &Metrics,
-    discovery: Option<&Discovery>,
-) {
-    let target = match original_dst(&client) {
-        Ok(target) if is_self(target, local) => {
-            tracing::debug!(%peer, %target, ?direction, "not redirected: refusing a loop");
-            return;
+/// The inbound side's own settings.
+#[derive(Clone, Debug)]
+pub struct InboundSettings {
+    /// How long to wait for a silent client's first bytes, on a port that is not
+    /// opaque and on one that is.
+    pub detect_timeout: Duration,
+    pub opaque_detect_timeout: Duration,
+    /// Ports treated as opaque whatever the policy says (the Mesh's and the pod's).
+    pub opaque_ports: Vec<u16>,
+    /// The policy in force until the operator's arrives.
+    pub default_policy: Option<InboundPolicyUpdate>,
+    /// The node's IP: plaintext connections from it (kubelet probes) are allowed.
+    pub host_ip: Option<IpAddr>,
+}
+
+impl Default for InboundSettings {
+    fn default() -> Self {
+        Self {
+            detect_timeout: DETECT_TIMEOUT,
+            opaque_detect_timeout: OPAQUE_DETECT_TIMEOUT,
+            opaque_ports: Vec::new(),
+            default_policy: None,
+            host_ip: None,
         }
-        Ok(target) => target,
-        Err(error) => {
-            tracing::debug!(%peer, %error, ?direction, "no original destination");
-            return;
-        }
-    };
-    if let Some(discovery) = discovery {
-        // Resolution on first use. The connection still goes where it was headed:
-        // endpoint selection and mTLS between proxies build on this resolution.
-        discovery.resolve(&target.to_string());
     }
-    let _ = client.set_nodelay(true);
-    let started = Instant::now();
-    let mut server = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-        Ok(Ok(server)) => server,
-        Ok(Err(error)) => {
-            tracing::debug!(%peer, %target, %error, ?direction, "connect failed");
-            metrics.tcp_connect_failed(direction);
+}
+
+/// Where an outbound connection goes.
+enum Route {
+    /// Unknown to the mesh: where it was headed.
+    Original(SocketAddr),
+    /// An endpoint of a known destination, counted in flight while connected.
+    Endpoint {
+        addr: SocketAddr,
+        identity: Option<String>,
+        labels: HashMap<String, String>,
+        in_flight: InFlight,
+    },
+}
+
+impl Context {
+    /// Forwards one accepted connection.
+    async fn forward(&self, client: TcpStream, peer: SocketAddr, metrics: &Metrics) {
+        let target = match self.fixed_target {
+            Some(target) => target,
+            None => match original_dst(&client) {
+                Ok(target) if is_self(target, self.local) => {
+                    tracing::debug!(%peer, %target, "not redirected: refusing a loop");
+                    return;
+                }
+                Ok(target) => target,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "no original destination");
+                    return;
+                }
+            },
+        };
+        let _ = client.set_nodelay(true);
+        match self.direction {
+            Direction::Outbound => self.outbound(client, peer, target, metrics).await,
+            Direction::Inbound => self.inbound(client, peer, target, metrics).await,
+        }
+    }
+
+    async fn outbound(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        target: SocketAddr,
+        metrics: &Metrics,
+    ) {
+        let authority = target.to_string();
+        let mut labels = TcpLabels::new(Direction::Outbound);
+        labels.authority = Some(authority.clone());
+        let route = match self.resolution(&authority).await {
+            Some(resolution) if resolution.known => {
+                let endpoints: Vec<(SocketAddr, u32, usize)> = resolution
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| Some((e.address.parse().ok()?, e.weight, i)))
+                    .collect();
+                let balancer = self.balancer(&authority, &resolution, &endpoints);
+                let weighted: Vec<(SocketAddr, u32)> =
+                    endpoints.iter().map(|(a, w, _)| (*a, *w)).collect();
+                let Some((chosen, in_flight)) = balancer.pick(&weighted) else {
+                    tracing::debug!(%peer, %authority, "no ready endpoint: failing fast");
+                    metrics.tcp_connect_failed(Direction::Outbound);
+                    return;
+                };
+                let (addr, _, index) = endpoints[chosen];
+                let endpoint = &resolution.endpoints[index];
+                Route::Endpoint {
+                    addr,
+                    identity: Some(endpoint.identity.clone()).filter(|i| !i.is_empty()),
+                    labels: endpoint.labels.clone(),
+                    in_flight,
+                }
+            }
+            _ => Route::Original(target),
+        };
+        let (addr, identity, in_flight) = match route {
+            Route::Original(addr) => (addr, None, None),
+            Route::Endpoint {
+                addr,
+                identity,
+                labels: endpoint_labels,
+                in_flight,
+            } => {
+                labels.dst_namespace = endpoint_labels.get("namespace").cloned();
+                labels.dst_workload = endpoint_labels.get("workload").cloned();
+                (addr, identity, Some(in_flight))
+            }
+        };
+        let started = Instant::now();
+        let Some(server) = connect(addr, Direction::Outbound, metrics).await else {
             return;
+        };
+        if let Some(in_flight) = &in_flight {
+            in_flight.load().observe(started.elapsed());
+        }
+        match (identity, &self.tls) {
+            (Some(identity), Some(tls)) => {
+                let server = match tls.connect(server, &identity, ALPN_TCP).await {
+                    Ok(server) => server,
+                    Err(error) => {
+                        tracing::debug!(%peer, %addr, %identity, %error, "mTLS to the endpoint failed");
+                        metrics.tls_failed(Direction::Outbound);
+                        return;
+                    }
+                };
+                labels.tls = Some("true");
+                labels.server_id = Some(identity);
+                relay(client, server, &labels, metrics).await;
+            }
+            (Some(_), None) => {
+                labels.tls = Some("no_identity");
+                relay(client, server, &labels, metrics).await;
+            }
+            (None, _) => {
+                labels.tls = Some("false");
+                relay(client, server, &labels, metrics).await;
+            }
+        }
+        drop(in_flight);
+    }
+
+    /// The resolution of `authority`, waiting a little for the first answer.
+    async fn resolution(&self, authority: &str) -> Option<Arc<Resolution>> {
+        let mut rx = self.resolver.as_ref()?.resolve(authority);
+        let waited = tokio::time::timeout(RESOLVE_WAIT, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(resolution)) => resolution.clone(),
+            _ => None,
+        }
+    }
+
+    /// The balancer of `authority`, its loads kept to the current endpoints.
+    fn balancer(
+        &self,
+        authority: &str,
+        resolution: &Resolution,
+        endpoints: &[(SocketAddr, u32, usize)],
+    ) -> Arc<Balancer> {
+        let mut balancers = self.balancers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((version, balancer)) = balancers.get_mut(authority) {
+            if *version != resolution.config_version {
+                let current: Vec<SocketAddr> = endpoints.iter().map(|(a, _, _)| *a).collect();
+                balancer.retain(&current);
+                *version = resolution.config_version.clone();
+            }
+            return balancer.clone();
+        }
+        if balancers.len() >= MAX_BALANCERS {
+            balancers.clear();
+        }
+        let balancer = Arc::new(Balancer::default());
+        balancers.insert(
+            authority.to_string(),
+            (resolution.config_version.clone(), balancer.clone()),
+        );
+        balancer
+    }
+
+    async fn inbound(
+        &self,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        target: SocketAddr,
+        metrics: &Metrics,
+    ) {
+        let port = target.port();
+        let app = match self.fixed_target {
+            Some(app) => app,
+            None => SocketAddr::new(loopback_like(target.ip()), port),
+        };
+        let policy = self
+            .policies
+            .as_ref()
+            .and_then(|p| p.inbound_policy(port))
+            .or_else(|| self.inbound.default_policy.clone());
+        let opaque = self.inbound.opaque_ports.contains(&port)
+            || policy.as_ref().is_some_and(|p| p.protocol == "opaque");
+        let timeout = if opaque {
+            self.inbound.opaque_detect_timeout
+        } else {
+            self.inbound.detect_timeout
+        };
+        let (prefix, protocol) = match detect::read_prefix(&mut client, timeout).await {
+            Ok(detected) => detected,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "failed during protocol detection");
+                metrics.detect_failed();
+                return;
+            }
+        };
+        let own_sni = self.tls.as_ref().and_then(Tls::own_sni);
+        let mtls =
+            matches!(&protocol, Protocol::Tls { sni: Some(sni) } if Some(sni) == own_sni.as_ref());
+        let mut labels = TcpLabels::new(Direction::Inbound);
+        let client = Prefixed::new(prefix, client);
+        if let (true, Some(tls)) = (mtls, &self.tls) {
+            let accepted = match tls.accept(client).await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "mTLS from a peer proxy failed");
+                    metrics.tls_failed(Direction::Inbound);
+                    return;
+                }
+            };
+            if !self.authorized(policy.as_ref(), Some(&accepted.client_id), peer, metrics) {
+                return;
+            }
+            labels.tls = Some("true");
+            labels.client_id = Some(accepted.client_id);
+            let Some(server) = connect(app, Direction::Inbound, metrics).await else {
+                return;
+            };
+            relay(accepted.stream, server, &labels, metrics).await;
+        } else {
+            if !self.authorized(policy.as_ref(), None, peer, metrics) {
+                return;
+            }
+            labels.tls = Some("false");
+            let Some(server) = connect(app, Direction::Inbound, metrics).await else {
+                return;
+            };
+            relay(client, server, &labels, metrics).await;
+        }
+    }
+
+    /// Whether the port's policy lets the client in; counted either way.
+    fn authorized(
+        &self,
+        policy: Option<&InboundPolicyUpdate>,
+        identity: Option<&str>,
+        peer: SocketAddr,
+        metrics: &Metrics,
+    ) -> bool {
+        let Some(policy) = policy else {
+            // No policy at all (no discovery and no default): nothing to enforce.
+            return true;
+        };
+        if identity.is_none() && Some(peer.ip()) == self.inbound.host_ip {
+            // The kubelet's probes come from the node, in plaintext.
+            metrics.authz_allowed("default:kubelet");
+            return true;
+        }
+        let client = authz::Client {
+            identity,
+            ip: peer.ip(),
+        };
+        match authz::authorize(policy, client) {
+            Some(rule) => {
+                metrics.authz_allowed(rule);
+                true
+            }
+            None => {
+                tracing::info!(%peer, identity = identity.unwrap_or("-"), "denied by the inbound policy");
+                metrics.authz_denied();
+                false
+            }
+        }
+    }
+}
+
+/// Connects to `addr`, counting a failure.
+async fn connect(addr: SocketAddr, direction: Direction, metrics: &Metrics) -> Option<TcpStream> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(server)) => {
+            let _ = server.set_nodelay(true);
+            Some(server)
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%addr, %error, ?direction, "connect failed");
+            metrics.tcp_connect_failed(direction);
+            None
         }
         Err(_) => {
-            tracing::debug!(%peer, %target, ?direction, "connect timed out");
+            tracing::debug!(%addr, ?direction, "connect timed out");
             metrics.tcp_connect_failed(direction);
-            return;
+            None
         }
-    };
-    let _ = server.set_nodelay(true);
-    metrics.tcp_opened(direction);
+    }
+}
+
+/// Copies both ways until both sides are done (a half-close passes through), counting
+/// the connection and its bytes.
+async fn relay<C, S>(mut client: C, mut server: S, labels: &TcpLabels, metrics: &Metrics)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let labels = metrics.tcp_opened(labels);
     let (from_client, from_server) =
         match tokio::io::copy_bidirectional(&mut client, &mut server).await {
             Ok(bytes) => bytes,
             Err(error) => {
-                tracing::debug!(%peer, %target, %error, ?direction, "connection reset");
+                tracing::debug!(%error, "connection reset");
                 (0, 0)
             }
         };
     let _ = client.shutdown().await;
-    metrics.tcp_closed(direction, from_client, from_server);
-    tracing::trace!(%peer, %target, ?direction, elapsed = ?started.elapsed(), "closed");
+    metrics.tcp_closed(&labels, from_client, from_server);
+}
+
+/// The loopback address of `ip`'s family.
+fn loopback_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    }
 }
 
 /// Where a redirected connection was going, from `SO_ORIGINAL_DST`.

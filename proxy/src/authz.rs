@@ -1,0 +1,184 @@
+//! Inbound authorization: whether a client may reach a port, by the rules the
+//! operator streamed for it (ServerAuthorizations, or the default policy).
+//!
+//! A rule allows a client when the client comes from one of its networks (any, when
+//! it names none) and either the rule allows unauthenticated clients or the client's
+//! mesh identity is one it names (`*` for any). No rule allowing it: denied. A port
+//! whose policy has not arrived yet is governed by the pod's policy for undeclared
+//! ports; with no policy at all (the operator never answered) nothing is enforced,
+//! which the proxy logs.
+
+use std::net::IpAddr;
+
+use weft_proxy_api::v1::{Authorization, InboundPolicyUpdate};
+
+/// Who is connecting.
+#[derive(Clone, Copy, Debug)]
+pub struct Client<'a> {
+    /// The SPIFFE id its proxy presented over mTLS; `None` for plaintext.
+    pub identity: Option<&'a str>,
+    pub ip: IpAddr,
+}
+
+/// The first rule of `policy` that allows `client`, by name; `None`: denied.
+pub fn authorize<'p>(policy: &'p InboundPolicyUpdate, client: Client<'_>) -> Option<&'p str> {
+    policy
+        .authorizations
+        .iter()
+        .find(|rule| allows(rule, client))
+        .map(|rule| rule.name.as_str())
+}
+
+fn allows(rule: &Authorization, client: Client<'_>) -> bool {
+    let from_network = rule.networks.is_empty()
+        || rule.networks.iter().any(|n| {
+            in_cidr(client.ip, &n.cidr) && !n.except.iter().any(|e| in_cidr(client.ip, e))
+        });
+    let who = rule.unauthenticated
+        || client.identity.is_some_and(|id| {
+            rule.identities
+                .iter()
+                .any(|allowed| allowed == "*" || allowed == id)
+        });
+    from_network && who
+}
+
+/// Whether `ip` is in `cidr` (`10.0.0.0/8`, `fd00::/8`, or a bare address). A CIDR
+/// that does not parse holds nothing.
+pub fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
+    let (addr, len) = match cidr.split_once('/') {
+        Some((addr, len)) => (addr, len.parse::<u8>().ok()),
+        None => (cidr, None),
+    };
+    let Ok(net) = addr.trim().parse::<IpAddr>() else {
+        return false;
+    };
+    // An IPv4 client seen on a dual-stack socket.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let len = u32::from(len.unwrap_or(32));
+            if len > 32 {
+                return false;
+            }
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let len = u32::from(len.unwrap_or(128));
+            if len > 128 {
+                return false;
+            }
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_proxy_api::v1::Network;
+
+    use super::*;
+
+    fn rule(
+        name: &str,
+        identities: &[&str],
+        unauthenticated: bool,
+        networks: &[(&str, &[&str])],
+    ) -> Authorization {
+        Authorization {
+            name: name.into(),
+            identities: identities.iter().map(|s| s.to_string()).collect(),
+            unauthenticated,
+            networks: networks
+                .iter()
+                .map(|(cidr, except)| Network {
+                    cidr: cidr.to_string(),
+                    except: except.iter().map(|s| s.to_string()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn cidrs_hold_what_they_should() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(in_cidr(ip("198.18.3.4"), "198.18.0.0/16"));
+        assert!(!in_cidr(ip("198.19.3.4"), "198.18.0.0/16"));
+        assert!(in_cidr(ip("198.19.3.4"), "0.0.0.0/0"));
+        assert!(in_cidr(ip("10.1.2.3"), "10.1.2.3"));
+        assert!(in_cidr(ip("::ffff:10.1.2.3"), "10.0.0.0/8"));
+        assert!(in_cidr(ip("fd00::1"), "fd00::/8"));
+        assert!(!in_cidr(ip("fd00::1"), "10.0.0.0/8"));
+        for bad in ["", "x/8", "10.0.0.0/33", "10.0.0.0/x"] {
+            assert!(!in_cidr(ip("10.0.0.1"), bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_client_is_allowed_by_the_first_rule_that_names_it() {
+        let policy = InboundPolicyUpdate {
+            protocol: "detect".into(),
+            authorizations: vec![
+                rule(
+                    "serverauthorization/web",
+                    &["spiffe://cluster.local/ns/shop/sa/web"],
+                    false,
+                    &[],
+                ),
+                rule(
+                    "serverauthorization/probes",
+                    &[],
+                    true,
+                    &[("198.18.0.0/16", &["198.18.9.0/24"])],
+                ),
+            ],
+            config_version: String::new(),
+        };
+        let ip = "198.18.1.1".parse().unwrap();
+        let web = Some("spiffe://cluster.local/ns/shop/sa/web");
+        assert_eq!(
+            authorize(&policy, Client { identity: web, ip }),
+            Some("serverauthorization/web")
+        );
+        assert_eq!(
+            authorize(&policy, Client { identity: None, ip }),
+            Some("serverauthorization/probes")
+        );
+        let excluded = "198.18.9.9".parse().unwrap();
+        assert_eq!(
+            authorize(
+                &policy,
+                Client {
+                    identity: None,
+                    ip: excluded
+                }
+            ),
+            None
+        );
+        let outside = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            authorize(
+                &policy,
+                Client {
+                    identity: Some("spiffe://cluster.local/ns/shop/sa/other"),
+                    ip: outside
+                }
+            ),
+            None
+        );
+        let deny = InboundPolicyUpdate::default();
+        assert_eq!(authorize(&deny, Client { identity: web, ip }), None);
+        let any = InboundPolicyUpdate {
+            authorizations: vec![rule("default:all-authenticated", &["*"], false, &[])],
+            ..Default::default()
+        };
+        assert!(authorize(&any, Client { identity: web, ip }).is_some());
+        assert!(authorize(&any, Client { identity: None, ip }).is_none());
+    }
+}
