@@ -316,6 +316,24 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The sum of every sample of `name` whose labels include all of `labels`, in `text`
+/// (so a counter split by more labels than a test cares about still adds up).
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// An app container's command (busybox `sh -c`): it exits at once unless its proxy is
 /// already ready when it starts, and then serves HTTP on 8080 (files from `/etc`). An
 /// app container that never restarted started after its proxy was ready.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 use weft_e2e::{
     APP_AFTER_PROXY, RestoreOperator, eventually, kubectl, kubectl_ok, kubectl_stdin,
-    mesh_namespace, scale_operator, with_temp_ns,
+    mesh_namespace, metric_sum, proxy_metrics, scale_operator, with_temp_ns,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -267,6 +267,27 @@ spec:
         assert_eq!(
             resolved["endpoints"][0]["labels"]["workload"],
             "deployment/web"
+        );
+        // That request went between two proxies over mTLS: one of the server pods
+        // counted an inbound connection with `tls="true"` and the client's identity.
+        let client_id = format!("spiffe://cluster.local/ns/{ns}/sa/default");
+        let mtls: f64 = web_pods(&ns)
+            .iter()
+            .map(|pod| {
+                metric_sum(
+                    &proxy_metrics(&ns, pod),
+                    "tcp_open_total",
+                    &[
+                        ("direction", "inbound"),
+                        ("tls", "true"),
+                        ("client_id", &client_id),
+                    ],
+                )
+            })
+            .sum();
+        assert!(
+            mtls >= 1.0,
+            "no mTLS connection from {client_id} was counted"
         );
 
         // A ServiceProfile for the Service reaches the proxy that resolved it; its

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use weft_e2e::{
     app_deployment, eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace,
-    metric, pod_netns, proxy_metrics, with_temp_ns,
+    metric_sum, pod_netns, proxy_metrics, with_temp_ns,
 };
 
 /// A Deployment `web` serving HTTP on 8080 (busybox httpd) once its proxy is ready,
@@ -85,11 +85,7 @@ fn wget_from(ns: &str, pod: &str, url: &str) -> Result<String, String> {
 }
 
 fn tcp_counter(ns: &str, pod: &str, name: &str, direction: &str) -> f64 {
-    metric(
-        &proxy_metrics(ns, pod),
-        &format!("{name}{{direction=\"{direction}\"}}"),
-    )
-    .unwrap_or(0.0)
+    metric_sum(&proxy_metrics(ns, pod), name, &[("direction", direction)])
 }
 
 #[tokio::test]

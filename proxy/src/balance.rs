@@ -4,8 +4,10 @@
 //! split holds), and the one with the lower cost wins:
 //! `latency × (in flight + 1) / weight`, where latency is a peak-sensitive moving
 //! average — it jumps to a slower observation at once and decays towards faster ones
-//! over [`DECAY`]. A slow or overloaded endpoint thus gets less traffic without any
-//! endpoint being starved, and an endpoint never observed starts at [`DEFAULT_RTT`].
+//! over [`DECAY`]. Unobserved, the estimate also decays towards zero over [`DECAY`],
+//! so an endpoint passed over for being slow is tried again later. A slow or
+//! overloaded endpoint thus gets less traffic without being starved for good, and an
+//! endpoint never observed starts at [`DEFAULT_RTT`].
 //!
 //! Loads are kept per address for as long as a resolution names it; the caller
 //! [`Balancer::retain`]s the current endpoints when a resolution changes.
@@ -45,20 +47,25 @@ impl Load {
         let rtt = rtt.as_secs_f64();
         let mut latency = self.latency.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
+        let w = decay(now.duration_since(latency.1));
         if rtt > latency.0 {
             *latency = (rtt, now);
         } else {
-            let elapsed = now.duration_since(latency.1).as_secs_f64();
-            let w = (-elapsed / DECAY.as_secs_f64()).exp();
             *latency = (latency.0 * w + rtt * (1.0 - w), now);
         }
     }
 
     fn cost(&self, weight: u32) -> f64 {
-        let latency = self.latency.lock().unwrap_or_else(|e| e.into_inner()).0;
+        let (estimate, at) = *self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let latency = estimate * decay(at.elapsed());
         let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
         latency * (in_flight + 1.0) / f64::from(weight.max(1))
     }
+}
+
+/// How much of an estimate `elapsed` leaves.
+fn decay(elapsed: Duration) -> f64 {
+    (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp()
 }
 
 /// Counts one connection or request in flight on an endpoint until dropped.

@@ -60,6 +60,8 @@ pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// connected, so a client silent this long is an application whose server speaks
 /// first (MySQL, SMTP), passed through after this short wait.
 pub const OPAQUE_DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a TLS handshake between proxies may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most destinations whose endpoint loads are kept.
 const MAX_BALANCERS: usize = 1024;
 
@@ -352,9 +354,15 @@ impl Context {
         }
         match (identity, &self.tls) {
             (Some(identity), Some(tls)) => {
-                let server = match tls.connect(server, &identity, ALPN_TCP).await {
-                    Ok(server) => server,
-                    Err(error) => {
+                let handshake = tls.connect(server, &identity, ALPN_TCP);
+                let server = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(server)) => server,
+                    Err(_) => {
+                        tracing::debug!(%peer, %addr, %identity, "mTLS handshake timed out");
+                        metrics.tls_failed(Direction::Outbound);
+                        return;
+                    }
+                    Ok(Err(error)) => {
                         tracing::debug!(%peer, %addr, %identity, %error, "mTLS to the endpoint failed");
                         metrics.tls_failed(Direction::Outbound);
                         return;
@@ -446,14 +454,32 @@ impl Context {
             }
         };
         let own_sni = self.tls.as_ref().and_then(Tls::own_sni);
-        let mtls =
-            matches!(&protocol, Protocol::Tls { sni: Some(sni) } if Some(sni) == own_sni.as_ref());
+        let mesh_sni = match &protocol {
+            Protocol::Tls { sni: Some(sni) } => {
+                crate::tls::identity_of_sni(sni).map(|_| sni.as_str())
+            }
+            _ => None,
+        };
+        let mtls = mesh_sni.is_some() && mesh_sni == own_sni.as_deref();
+        if mesh_sni.is_some() && !mtls {
+            // A peer proxy expecting another identity (a stale endpoint, an address
+            // reused by another pod): refuse at once rather than hand the application
+            // a handshake it cannot answer.
+            tracing::debug!(%peer, sni = mesh_sni.unwrap_or_default(), "mTLS for another identity");
+            metrics.tls_failed(Direction::Inbound);
+            return;
+        }
         let mut labels = TcpLabels::new(Direction::Inbound);
         let client = Prefixed::new(prefix, client);
         if let (true, Some(tls)) = (mtls, &self.tls) {
-            let accepted = match tls.accept(client).await {
-                Ok(accepted) => accepted,
-                Err(error) => {
+            let accepted = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(client)).await {
+                Ok(Ok(accepted)) => accepted,
+                Err(_) => {
+                    tracing::debug!(%peer, "mTLS handshake timed out");
+                    metrics.tls_failed(Direction::Inbound);
+                    return;
+                }
+                Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "mTLS from a peer proxy failed");
                     metrics.tls_failed(Direction::Inbound);
                     return;
