@@ -237,6 +237,34 @@ async fn client(ca: &Ca) -> Client {
     }
 }
 
+/// A client proxy whose application connects to [`SERVICE`], resolved to a server proxy
+/// (identity [`SERVER_ID`]) in front of `app`.
+async fn meshed_pair(ca: &Ca, app: SocketAddr, settings: InboundSettings) -> (Server, Client) {
+    let server = server(ca, SERVER_ID, app, settings).await;
+    let client = client(ca).await;
+    client
+        .resolver
+        .set(SERVICE, known(vec![endpoint(server.addr, SERVER_ID)], "1"));
+    (server, client)
+}
+
+/// The first flight of a TLS 1.3 client (its ClientHello) for `sni`.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut hello = Vec::new();
+    rustls::ClientConnection::new(Arc::new(config), name)
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    hello
+}
+
 /// Sends `message` through `proxy`, half-closes, and reads the whole answer.
 async fn exchange(proxy: SocketAddr, message: &str) -> String {
     let mut conn = TcpStream::connect(proxy).await.unwrap();
@@ -261,11 +289,7 @@ fn has_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> bool {
 async fn meshed_pods_talk_over_mtls_and_each_side_knows_the_other() {
     let ca = Ca::new();
     let app = app("web", None).await;
-    let server = server(&ca, SERVER_ID, app, InboundSettings::default()).await;
-    let client = client(&ca).await;
-    client
-        .resolver
-        .set(SERVICE, known(vec![endpoint(server.addr, SERVER_ID)], "1"));
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
 
     // A large body, half-closed: every byte arrives, and the answer after it.
     let body = "x".repeat(1 << 20);
@@ -341,11 +365,7 @@ async fn a_server_with_the_wrong_identity_is_refused() {
 async fn the_inbound_policy_decides_who_gets_in() {
     let ca = Ca::new();
     let app = app("web", None).await;
-    let server = server(&ca, SERVER_ID, app, InboundSettings::default()).await;
-    let client = client(&ca).await;
-    client
-        .resolver
-        .set(SERVICE, known(vec![endpoint(server.addr, SERVER_ID)], "1"));
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
 
     *server.policies.0.lock().unwrap() =
         Some(allow(&["spiffe://cluster.local/ns/shop/sa/admin"], false));
@@ -468,11 +488,7 @@ async fn a_server_that_speaks_first_is_reached_meshed_or_not() {
         opaque_detect_timeout: Duration::from_millis(200),
         ..InboundSettings::default()
     };
-    let server = server(&ca, SERVER_ID, app, settings).await;
-    let client = client(&ca).await;
-    client
-        .resolver
-        .set(SERVICE, known(vec![endpoint(server.addr, SERVER_ID)], "1"));
+    let (server, client) = meshed_pair(&ca, app, settings).await;
     for proxy in [client.addr, server.addr] {
         // The greeting arrives before the client sends anything.
         let mut conn = TcpStream::connect(proxy).await.unwrap();
@@ -494,11 +510,7 @@ async fn a_server_that_speaks_first_is_reached_meshed_or_not() {
 async fn certificates_rotate_under_live_traffic() {
     let ca = Ca::new();
     let app = app("web", None).await;
-    let server = server(&ca, SERVER_ID, app, InboundSettings::default()).await;
-    let client = client(&ca).await;
-    client
-        .resolver
-        .set(SERVICE, known(vec![endpoint(server.addr, SERVER_ID)], "1"));
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
     let mut live = TcpStream::connect(client.addr).await.unwrap();
     live.write_all(b"one").await.unwrap();
 
@@ -531,20 +543,7 @@ async fn garbage_and_foreign_tls_cost_one_connection_only() {
     *server.policies.0.lock().unwrap() = Some(allow(&[], true));
 
     // A ClientHello naming this proxy but with garbage after it.
-    let sni = weft_proxy::tls::sni_of(SERVER_ID).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let mut tls = rustls::ClientConnection::new(
-        Arc::new(config),
-        rustls::pki_types::ServerName::try_from(sni).unwrap(),
-    )
-    .unwrap();
-    let mut hello = Vec::new();
-    tls.write_tls(&mut hello).unwrap();
+    let hello = client_hello(&weft_proxy::tls::sni_of(SERVER_ID).unwrap());
     let mut conn = TcpStream::connect(server.addr).await.unwrap();
     conn.write_all(&hello).await.unwrap();
     conn.write_all(b"\x17\x03\x03\x00\x05garbage")
@@ -559,21 +558,7 @@ async fn garbage_and_foreign_tls_cost_one_connection_only() {
     ));
 
     // An application's own TLS (another SNI) and binary noise pass through untouched.
-    let mut foreign = Vec::new();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    rustls::ClientConnection::new(
-        Arc::new(config),
-        rustls::pki_types::ServerName::try_from("example.test").unwrap(),
-    )
-    .unwrap()
-    .write_tls(&mut foreign)
-    .unwrap();
+    let foreign = client_hello("example.test");
     let answer = exchange(server.addr, &String::from_utf8_lossy(&foreign)).await;
     assert!(answer.starts_with("web:"), "passed through: {answer:?}");
     assert_eq!(
