@@ -215,6 +215,14 @@ spec:
 
         kubectl_ok(&["scale", "deployment", "web", "-n", &ns, "--replicas=2"]);
         wait_for_counts(&ns, "2/2", "2/2", "2/2").await;
+        // The pods scaled away are gone (not only terminating), so the request below
+        // can only land on, and be counted by, the two that stay.
+        eventually("the scaled-down pods to be gone", TIMEOUT, || async {
+            let out = kubectl_ok(&["get", "pods", "-n", &ns, "-l", "app=web", "-o", "name"]);
+            let pods = out.lines().count();
+            (pods == 2).then_some(()).ok_or(format!("{pods} pods"))
+        })
+        .await;
 
         // A destination is resolved on first use: the Service, from one of the pods.
         let cluster_ip = kubectl_ok(&[
@@ -271,23 +279,27 @@ spec:
         // That request went between two proxies over mTLS: one of the server pods
         // counted an inbound connection with `tls="true"` and the client's identity.
         let client_id = format!("spiffe://cluster.local/ns/{ns}/sa/default");
-        let mtls: f64 = web_pods(&ns)
+        let metrics: Vec<String> = web_pods(&ns)
             .iter()
-            .map(|pod| {
-                metric_sum(
-                    &proxy_metrics(&ns, pod),
-                    "tcp_open_total",
-                    &[
-                        ("direction", "inbound"),
-                        ("tls", "true"),
-                        ("client_id", &client_id),
-                    ],
-                )
-            })
+            .map(|pod| proxy_metrics(&ns, pod))
+            .collect();
+        let inbound_mtls = [
+            ("direction", "inbound"),
+            ("tls", "true"),
+            ("client_id", client_id.as_str()),
+        ];
+        let mtls: f64 = metrics
+            .iter()
+            .map(|text| metric_sum(text, "tcp_open_total", &inbound_mtls))
             .sum();
+        let seen: Vec<&str> = metrics
+            .iter()
+            .flat_map(|text| text.lines())
+            .filter(|l| l.starts_with("tcp_open_total") || l.starts_with("tls_"))
+            .collect();
         assert!(
             mtls >= 1.0,
-            "no mTLS connection from {client_id} was counted"
+            "no mTLS connection from {client_id} was counted: {seen:#?}"
         );
 
         // A ServiceProfile for the Service reaches the proxy that resolved it; its

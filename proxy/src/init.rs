@@ -157,6 +157,14 @@ pub fn plan(capture: &Capture, current_nat: &str) -> String {
         "-A {OUTBOUND_REDIRECT_CHAIN} -p tcp {tag} -j REDIRECT --to-ports {}",
         capture.outbound_port
     );
+    // The proxy connecting to its own pod's address (the pod is an endpoint of a
+    // Service it calls) goes out on `lo` without passing PREROUTING: send it to the
+    // inbound port, so its mTLS is terminated and its policy applied there too.
+    let _ = writeln!(
+        out,
+        "-A {OUTBOUND_CHAIN} -o lo ! -d 127.0.0.1/32 -p tcp -m owner --uid-owner {} {tag} -j {INBOUND_REDIRECT_CHAIN}",
+        capture.proxy_uid
+    );
     let _ = writeln!(
         out,
         "-A {OUTBOUND_CHAIN} -m owner --uid-owner {} {tag} -j RETURN",
@@ -246,6 +254,7 @@ mod tests {
     fn outbound_goes_to_the_proxy_except_its_own_loopback_and_skips() {
         let script = plan(&capture(), "");
         for rule in [
+            "-A WEFT_OUTBOUND -o lo ! -d 127.0.0.1/32 -p tcp -m owner --uid-owner 2102 -m comment --comment weft -j WEFT_INBOUND_REDIRECT",
             "-A WEFT_OUTBOUND -m owner --uid-owner 2102 -m comment --comment weft -j RETURN",
             "-A WEFT_OUTBOUND -o lo -m comment --comment weft -j RETURN",
             "-A WEFT_OUTBOUND -d 127.0.0.0/8 -m comment --comment weft -j RETURN",
