@@ -421,3 +421,39 @@ async fn an_unused_destination_is_dropped_on_both_sides() {
         "{config:#}"
     );
 }
+
+#[tokio::test]
+async fn an_undeclared_port_named_by_a_server_authorization_gets_its_policy_on_first_use() {
+    let server = start().await;
+    feed_pod(&server, "web-1", "web");
+    server
+        .api
+        .index
+        .lock()
+        .expect("the index")
+        .apply_authorization(
+            Key::new("shop", "web-admin"),
+            Some(1),
+            &serde_json::from_value(json!({
+                "server": {"podSelector": {"matchLabels": {"app": "web-1"}}, "port": 9999},
+                "client": {"meshTLS": {"identities": ["*"]}},
+            }))
+            .expect("a ServerAuthorization"),
+        );
+    let discovery = proxy_discovery(&server, std::time::Duration::from_secs(60)).await;
+    eventually("the policy of undeclared ports", || {
+        discovery.inbound_policy(0).is_some()
+    })
+    .await;
+    // The pod does not declare 9999: its first use follows the undeclared ports'
+    // policy, and opens the port's own stream...
+    let first = discovery.inbound_policy(9999).expect("a policy");
+    assert_eq!(first.authorizations[0].name, "default:all-unauthenticated");
+    // ...which brings the ServerAuthorization that names it.
+    eventually("port 9999's own policy", || {
+        discovery
+            .inbound_policy(9999)
+            .is_some_and(|p| p.authorizations[0].name == "serverauthorization/web-admin")
+    })
+    .await;
+}

@@ -2,7 +2,10 @@
 //! acknowledges, and shows on `/config`.
 //!
 //! - **Inbound**: at start, one InboundPolicy stream for each port the pod declares and
-//!   one for port 0 (the policy of every other port).
+//!   one for port 0 (the policy of every other port). A connection to another port
+//!   opens that port's stream on first use (a ServerAuthorization may name an
+//!   undeclared port by number), up to [`MAX_ON_DEMAND_PORTS`]; until it answers, the
+//!   port follows port 0's policy.
 //! - **Outbound**: a Resolve stream per destination, opened on its first use, kept
 //!   while it is used, and dropped after [`Settings::idle`] without use. At most
 //!   [`Settings::max_resolutions`] are held; beyond that a destination is forwarded
@@ -31,6 +34,9 @@ use weft_proxy_api::v1::{
 };
 
 use crate::{config::ControlAddr, identity::Credentials};
+
+/// The most undeclared ports whose policy is streamed on demand.
+pub const MAX_ON_DEMAND_PORTS: usize = 64;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -70,6 +76,8 @@ struct Inner {
     connecting: tokio::sync::Mutex<()>,
     applied: Mutex<Applied>,
     outbound: Mutex<HashMap<String, Outbound>>,
+    /// Undeclared ports whose policy stream was opened on demand.
+    on_demand: Mutex<std::collections::BTreeSet<u16>>,
 }
 
 struct Outbound {
@@ -98,6 +106,7 @@ impl Discovery {
                 connecting: tokio::sync::Mutex::new(()),
                 applied: Mutex::default(),
                 outbound: Mutex::default(),
+                on_demand: Mutex::default(),
             }),
         };
         let ports = std::iter::once(0).chain(discovery.inner.settings.inbound_ports.clone());
@@ -137,12 +146,30 @@ impl Discovery {
     /// The applied policy of inbound `port`: its own, else the pod's policy for ports
     /// it does not declare; `None` before the operator answered.
     pub fn inbound_policy(&self, port: u16) -> Option<InboundPolicyUpdate> {
-        let applied = lock(&self.inner.applied);
-        applied
-            .inbound
-            .get(&port)
-            .or_else(|| applied.inbound.get(&0))
-            .cloned()
+        {
+            let applied = lock(&self.inner.applied);
+            if let Some(policy) = applied.inbound.get(&port) {
+                return Some(policy.clone());
+            }
+        }
+        self.stream_port_on_demand(port);
+        lock(&self.inner.applied).inbound.get(&0).cloned()
+    }
+
+    /// Opens the policy stream of an undeclared `port`, once, within the bound.
+    fn stream_port_on_demand(&self, port: u16) {
+        if port == 0 || self.inner.settings.inbound_ports.contains(&port) {
+            return;
+        }
+        let mut on_demand = lock(&self.inner.on_demand);
+        if on_demand.contains(&port) || on_demand.len() >= MAX_ON_DEMAND_PORTS {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        on_demand.insert(port);
+        runtime.spawn(self.clone().inbound(port));
     }
 
     /// What is applied, as `/config` shows it.
