@@ -18,6 +18,7 @@ pub mod balance;
 pub mod config;
 pub mod detect;
 pub mod discovery;
+pub mod http;
 pub mod identity;
 pub mod init;
 pub mod metrics;

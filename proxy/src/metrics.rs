@@ -12,7 +12,7 @@ use prometheus_client::{
     encoding::{
         EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder, text::encode,
     },
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -103,6 +103,34 @@ impl TcpLabels {
     }
 }
 
+/// Labels of `response_total`: the request's, the status and its classification.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct ResponseLabels {
+    request: TcpLabels,
+    status_code: u16,
+    /// `success`, or `failure` for a 5xx.
+    classification: &'static str,
+}
+
+impl EncodeLabelSet for ResponseLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeLabel as _;
+        self.request.encode(encoder)?;
+        ("status_code", self.status_code).encode(encoder.encode_label())?;
+        ("classification", self.classification).encode(encoder.encode_label())
+    }
+}
+
+/// The buckets of `response_latency_ms`, Linkerd's.
+const LATENCY_BUCKETS_MS: [f64; 20] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+    1000.0, 2000.0, 3000.0, 4000.0, 5000.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_MS)
+}
+
 /// Labels of the inbound authorization counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthzLabels {
@@ -133,6 +161,9 @@ pub struct Metrics {
     authz_deny: Counter,
     tls_errors: Family<TcpLabels, Counter>,
     detect_errors: Counter,
+    requests: Family<TcpLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<TcpLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
@@ -226,11 +257,33 @@ impl Metrics {
             "Connections that failed while their protocol was being detected",
             detect_errors.clone(),
         );
+        let requests = Family::<TcpLabels, Counter>::default();
+        registry.register(
+            "request",
+            "HTTP requests the proxy sent on",
+            requests.clone(),
+        );
+        let responses = Family::<ResponseLabels, Counter>::default();
+        registry.register(
+            "response",
+            "HTTP responses, by status and classification",
+            responses.clone(),
+        );
+        let latency: Family<TcpLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "response_latency_ms",
+            "Time from a request to its response's head, in milliseconds",
+            latency.clone(),
+        );
         Self {
             registry,
             cert_expiration,
             cert_refreshes,
             tcp,
+            requests,
+            responses,
+            latency,
             tcp_label_sets: Mutex::default(),
             authz_allow,
             authz_deny,
@@ -309,6 +362,28 @@ impl Metrics {
         self.tls_errors
             .get_or_create(&TcpLabels::new(direction))
             .inc();
+    }
+
+    /// Records an HTTP request; returns the labels to record its response with.
+    pub fn request_started(&self, labels: &TcpLabels) -> TcpLabels {
+        let labels = self.bounded(labels);
+        self.requests.get_or_create(&labels).inc();
+        labels
+    }
+
+    /// Records a response to a request counted with `labels`.
+    pub fn response(&self, labels: &TcpLabels, status: u16, latency: std::time::Duration) {
+        let classification = if status >= 500 { "failure" } else { "success" };
+        self.responses
+            .get_or_create(&ResponseLabels {
+                request: labels.clone(),
+                status_code: status,
+                classification,
+            })
+            .inc();
+        self.latency
+            .get_or_create(labels)
+            .observe(latency.as_secs_f64() * 1000.0);
     }
 
     /// Records a connection that failed during protocol detection.

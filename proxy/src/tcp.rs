@@ -36,7 +36,7 @@ use tokio::{
     sync::watch,
     task::JoinHandle,
 };
-use weft_proxy_api::v1::{InboundPolicyUpdate, Resolution};
+use weft_proxy_api::v1::{InboundPolicyUpdate, ProtocolHint, Resolution};
 
 use crate::{
     authz,
@@ -117,6 +117,8 @@ struct Context {
     inbound: InboundSettings,
     /// Endpoint loads per destination, and the resolution version they follow.
     balancers: Mutex<HashMap<String, (String, Arc<Balancer>)>>,
+    /// HTTP connections to endpoints, for reuse.
+    pool: Arc<crate::http::Pool>,
 }
 
 impl Forwarder {
@@ -135,6 +137,7 @@ impl Forwarder {
                 fixed_target: None,
                 inbound: InboundSettings::default(),
                 balancers: Mutex::default(),
+                pool: Arc::default(),
             }),
         })
     }
@@ -273,7 +276,7 @@ enum Route {
 
 impl Context {
     /// Forwards one accepted connection.
-    async fn forward(&self, client: TcpStream, peer: SocketAddr, metrics: &Metrics) {
+    async fn forward(&self, client: TcpStream, peer: SocketAddr, metrics: &Arc<Metrics>) {
         let target = match self.fixed_target {
             Some(target) => target,
             None => match original_dst(&client) {
@@ -297,23 +300,73 @@ impl Context {
 
     async fn outbound(
         &self,
-        client: TcpStream,
+        mut client: TcpStream,
         peer: SocketAddr,
         target: SocketAddr,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) {
         let authority = target.to_string();
+        let followed = self.resolution(&authority).await;
+        let Some((resolution, rx)) = followed.filter(|(r, _)| r.known) else {
+            return self
+                .outbound_tcp(client, peer, &authority, target, None, metrics)
+                .await;
+        };
+        let opaque = resolution
+            .endpoints
+            .iter()
+            .any(|e| e.protocol_hint == ProtocolHint::Opaque as i32);
+        if opaque || resolution.endpoints.is_empty() {
+            return self
+                .outbound_tcp(client, peer, &authority, target, Some(&resolution), metrics)
+                .await;
+        }
+        let (prefix, protocol) =
+            match detect::read_prefix(&mut client, self.inbound.detect_timeout).await {
+                Ok(detected) => detected,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "failed during protocol detection");
+                    metrics.detect_failed();
+                    return;
+                }
+            };
+        let client = Prefixed::new(prefix, client);
+        if protocol == Protocol::Http1 {
+            let endpoints = endpoint_addrs(&resolution);
+            let destination = Arc::new(crate::http::Destination {
+                balancer: self.balancer(&authority, &resolution, &endpoints),
+                authority,
+                resolution: rx,
+                pool: self.pool.clone(),
+                tls: self.tls.clone(),
+                metrics: metrics.clone(),
+            });
+            crate::http::serve_outbound(client, destination).await;
+            return;
+        }
+        self.outbound_tcp(client, peer, &authority, target, Some(&resolution), metrics)
+            .await;
+    }
+
+    /// Forwards an outbound connection as TCP: to an endpoint of `resolution` when
+    /// the mesh knows the destination, else to `target` as it was.
+    async fn outbound_tcp<C>(
+        &self,
+        client: C,
+        peer: SocketAddr,
+        authority: &str,
+        target: SocketAddr,
+        resolution: Option<&Resolution>,
+        metrics: &Metrics,
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut labels = TcpLabels::new(Direction::Outbound);
-        labels.authority = Some(authority.clone());
-        let route = match self.resolution(&authority).await {
-            Some(resolution) if resolution.known => {
-                let endpoints: Vec<(SocketAddr, u32, usize)> = resolution
-                    .endpoints
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, e)| Some((e.address.parse().ok()?, e.weight, i)))
-                    .collect();
-                let balancer = self.balancer(&authority, &resolution, &endpoints);
+        labels.authority = Some(authority.to_string());
+        let route = match resolution {
+            Some(resolution) => {
+                let endpoints = endpoint_addrs(resolution);
+                let balancer = self.balancer(authority, resolution, &endpoints);
                 let weighted: Vec<(SocketAddr, u32)> =
                     endpoints.iter().map(|(a, w, _)| (*a, *w)).collect();
                 let Some((chosen, in_flight)) = balancer.pick(&weighted) else {
@@ -330,7 +383,7 @@ impl Context {
                     in_flight,
                 }
             }
-            _ => Route::Original(target),
+            None => Route::Original(target),
         };
         let (addr, identity, in_flight) = match route {
             Route::Original(addr) => (addr, None, None),
@@ -384,14 +437,21 @@ impl Context {
         drop(in_flight);
     }
 
-    /// The resolution of `authority`, waiting a little for the first answer.
-    async fn resolution(&self, authority: &str) -> Option<Arc<Resolution>> {
+    /// The resolution of `authority` and the receiver following it, waiting a little
+    /// for the first answer.
+    async fn resolution(
+        &self,
+        authority: &str,
+    ) -> Option<(Arc<Resolution>, watch::Receiver<Option<Arc<Resolution>>>)> {
         let mut rx = self.resolver.as_ref()?.resolve(authority);
-        let waited = tokio::time::timeout(RESOLVE_WAIT, rx.wait_for(Option::is_some)).await;
-        match waited {
-            Ok(Ok(resolution)) => resolution.clone(),
-            _ => None,
-        }
+        let resolution = {
+            let waited = tokio::time::timeout(RESOLVE_WAIT, rx.wait_for(Option::is_some)).await;
+            match waited {
+                Ok(Ok(resolution)) => resolution.clone()?,
+                _ => return None,
+            }
+        };
+        Some((resolution, rx))
     }
 
     /// The balancer of `authority`, its loads kept to the current endpoints.
@@ -542,7 +602,11 @@ impl Context {
 }
 
 /// Connects to `addr`, counting a failure.
-async fn connect(addr: SocketAddr, direction: Direction, metrics: &Metrics) -> Option<TcpStream> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    direction: Direction,
+    metrics: &Metrics,
+) -> Option<TcpStream> {
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(server)) => {
             let _ = server.set_nodelay(true);
@@ -579,6 +643,16 @@ where
         };
     let _ = client.shutdown().await;
     metrics.tcp_closed(&labels, from_client, from_server);
+}
+
+/// The endpoints of `resolution` that parse: address, weight, and their index.
+fn endpoint_addrs(resolution: &Resolution) -> Vec<(SocketAddr, u32, usize)> {
+    resolution
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| Some((e.address.parse().ok()?, e.weight, i)))
+        .collect()
 }
 
 /// The loopback address of `ip`'s family.

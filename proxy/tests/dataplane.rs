@@ -489,6 +489,11 @@ async fn a_server_that_speaks_first_is_reached_meshed_or_not() {
         ..InboundSettings::default()
     };
     let (server, client) = meshed_pair(&ca, app, settings).await;
+    // The operator marks an opaque port's endpoints so; the client proxy then skips
+    // detection (still mTLS to the meshed endpoint).
+    let mut opaque = endpoint(server.addr, SERVER_ID);
+    opaque.protocol_hint = ProtocolHint::Opaque as i32;
+    client.resolver.set(SERVICE, known(vec![opaque], "2"));
     for proxy in [client.addr, server.addr] {
         // The greeting arrives before the client sends anything.
         let mut conn = TcpStream::connect(proxy).await.unwrap();
@@ -565,4 +570,158 @@ async fn garbage_and_foreign_tls_cost_one_connection_only() {
         exchange(server.addr, "\u{0}\u{1}noise").await,
         "web:\u{0}\u{1}noise"
     );
+}
+
+/// An HTTP/1 application: answers `<name>:<bytes of the request body>`, after
+/// `delay`.
+async fn http_app(name: &'static str, delay: Duration) -> SocketAddr {
+    use http_body_util::BodyExt as _;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(
+                move |request: http::Request<hyper::body::Incoming>| async move {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    tokio::time::sleep(delay).await;
+                    let answer = format!("{name}:{}", body.len());
+                    Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+                        hyper::body::Bytes::from(answer),
+                    )))
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(conn), service),
+            );
+        }
+    });
+    addr
+}
+
+/// An HTTP/1 client on one kept-alive connection through `proxy`.
+async fn http_client(
+    proxy: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>> {
+    let conn = TcpStream::connect(proxy).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// Sends `body` with `method` on `sender`; the status and the answer.
+async fn request(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    method: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    use http_body_util::BodyExt as _;
+    sender.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method(method)
+        .uri("/books")
+        .header("host", "web.shop.svc.cluster.local")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn http1_requests_on_one_connection_are_balanced_one_by_one() {
+    let ca = Ca::new();
+    let mut servers = Vec::new();
+    for (name, delay) in [("a", 0), ("b", 0), ("slow", 150)] {
+        let app = http_app(name, Duration::from_millis(delay)).await;
+        servers.push(server(&ca, SERVER_ID, app, InboundSettings::default()).await);
+    }
+    let client = client(&ca).await;
+    let all: Vec<Endpoint> = servers
+        .iter()
+        .map(|s| endpoint(s.addr, SERVER_ID))
+        .collect();
+    client.resolver.set(SERVICE, known(all, "1"));
+
+    let mut sender = http_client(client.addr).await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..40 {
+        let (status, answer) = request(&mut sender, "GET", Vec::new()).await;
+        assert_eq!(status, 200);
+        let name = answer.split(':').next().unwrap().to_string();
+        *seen.entry(name).or_default() += 1;
+    }
+    // One client connection, several endpoints: balanced per request; the slow one
+    // gets little once it has been seen to be slow.
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(seen.get("slow").copied().unwrap_or(0) <= 8, "{seen:?}");
+
+    // A large body, sent as it comes (a POST of 1 MiB), arrives whole.
+    let (status, answer) = request(&mut sender, "POST", vec![b'x'; 1 << 20]).await;
+    assert_eq!(status, 200);
+    assert!(answer.ends_with(":1048576"), "{answer}");
+
+    let text = client.metrics.encode();
+    for (name, labels) in [
+        (
+            "request_total",
+            vec![
+                ("direction", "outbound"),
+                ("tls", "true"),
+                ("server_id", SERVER_ID),
+            ],
+        ),
+        (
+            "response_total",
+            vec![("status_code", "200"), ("classification", "success")],
+        ),
+        ("response_latency_ms_count", vec![("direction", "outbound")]),
+    ] {
+        assert!(
+            has_sample(&text, name, &labels),
+            "{name} {labels:?} in\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn http1_to_an_unreachable_endpoint_is_a_502_and_the_connection_lives_on() {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO).await;
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let mut sender = http_client(client.addr).await;
+    assert_eq!(
+        request(&mut sender, "GET", Vec::new()).await,
+        (200, "web:0".into())
+    );
+
+    // The endpoint goes away (a closed port stands in for it), then comes back.
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    client
+        .resolver
+        .set(SERVICE, known(vec![endpoint(gone, SERVER_ID)], "2"));
+    assert_eq!(request(&mut sender, "GET", Vec::new()).await.0, 502);
+    client
+        .resolver
+        .set(SERVICE, known(vec![endpoint(server.addr, SERVER_ID)], "3"));
+    assert_eq!(
+        request(&mut sender, "GET", Vec::new()).await,
+        (200, "web:0".into())
+    );
+    assert!(has_sample(
+        &client.metrics.encode(),
+        "response_total",
+        &[("status_code", "502"), ("classification", "failure")]
+    ));
 }
