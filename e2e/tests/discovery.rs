@@ -297,6 +297,13 @@ spec:
             .flat_map(|text| text.lines())
             .filter(|l| l.starts_with("tcp_open_total") || l.starts_with("tls_"))
             .collect();
+        // The client's proxy saw an HTTP/1 request, balanced on its own, over mTLS.
+        let requests = metric_sum(
+            &proxy_metrics(&ns, &client_pod),
+            "request_total",
+            &[("direction", "outbound"), ("tls", "true")],
+        );
+        assert!(requests >= 1.0, "the client proxy counted no HTTP request");
         assert!(
             mtls >= 1.0,
             "no mTLS connection from {client_id} was counted: {seen:#?}"

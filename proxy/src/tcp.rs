@@ -5,8 +5,10 @@
 //! own connections leave under its UID, which the capture rules exclude.
 //!
 //! **Outbound.** The original destination is resolved through discovery (on first use;
-//! a connection waits up to [`RESOLVE_WAIT`] for the first answer). A destination the
-//! mesh knows is balanced per connection over its endpoints ([`crate::balance`]); a
+//! a connection waits up to [`RESOLVE_WAIT`] for the first answer). For a destination
+//! the mesh knows, the first bytes are read (unless its port is opaque): HTTP/1 is
+//! served by [`crate::http`], which balances each request; anything else is balanced
+//! per connection over the endpoints ([`crate::balance`]); a
 //! meshed endpoint is reached over mTLS that checks the identity discovery gave, an
 //! unmeshed one in plaintext; a known Service with no ready endpoint fails fast. A
 //! destination the mesh does not know is forwarded to the original address unchanged.
