@@ -248,6 +248,22 @@ async fn meshed_pair(ca: &Ca, app: SocketAddr, settings: InboundSettings) -> (Se
     (server, client)
 }
 
+/// A server proxy in front of each of `apps`, and a client proxy resolving
+/// [`SERVICE`] to all of them; the endpoints it was given.
+async fn fleet(ca: &Ca, apps: Vec<SocketAddr>) -> (Vec<Server>, Client, Vec<Endpoint>) {
+    let mut servers = Vec::new();
+    for app in apps {
+        servers.push(server(ca, SERVER_ID, app, InboundSettings::default()).await);
+    }
+    let client = client(ca).await;
+    let all: Vec<Endpoint> = servers
+        .iter()
+        .map(|s| endpoint(s.addr, SERVER_ID))
+        .collect();
+    client.resolver.set(SERVICE, known(all.clone(), "1"));
+    (servers, client, all)
+}
+
 /// The first flight of a TLS 1.3 client (its ClientHello) for `sni`.
 fn client_hello(sni: &str) -> Vec<u8> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -436,17 +452,11 @@ async fn unmeshed_endpoints_get_plaintext_and_unknown_destinations_go_as_they_we
 #[tokio::test]
 async fn connections_spread_over_endpoints_and_follow_their_removal() {
     let ca = Ca::new();
-    let mut servers = Vec::new();
+    let mut apps = Vec::new();
     for name in ["a", "b", "c"] {
-        let app = app(name, None).await;
-        servers.push(server(&ca, SERVER_ID, app, InboundSettings::default()).await);
+        apps.push(app(name, None).await);
     }
-    let client = client(&ca).await;
-    let all: Vec<Endpoint> = servers
-        .iter()
-        .map(|s| endpoint(s.addr, SERVER_ID))
-        .collect();
-    client.resolver.set(SERVICE, known(all.clone(), "1"));
+    let (_servers, client, all) = fleet(&ca, apps).await;
     let mut seen = HashMap::new();
     for _ in 0..30 {
         let answer = exchange(client.addr, "x").await;
@@ -638,17 +648,11 @@ async fn request(
 #[tokio::test]
 async fn http1_requests_on_one_connection_are_balanced_one_by_one() {
     let ca = Ca::new();
-    let mut servers = Vec::new();
+    let mut apps = Vec::new();
     for (name, delay) in [("a", 0), ("b", 0), ("slow", 150)] {
-        let app = http_app(name, Duration::from_millis(delay)).await;
-        servers.push(server(&ca, SERVER_ID, app, InboundSettings::default()).await);
+        apps.push(http_app(name, Duration::from_millis(delay)).await);
     }
-    let client = client(&ca).await;
-    let all: Vec<Endpoint> = servers
-        .iter()
-        .map(|s| endpoint(s.addr, SERVER_ID))
-        .collect();
-    client.resolver.set(SERVICE, known(all, "1"));
+    let (_servers, client, _) = fleet(&ca, apps).await;
 
     let mut sender = http_client(client.addr).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
