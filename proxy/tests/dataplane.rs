@@ -729,3 +729,70 @@ async fn http1_to_an_unreachable_endpoint_is_a_502_and_the_connection_lives_on()
         &[("status_code", "502"), ("classification", "failure")]
     ));
 }
+
+/// An HTTP/1 application that accepts an upgrade and then echoes raw bytes.
+async fn upgrade_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(
+                |mut request: http::Request<hyper::body::Incoming>| async move {
+                    let upgrade = hyper::upgrade::on(&mut request);
+                    tokio::spawn(async move {
+                        let Ok(upgraded) = upgrade.await else { return };
+                        let (mut read, mut write) =
+                            tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                        let _ = tokio::io::copy(&mut read, &mut write).await;
+                    });
+                    let response = http::Response::builder()
+                        .status(101)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "websocket")
+                        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+                        .unwrap();
+                    Ok::<_, hyper::Error>(response)
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+                    .with_upgrades(),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upgraded_http1_connection_becomes_a_tunnel_through_both_proxies() {
+    let ca = Ca::new();
+    let (_server, client) = meshed_pair(&ca, upgrade_app().await, InboundSettings::default()).await;
+    let conn = TcpStream::connect(client.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn))
+            .await
+            .unwrap();
+    tokio::spawn(connection.with_upgrades());
+    let request = http::Request::builder()
+        .uri("/chat")
+        .header("host", "web.shop.svc.cluster.local")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 101);
+    let upgraded = hyper::upgrade::on(response).await.expect("upgraded");
+    let mut tunnel = hyper_util::rt::TokioIo::new(upgraded);
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_exact(&mut echo))
+        .await
+        .expect("the echo through the tunnel")
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+}
