@@ -34,7 +34,7 @@ use weft_proxy_api::v1::Resolution;
 use crate::{
     balance::Balancer,
     metrics::{Direction, Metrics, TcpLabels},
-    tls::{ALPN_TCP, Tls},
+    tls::Tls,
 };
 
 /// The most idle connections kept per endpoint.
@@ -117,32 +117,16 @@ impl Destination {
         let started = Instant::now();
         let mut labels = TcpLabels::new(Direction::Outbound);
         labels.authority = Some(self.authority.clone());
-        let resolution = self.resolution.borrow().clone();
-        let endpoints: Vec<(SocketAddr, u32, usize)> = resolution
-            .iter()
-            .flat_map(|r| r.endpoints.iter().enumerate())
-            .filter_map(|(i, e)| Some((e.address.parse().ok()?, e.weight, i)))
-            .collect();
+        let resolution = self.resolution.borrow().clone().unwrap_or_default();
+        let endpoints = crate::tcp::endpoint_addrs(&resolution);
         let weighted: Vec<(SocketAddr, u32)> = endpoints.iter().map(|(a, w, _)| (*a, *w)).collect();
         let Some((chosen, in_flight)) = self.balancer.pick(&weighted) else {
             let labels = self.metrics.request_started(&labels);
             return self.answer(&labels, started, StatusCode::SERVICE_UNAVAILABLE);
         };
         let (addr, _, index) = endpoints[chosen];
-        let endpoint = resolution
-            .as_ref()
-            .and_then(|r| r.endpoints.get(index))
-            .cloned()
-            .unwrap_or_default();
-        let identity = Some(endpoint.identity).filter(|i| !i.is_empty());
-        labels.tls = Some(match (&identity, &self.tls) {
-            (Some(_), Some(_)) => "true",
-            (Some(_), None) => "no_identity",
-            (None, _) => "false",
-        });
-        labels.server_id = identity.clone().filter(|_| self.tls.is_some());
-        labels.dst_namespace = endpoint.labels.get("namespace").cloned();
-        labels.dst_workload = endpoint.labels.get("workload").cloned();
+        let endpoint = &resolution.endpoints[index];
+        let identity = crate::tcp::label_endpoint(&mut labels, endpoint, self.tls.is_some());
         let labels = self.metrics.request_started(&labels);
 
         let sender = match self.pool.checkout(addr) {
@@ -185,14 +169,7 @@ impl Destination {
         let tcp = crate::tcp::connect(addr, Direction::Outbound, &self.metrics).await?;
         match (identity, &self.tls) {
             (Some(identity), Some(tls)) => {
-                let tls = match tls.connect(tcp, identity, ALPN_TCP).await {
-                    Ok(tls) => tls,
-                    Err(error) => {
-                        tracing::debug!(%addr, %identity, %error, "mTLS to the endpoint failed");
-                        self.metrics.tls_failed(Direction::Outbound);
-                        return None;
-                    }
-                };
+                let tls = crate::tcp::connect_mtls(tls, tcp, identity, &self.metrics).await?;
                 handshake(tls).await
             }
             _ => handshake(tcp).await,

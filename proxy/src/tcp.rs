@@ -38,11 +38,11 @@ use tokio::{
     sync::watch,
     task::JoinHandle,
 };
-use weft_proxy_api::v1::{InboundPolicyUpdate, ProtocolHint, Resolution};
+use weft_proxy_api::v1::{Endpoint, InboundPolicyUpdate, ProtocolHint, Resolution};
 
 use crate::{
     authz,
-    balance::{Balancer, InFlight},
+    balance::Balancer,
     detect::{self, Prefixed, Protocol},
     discovery::Discovery,
     metrics::{Direction, Metrics, TcpLabels},
@@ -263,19 +263,6 @@ impl Default for InboundSettings {
     }
 }
 
-/// Where an outbound connection goes.
-enum Route {
-    /// Unknown to the mesh: where it was headed.
-    Original(SocketAddr),
-    /// An endpoint of a known destination, counted in flight while connected.
-    Endpoint {
-        addr: SocketAddr,
-        identity: Option<String>,
-        labels: HashMap<String, String>,
-        in_flight: InFlight,
-    },
-}
-
 impl Context {
     /// Forwards one accepted connection.
     async fn forward(&self, client: TcpStream, peer: SocketAddr, metrics: &Arc<Metrics>) {
@@ -365,7 +352,8 @@ impl Context {
     {
         let mut labels = TcpLabels::new(Direction::Outbound);
         labels.authority = Some(authority.to_string());
-        let route = match resolution {
+        let (addr, identity, in_flight) = match resolution {
+            None => (target, None, None),
             Some(resolution) => {
                 let endpoints = endpoint_addrs(resolution);
                 let balancer = self.balancer(authority, resolution, &endpoints);
@@ -378,28 +366,13 @@ impl Context {
                 };
                 let (addr, _, index) = endpoints[chosen];
                 let endpoint = &resolution.endpoints[index];
-                Route::Endpoint {
-                    addr,
-                    identity: Some(endpoint.identity.clone()).filter(|i| !i.is_empty()),
-                    labels: endpoint.labels.clone(),
-                    in_flight,
-                }
-            }
-            None => Route::Original(target),
-        };
-        let (addr, identity, in_flight) = match route {
-            Route::Original(addr) => (addr, None, None),
-            Route::Endpoint {
-                addr,
-                identity,
-                labels: endpoint_labels,
-                in_flight,
-            } => {
-                labels.dst_namespace = endpoint_labels.get("namespace").cloned();
-                labels.dst_workload = endpoint_labels.get("workload").cloned();
+                let identity = label_endpoint(&mut labels, endpoint, self.tls.is_some());
                 (addr, identity, Some(in_flight))
             }
         };
+        if identity.is_none() {
+            labels.tls = Some("false");
+        }
         let started = Instant::now();
         let Some(server) = connect(addr, Direction::Outbound, metrics).await else {
             return;
@@ -409,32 +382,12 @@ impl Context {
         }
         match (identity, &self.tls) {
             (Some(identity), Some(tls)) => {
-                let handshake = tls.connect(server, &identity, ALPN_TCP);
-                let server = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(server)) => server,
-                    Err(_) => {
-                        tracing::debug!(%peer, %addr, %identity, "mTLS handshake timed out");
-                        metrics.tls_failed(Direction::Outbound);
-                        return;
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %addr, %identity, %error, "mTLS to the endpoint failed");
-                        metrics.tls_failed(Direction::Outbound);
-                        return;
-                    }
+                let Some(server) = connect_mtls(tls, server, &identity, metrics).await else {
+                    return;
                 };
-                labels.tls = Some("true");
-                labels.server_id = Some(identity);
                 relay(client, server, &labels, metrics).await;
             }
-            (Some(_), None) => {
-                labels.tls = Some("no_identity");
-                relay(client, server, &labels, metrics).await;
-            }
-            (None, _) => {
-                labels.tls = Some("false");
-                relay(client, server, &labels, metrics).await;
-            }
+            _ => relay(client, server, &labels, metrics).await,
         }
         drop(in_flight);
     }
@@ -627,6 +580,49 @@ pub(crate) async fn connect(
     }
 }
 
+/// Labels a connection or request to `endpoint` (its workload, and whether the hop is
+/// mTLS, given whether this proxy has TLS); returns the endpoint's identity.
+pub(crate) fn label_endpoint(
+    labels: &mut TcpLabels,
+    endpoint: &Endpoint,
+    have_tls: bool,
+) -> Option<String> {
+    let identity = Some(endpoint.identity.clone()).filter(|i| !i.is_empty());
+    labels.tls = Some(match (&identity, have_tls) {
+        (Some(_), true) => "true",
+        (Some(_), false) => "no_identity",
+        (None, _) => "false",
+    });
+    labels.server_id = identity.clone().filter(|_| have_tls);
+    labels.dst_namespace = endpoint.labels.get("namespace").cloned();
+    labels.dst_workload = endpoint.labels.get("workload").cloned();
+    identity
+}
+
+/// Opens mTLS over `tcp` to a proxy that must be `identity`, within
+/// [`HANDSHAKE_TIMEOUT`]; a failure is counted.
+pub(crate) async fn connect_mtls(
+    tls: &Tls,
+    tcp: TcpStream,
+    identity: &str,
+    metrics: &Metrics,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    let handshake = tls.connect(tcp, identity, ALPN_TCP);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(stream)) => Some(stream),
+        Err(_) => {
+            tracing::debug!(%identity, "mTLS handshake timed out");
+            metrics.tls_failed(Direction::Outbound);
+            None
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%identity, %error, "mTLS to the endpoint failed");
+            metrics.tls_failed(Direction::Outbound);
+            None
+        }
+    }
+}
+
 /// Copies both ways until both sides are done (a half-close passes through), counting
 /// the connection and its bytes.
 async fn relay<C, S>(mut client: C, mut server: S, labels: &TcpLabels, metrics: &Metrics)
@@ -648,7 +644,7 @@ where
 }
 
 /// The endpoints of `resolution` that parse: address, weight, and their index.
-fn endpoint_addrs(resolution: &Resolution) -> Vec<(SocketAddr, u32, usize)> {
+pub(crate) fn endpoint_addrs(resolution: &Resolution) -> Vec<(SocketAddr, u32, usize)> {
     resolution
         .endpoints
         .iter()
