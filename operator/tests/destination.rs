@@ -321,6 +321,15 @@ async fn proxy_discovery(
     )
 }
 
+/// Whether the operator sees `pod`'s proxy with `streams` open, all acknowledged.
+fn in_sync_with(server: &Server, pod: &Key, streams: usize) -> bool {
+    server
+        .api
+        .proxies
+        .report(pod)
+        .is_some_and(|r| r.streams == streams && r.in_sync)
+}
+
 fn endpoints_of(config: &serde_json::Value, authority: &str) -> usize {
     config["outbound"][authority]["endpoints"]
         .as_array()
@@ -339,11 +348,7 @@ async fn a_proxy_keeps_its_config_while_the_operator_is_away_and_resumes_without
     let resolution = discovery.resolve(authority);
 
     eventually("the proxy to apply and acknowledge 3 streams", || {
-        server
-            .api
-            .proxies
-            .report(&web_1)
-            .is_some_and(|r| r.streams == 3 && r.in_sync)
+        in_sync_with(&server, &web_1, 3)
     })
     .await;
     let config = discovery.config();
@@ -382,11 +387,7 @@ async fn a_proxy_keeps_its_config_while_the_operator_is_away_and_resumes_without
         Some(2)
     );
     eventually("the restarted operator to see the proxy in sync", || {
-        server
-            .api
-            .proxies
-            .report(&web_1)
-            .is_some_and(|r| r.streams == 3 && r.in_sync)
+        in_sync_with(&server, &web_1, 3)
     })
     .await;
 }

@@ -291,6 +291,15 @@ async fn exchange(proxy: SocketAddr, message: &str) -> String {
     answer
 }
 
+/// Sends the last bytes of an open connection, half-closes, and reads the answer.
+async fn finish(mut conn: TcpStream, last: &[u8]) -> String {
+    conn.write_all(last).await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
 fn has_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> bool {
     text.lines().any(|line| {
         line.starts_with(name)
@@ -482,11 +491,7 @@ async fn connections_spread_over_endpoints_and_follow_their_removal() {
     for _ in 0..10 {
         assert!(!exchange(client.addr, "x").await.starts_with("a:"));
     }
-    long.write_all(b"-after").await.unwrap();
-    long.shutdown().await.unwrap();
-    let mut answer = String::new();
-    long.read_to_string(&mut answer).await.unwrap();
-    assert_eq!(answer, "a:before-after");
+    assert_eq!(finish(long, b"-after").await, "a:before-after");
 }
 
 #[tokio::test]
@@ -543,11 +548,11 @@ async fn certificates_rotate_under_live_traffic() {
         "new handshakes use the new certificates"
     );
 
-    live.write_all(b"-two").await.unwrap();
-    live.shutdown().await.unwrap();
-    let mut answer = String::new();
-    live.read_to_string(&mut answer).await.unwrap();
-    assert_eq!(answer, "web:one-two", "the open connection carried on");
+    assert_eq!(
+        finish(live, b"-two").await,
+        "web:one-two",
+        "the open connection carried on"
+    );
 }
 
 #[tokio::test]

@@ -69,6 +69,19 @@ fn index() -> Index {
     Index::new("cluster.local", "cluster.local")
 }
 
+/// An index with Service `web` (port 80 `http`) and its ready endpoints
+/// (address, pod) on 8080.
+fn web_index(endpoints: &[(&str, &str)]) -> Index {
+    let mut idx = index();
+    idx.apply_service(&service("shop", "web", "198.19.0.12", &[(80, "http")]));
+    let endpoints: Vec<(&str, Option<bool>, &str)> = endpoints
+        .iter()
+        .map(|(ip, pod)| (*ip, None, *pod))
+        .collect();
+    idx.apply_slice(&slice("shop", "web-abc", "web", ("http", 8080), &endpoints));
+    idx
+}
+
 fn addrs(r: &Resolution) -> Vec<String> {
     r.endpoints.iter().map(|e| e.address.to_string()).collect()
 }
@@ -204,15 +217,7 @@ fn endpoints_come_and_go_and_follow_readiness() {
 
 #[test]
 fn a_meshed_pod_gives_its_endpoint_an_identity_that_follows_its_service_account() {
-    let mut idx = index();
-    idx.apply_service(&service("shop", "web", "198.19.0.12", &[(80, "http")]));
-    idx.apply_slice(&slice(
-        "shop",
-        "web-abc",
-        "web",
-        ("http", 8080),
-        &[("198.18.0.5", None, "web-1"), ("198.18.0.6", None, "plain")],
-    ));
+    let mut idx = web_index(&[("198.18.0.5", "web-1"), ("198.18.0.6", "plain")]);
     let mut rx = idx.subscribe(&web_target());
     assert_eq!(rx.borrow().endpoints[0].identity, None, "no pod known yet");
 
@@ -561,15 +566,7 @@ fn profile(value: serde_json::Value) -> ServiceProfileSpec {
 
 #[test]
 fn a_service_profile_appearing_after_a_proxy_subscribed_reaches_it() {
-    let mut idx = index();
-    idx.apply_service(&service("shop", "web", "198.19.0.12", &[(80, "http")]));
-    idx.apply_slice(&slice(
-        "shop",
-        "web-abc",
-        "web",
-        ("http", 8080),
-        &[("198.18.0.5", None, "web-1"), ("198.18.0.6", None, "web-2")],
-    ));
+    let mut idx = web_index(&[("198.18.0.5", "web-1"), ("198.18.0.6", "web-2")]);
     let mut rx = idx.subscribe(&web_target());
     assert_eq!(rx.borrow_and_update().profile, None);
     let before = rx.borrow().version.clone();
