@@ -20,14 +20,12 @@ pub fn profiles(index: &Index, now: Timestamp) -> BTreeMap<Key, ServiceProfileSt
     let mut states = BTreeMap::new();
     for (key, checked) in index.profiles() {
         let generation = checked.generation;
-        let applies = index
+        let winner = index
             .profile_of(&checked.service)
-            .is_some_and(|winner| winner.profile.name == key.name);
+            .map(|w| w.profile.name.as_str());
+        let applies = winner == Some(key.name.as_str());
         let accepted = if !applies {
-            let winner = index
-                .profile_of(&checked.service)
-                .map(|w| w.profile.name.clone())
-                .unwrap_or_default();
+            let winner = winner.unwrap_or_default();
             condition(
                 service_profile::conditions::ACCEPTED,
                 ConditionStatus::False,
