@@ -1,14 +1,17 @@
-//! HTTP/1 on the outbound side: each request of a client connection is balanced on
-//! its own over the destination's endpoints, sent on a pooled connection to the chosen
-//! endpoint (mTLS to a meshed one), and counted.
+//! HTTP on the outbound side: each request of a client connection, HTTP/1 or HTTP/2
+//! (gRPC included), is balanced on its own over the destination's endpoints, sent on a
+//! pooled connection to the chosen endpoint (mTLS to a meshed one) in the version the
+//! client spoke, and counted.
 //!
 //! The latency of each response's head feeds the endpoint's peak-EWMA estimate, so a
 //! slow endpoint gets fewer requests. A destination with no endpoint answers 503; an
 //! endpoint that cannot be reached, 502. An upgrade (WebSocket) is passed through:
 //! once the endpoint answers 101, both upgraded connections are joined as TCP.
 //!
-//! Connections to an endpoint are kept for reuse (at most [`MAX_IDLE_PER_ENDPOINT`]);
-//! a connection still busy with a response is skipped, never shared.
+//! HTTP/1 connections to an endpoint are kept for reuse (at most
+//! [`MAX_IDLE_PER_ENDPOINT`]); a connection still busy with a response is skipped,
+//! never shared. HTTP/2 needs one connection per endpoint: its requests are
+//! multiplexed on it. Bodies and trailers stream through as they come.
 
 use std::{
     collections::HashMap,
@@ -22,9 +25,9 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::{
     body::{Bytes, Incoming},
-    client::conn::http1::SendRequest,
+    client::conn::{http1, http2},
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::watch,
@@ -44,10 +47,33 @@ const MAX_POOLED_ENDPOINTS: usize = 1024;
 
 type Body = Either<Incoming, Full<Bytes>>;
 
+/// The HTTP versions the proxy serves, each kept as it is to the endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+/// A connection to an endpoint, ready to carry requests.
+enum Sender {
+    Http1(http1::SendRequest<Incoming>),
+    Http2(http2::SendRequest<Incoming>),
+}
+
+impl Sender {
+    async fn send(&mut self, request: Request<Incoming>) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Self::Http1(sender) => sender.send_request(request).await,
+            Self::Http2(sender) => sender.send_request(request).await,
+        }
+    }
+}
+
 /// Connections to endpoints, for reuse. Shared by every client connection.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Incoming>>>>,
+    multiplexed: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -57,26 +83,46 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A connection to `addr` ready for a request, if one is kept.
-    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+    /// A connection to `addr` in `version` ready for a request, if one is kept.
+    fn checkout(&self, addr: SocketAddr, version: Version) -> Option<Sender> {
+        if version == Version::Http2 {
+            let mut multiplexed = self.multiplexed.lock().unwrap_or_else(|e| e.into_inner());
+            let sender = multiplexed.get(&addr)?;
+            if sender.is_closed() {
+                multiplexed.remove(&addr);
+                return None;
+            }
+            return Some(Sender::Http2(sender.clone()));
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let senders = idle.get_mut(&addr)?;
         senders.retain(|s| !s.is_closed());
-        let ready = senders.iter().position(SendRequest::is_ready)?;
-        Some(senders.swap_remove(ready))
+        let ready = senders.iter().position(http1::SendRequest::is_ready)?;
+        Some(Sender::Http1(senders.swap_remove(ready)))
     }
 
-    /// Keeps `sender` for the next request to `addr` (it becomes ready once the
-    /// response in flight on it is done).
-    fn checkin(&self, addr: SocketAddr, sender: SendRequest<Incoming>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() >= MAX_POOLED_ENDPOINTS && !idle.contains_key(&addr) {
-            idle.clear();
-        }
-        let senders = idle.entry(addr).or_default();
-        senders.retain(|s| !s.is_closed());
-        if senders.len() < MAX_IDLE_PER_ENDPOINT {
-            senders.push(sender);
+    /// Keeps `sender` for the next request to `addr` (an HTTP/1 one becomes ready
+    /// once the response in flight on it is done).
+    fn checkin(&self, addr: SocketAddr, sender: Sender) {
+        match sender {
+            Sender::Http1(sender) => {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() >= MAX_POOLED_ENDPOINTS && !idle.contains_key(&addr) {
+                    idle.clear();
+                }
+                let senders = idle.entry(addr).or_default();
+                senders.retain(|s| !s.is_closed());
+                if senders.len() < MAX_IDLE_PER_ENDPOINT {
+                    senders.push(sender);
+                }
+            }
+            Sender::Http2(sender) => {
+                let mut multiplexed = self.multiplexed.lock().unwrap_or_else(|e| e.into_inner());
+                if multiplexed.len() >= MAX_POOLED_ENDPOINTS && !multiplexed.contains_key(&addr) {
+                    multiplexed.clear();
+                }
+                multiplexed.insert(addr, sender);
+            }
         }
     }
 }
@@ -92,23 +138,37 @@ pub struct Destination {
     pub metrics: Arc<Metrics>,
 }
 
-/// Serves the HTTP/1 client connection `io`, sending each request to an endpoint of
-/// `destination`.
-pub async fn serve_outbound<I>(io: I, destination: Arc<Destination>)
+/// Serves the client connection `io`, which speaks `version`, sending each request to
+/// an endpoint of `destination`.
+pub async fn serve_outbound<I>(io: I, version: Version, destination: Arc<Destination>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let metrics = destination.metrics.clone();
     let service = hyper::service::service_fn(move |request| {
         let destination = destination.clone();
         async move { Ok::<_, Infallible>(destination.proxy(request).await) }
     });
-    let served = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await;
+    let served = match version {
+        Version::Http1 => {
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades()
+                .await
+        }
+        Version::Http2 => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(io), service)
+                .await
+        }
+    };
     if let Err(error) = served {
-        // A malformed request gets its 400 from hyper; a reset client, nothing.
-        tracing::debug!(%error, "HTTP/1 client connection ended");
+        // A malformed HTTP/1 request gets its 400 from hyper, malformed HTTP/2 a
+        // GOAWAY; a client that went away mid-message gets nothing.
+        tracing::debug!(%error, ?version, "HTTP client connection ended");
+        if !error.is_incomplete_message() && !error.is_canceled() {
+            metrics.http_client_error(Direction::Outbound);
+        }
     }
 }
 
@@ -129,16 +189,21 @@ impl Destination {
         let identity = crate::tcp::label_endpoint(&mut labels, endpoint, self.tls.is_some());
         let labels = self.metrics.request_started(&labels);
 
-        let sender = match self.pool.checkout(addr) {
+        let version = if request.version() == http::Version::HTTP_2 {
+            Version::Http2
+        } else {
+            Version::Http1
+        };
+        let sender = match self.pool.checkout(addr, version) {
             Some(sender) => Some(sender),
-            None => self.connect(addr, identity.as_deref()).await,
+            None => self.connect(addr, identity.as_deref(), version).await,
         };
         let Some(mut sender) = sender else {
             return self.answer(&labels, started, StatusCode::BAD_GATEWAY);
         };
         let upgrading = request.headers().contains_key(header::UPGRADE);
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
-        let mut response = match sender.send_request(request).await {
+        let mut response = match sender.send(request).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%addr, %error, "the endpoint failed the request");
@@ -160,19 +225,21 @@ impl Destination {
         response.map(Either::Left)
     }
 
-    /// A connection to the endpoint `addr`, over mTLS when it has an identity.
+    /// A connection to the endpoint `addr` speaking `version`, over mTLS when the
+    /// endpoint has an identity.
     async fn connect(
         &self,
         addr: SocketAddr,
         identity: Option<&str>,
-    ) -> Option<SendRequest<Incoming>> {
+        version: Version,
+    ) -> Option<Sender> {
         let tcp = crate::tcp::connect(addr, Direction::Outbound, &self.metrics).await?;
         match (identity, &self.tls) {
             (Some(identity), Some(tls)) => {
                 let tls = crate::tcp::connect_mtls(tls, tcp, identity, &self.metrics).await?;
-                handshake(tls).await
+                handshake(tls, version).await
             }
-            _ => handshake(tcp).await,
+            _ => handshake(tcp, version).await,
         }
     }
 
@@ -186,23 +253,39 @@ impl Destination {
     }
 }
 
-async fn handshake<I>(io: I) -> Option<SendRequest<Incoming>>
+/// Starts an HTTP connection in `version` on `io`, driven by a task of its own.
+async fn handshake<I>(io: I, version: Version) -> Option<Sender>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::debug!(%error, "HTTP/1 handshake with the endpoint failed");
-            return None;
+    let io = TokioIo::new(io);
+    let started = match version {
+        Version::Http1 => http1::handshake(io).await.map(|(sender, connection)| {
+            tokio::spawn(async move {
+                if let Err(error) = connection.with_upgrades().await {
+                    tracing::debug!(%error, "HTTP/1 connection to the endpoint ended");
+                }
+            });
+            Sender::Http1(sender)
+        }),
+        Version::Http2 => {
+            http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map(|(sender, connection)| {
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%error, "HTTP/2 connection to the endpoint ended");
+                        }
+                    });
+                    Sender::Http2(sender)
+                })
         }
     };
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "connection to the endpoint ended");
-        }
-    });
-    Some(sender)
+    started
+        .inspect_err(
+            |error| tracing::debug!(%error, ?version, "handshake with the endpoint failed"),
+        )
+        .ok()
 }
 
 /// Joins an upgraded client connection with the upgraded endpoint connection.

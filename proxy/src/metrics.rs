@@ -161,6 +161,7 @@ pub struct Metrics {
     authz_deny: Counter,
     tls_errors: Family<TcpLabels, Counter>,
     detect_errors: Counter,
+    http_errors: Family<TcpLabels, Counter>,
     requests: Family<TcpLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     latency: Family<TcpLabels, Histogram, fn() -> Histogram>,
@@ -257,6 +258,13 @@ impl Metrics {
             "Connections that failed while their protocol was being detected",
             detect_errors.clone(),
         );
+        let http_errors = Family::<TcpLabels, Counter>::default();
+        registry.register(
+            "http_client_errors",
+            "HTTP client connections that ended in a protocol error (malformed HTTP/1, \
+             invalid HTTP/2 frames)",
+            http_errors.clone(),
+        );
         let requests = Family::<TcpLabels, Counter>::default();
         registry.register(
             "request",
@@ -289,6 +297,7 @@ impl Metrics {
             authz_deny,
             tls_errors,
             detect_errors,
+            http_errors,
         }
     }
 
@@ -384,6 +393,13 @@ impl Metrics {
         self.latency
             .get_or_create(labels)
             .observe(latency.as_secs_f64() * 1000.0);
+    }
+
+    /// Records an HTTP client connection that ended in a protocol error.
+    pub fn http_client_error(&self, direction: Direction) {
+        self.http_errors
+            .get_or_create(&TcpLabels::new(direction))
+            .inc();
     }
 
     /// Records a connection that failed during protocol detection.

@@ -6,8 +6,8 @@
 //!
 //! **Outbound.** The original destination is resolved through discovery (on first use;
 //! a connection waits up to [`RESOLVE_WAIT`] for the first answer). For a destination
-//! the mesh knows, the first bytes are read (unless its port is opaque): HTTP/1 is
-//! served by [`crate::http`], which balances each request; anything else is balanced
+//! the mesh knows, the first bytes are read (unless its port is opaque): HTTP/1 and
+//! HTTP/2 are served by [`crate::http`], which balances each request; anything else is balanced
 //! per connection over the endpoints ([`crate::balance`]); a
 //! meshed endpoint is reached over mTLS that checks the identity discovery gave, an
 //! unmeshed one in plaintext; a known Service with no ready endpoint fails fast. A
@@ -320,7 +320,12 @@ impl Context {
                 }
             };
         let client = Prefixed::new(prefix, client);
-        if protocol == Protocol::Http1 {
+        let version = match protocol {
+            Protocol::Http1 => Some(crate::http::Version::Http1),
+            Protocol::Http2 => Some(crate::http::Version::Http2),
+            Protocol::Tls { .. } | Protocol::Opaque => None,
+        };
+        if let Some(version) = version {
             let endpoints = endpoint_addrs(&resolution);
             let destination = Arc::new(crate::http::Destination {
                 balancer: self.balancer(&authority, &resolution, &endpoints),
@@ -330,7 +335,7 @@ impl Context {
                 tls: self.tls.clone(),
                 metrics: metrics.clone(),
             });
-            crate::http::serve_outbound(client, destination).await;
+            crate::http::serve_outbound(client, version, destination).await;
             return;
         }
         self.outbound_tcp(client, peer, &authority, target, Some(&resolution), metrics)

@@ -1,0 +1,661 @@
+//! HTTP through a client proxy and server proxies, in-process over real sockets, with
+//! mTLS between the proxies. Every scenario is one test body run twice, once with
+//! HTTP/1.1 and once with HTTP/2 (prior knowledge, as gRPC clients speak it):
+//! keep-alive with per-request balancing, large bodies, bodies streamed both ways
+//! with trailers, `Expect: 100-continue`, an unreachable endpoint. gRPC (unary,
+//! server streaming, a status in trailers) and malformed input follow.
+
+// Helpers outside `#[test]` functions too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::BodyExt as _;
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tonic::Status;
+use weft_proxy::{http::Version, tcp::InboundSettings};
+use weft_proxy_api::v1::{
+    AckRequest, AckResponse, Resolution, ResolveRequest, destination_client, destination_server,
+};
+
+const HOST: &str = "web.shop.svc.cluster.local";
+
+/// A body fed frame by frame from a channel; it ends when the sender is dropped.
+struct Channel(mpsc::Receiver<Frame<Bytes>>);
+
+impl Channel {
+    fn new() -> (mpsc::Sender<Frame<Bytes>>, Self) {
+        let (tx, rx) = mpsc::channel(16);
+        (tx, Self(rx))
+    }
+
+    /// A body of `bytes`, whole.
+    fn full(bytes: impl Into<Bytes>) -> Self {
+        let (tx, body) = Self::new();
+        tx.try_send(Frame::data(bytes.into())).unwrap();
+        body
+    }
+}
+
+impl Body for Channel {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|frame| frame.map(Ok))
+    }
+}
+
+/// An HTTP application speaking `version`. `POST /echo` streams the request body
+/// back as it arrives, then sends the request's trailers with `x-echo-bytes` (the
+/// bytes it echoed); anything else is answered, after `delay`, with
+/// `<name>:<bytes of the request body>`.
+async fn http_app(name: &'static str, delay: Duration, version: Version) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                app_answer(name, delay, request)
+            });
+            let io = TokioIo::new(conn);
+            match version {
+                Version::Http1 => {
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, service),
+                    );
+                }
+                Version::Http2 => {
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service),
+                    );
+                }
+            }
+        }
+    });
+    addr
+}
+
+async fn app_answer(
+    name: &'static str,
+    delay: Duration,
+    request: Request<Incoming>,
+) -> Result<Response<Channel>, hyper::Error> {
+    if request.uri().path() == "/echo" {
+        let (tx, body) = Channel::new();
+        tokio::spawn(async move {
+            let mut incoming = request.into_body();
+            let mut echoed = 0;
+            let mut trailers = HeaderMap::new();
+            while let Some(Ok(frame)) = incoming.frame().await {
+                match frame.into_data() {
+                    Ok(data) => {
+                        echoed += data.len();
+                        if tx.send(Frame::data(data)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(frame) => trailers.extend(frame.into_trailers().unwrap_or_default()),
+                }
+            }
+            trailers.insert("x-echo-bytes", HeaderValue::from(echoed));
+            let _ = tx.send(Frame::trailers(trailers)).await;
+        });
+        let response = Response::builder()
+            .header("trailer", "x-echo-bytes, x-client-trailer")
+            .body(body)
+            .unwrap();
+        return Ok(response);
+    }
+    let body = request.into_body().collect().await?.to_bytes();
+    tokio::time::sleep(delay).await;
+    Ok(Response::new(Channel::full(format!(
+        "{name}:{}",
+        body.len()
+    ))))
+}
+
+/// An application's HTTP client on one connection through a proxy.
+enum HttpClient {
+    Http1(hyper::client::conn::http1::SendRequest<Channel>),
+    Http2(hyper::client::conn::http2::SendRequest<Channel>),
+}
+
+impl HttpClient {
+    async fn connect(proxy: SocketAddr, version: Version) -> Self {
+        let io = TokioIo::new(TcpStream::connect(proxy).await.unwrap());
+        match version {
+            Version::Http1 => {
+                let (sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(connection);
+                Self::Http1(sender)
+            }
+            Version::Http2 => {
+                let (sender, connection) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .unwrap();
+                tokio::spawn(connection);
+                Self::Http2(sender)
+            }
+        }
+    }
+
+    /// A request for `path`, in the form its version uses (a path and `Host` for
+    /// HTTP/1, an absolute URI for HTTP/2).
+    fn request(&self, method: &str, path: &str) -> http::request::Builder {
+        let builder = Request::builder().method(method);
+        match self {
+            Self::Http1(_) => builder.uri(path).header("host", HOST),
+            Self::Http2(_) => builder
+                .uri(format!("http://{HOST}{path}"))
+                .version(http::Version::HTTP_2),
+        }
+    }
+
+    async fn send(&mut self, request: Request<Channel>) -> Response<Incoming> {
+        match self {
+            Self::Http1(sender) => {
+                sender.ready().await.unwrap();
+                sender.send_request(request).await.unwrap()
+            }
+            Self::Http2(sender) => {
+                sender.ready().await.unwrap();
+                sender.send_request(request).await.unwrap()
+            }
+        }
+    }
+
+    /// Sends `body` with `method`; the status and the answer.
+    async fn call(&mut self, method: &str, body: Vec<u8>) -> (u16, String) {
+        let request = self
+            .request(method, "/books")
+            .body(Channel::full(body))
+            .unwrap();
+        let response = self.send(request).await;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// The next data frame of `body`, within 5 s.
+async fn next_data(body: &mut Incoming) -> Bytes {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("a frame within 5 s")
+            .expect("a frame before the end")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            return data;
+        }
+    }
+}
+
+async fn requests_on_one_connection_are_balanced_one_by_one(version: Version) {
+    let ca = Ca::new();
+    let mut apps = Vec::new();
+    for (name, delay) in [("a", 0), ("b", 0), ("slow", 150)] {
+        apps.push(http_app(name, Duration::from_millis(delay), version).await);
+    }
+    let (_servers, client, _) = fleet(&ca, apps).await;
+
+    let mut http = HttpClient::connect(client.addr, version).await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..40 {
+        let (status, answer) = http.call("GET", Vec::new()).await;
+        assert_eq!(status, 200);
+        let name = answer.split(':').next().unwrap().to_string();
+        *seen.entry(name).or_default() += 1;
+    }
+    // One client connection, several endpoints: balanced per request; the slow one
+    // gets little once it has been seen to be slow.
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(seen.get("slow").copied().unwrap_or(0) <= 8, "{seen:?}");
+
+    // A large body (a POST of 1 MiB) arrives whole.
+    let (status, answer) = http.call("POST", vec![b'x'; 1 << 20]).await;
+    assert_eq!(status, 200);
+    assert!(answer.ends_with(":1048576"), "{answer}");
+
+    let text = client.metrics.encode();
+    for (name, labels) in [
+        (
+            "request_total",
+            vec![
+                ("direction", "outbound"),
+                ("tls", "true"),
+                ("server_id", SERVER_ID),
+            ],
+        ),
+        (
+            "response_total",
+            vec![("status_code", "200"), ("classification", "success")],
+        ),
+        ("response_latency_ms_count", vec![("direction", "outbound")]),
+    ] {
+        assert!(
+            has_sample(&text, name, &labels),
+            "{name} {labels:?} in\n{text}"
+        );
+    }
+}
+
+async fn bodies_stream_both_ways_with_trailers(version: Version) {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, version).await;
+    let (_server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let mut http = HttpClient::connect(client.addr, version).await;
+
+    // No length announced: chunked in HTTP/1, plain DATA frames in HTTP/2.
+    let (tx, body) = Channel::new();
+    let request = http
+        .request("POST", "/echo")
+        .header("te", "trailers")
+        .header("trailer", "x-client-trailer")
+        .body(body)
+        .unwrap();
+    tx.send(Frame::data(Bytes::from_static(b"one")))
+        .await
+        .unwrap();
+    let response = http.send(request).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    // The first piece comes back before the second is sent: nothing is buffered
+    // whole on the way.
+    assert_eq!(next_data(&mut body).await, "one");
+    tx.send(Frame::data(Bytes::from_static(b"two")))
+        .await
+        .unwrap();
+    assert_eq!(next_data(&mut body).await, "two");
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-client-trailer", HeaderValue::from_static("sent"));
+    tx.send(Frame::trailers(trailers)).await.unwrap();
+    drop(tx);
+
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("the end of the response")
+        .unwrap();
+    let trailers = rest.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["x-echo-bytes"], "6");
+    assert_eq!(trailers["x-client-trailer"], "sent");
+}
+
+async fn a_request_expecting_100_continue_goes_through(version: Version) {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, version).await;
+    let (_server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let mut http = HttpClient::connect(client.addr, version).await;
+    let request = http
+        .request("PUT", "/books")
+        .header("expect", "100-continue")
+        .header("content-length", "65536")
+        .body(Channel::full(vec![b'x'; 65536]))
+        .unwrap();
+    let response = http.send(request).await;
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "web:65536");
+}
+
+async fn an_unreachable_endpoint_is_a_502_and_the_connection_lives_on(version: Version) {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, version).await;
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let mut http = HttpClient::connect(client.addr, version).await;
+    assert_eq!(http.call("GET", Vec::new()).await, (200, "web:0".into()));
+
+    // The endpoint goes away (a closed port stands in for it), then comes back.
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    client
+        .resolver
+        .set(SERVICE, known(vec![endpoint(gone, SERVER_ID)], "2"));
+    assert_eq!(http.call("GET", Vec::new()).await.0, 502);
+    client
+        .resolver
+        .set(SERVICE, known(vec![endpoint(server.addr, SERVER_ID)], "3"));
+    assert_eq!(http.call("GET", Vec::new()).await, (200, "web:0".into()));
+    assert!(has_sample(
+        &client.metrics.encode(),
+        "response_total",
+        &[("status_code", "502"), ("classification", "failure")]
+    ));
+}
+
+/// Each scenario as two tests: `http1::<name>` and `http2::<name>`.
+macro_rules! for_both_versions {
+    ($($scenario:ident),* $(,)?) => {
+        mod http1 {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(weft_proxy::http::Version::Http1).await;
+            })*
+        }
+        mod http2 {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(weft_proxy::http::Version::Http2).await;
+            })*
+        }
+    };
+}
+
+for_both_versions!(
+    requests_on_one_connection_are_balanced_one_by_one,
+    bodies_stream_both_ways_with_trailers,
+    a_request_expecting_100_continue_goes_through,
+    an_unreachable_endpoint_is_a_502_and_the_connection_lives_on,
+);
+
+#[tokio::test]
+async fn an_http1_client_expecting_100_continue_hears_it_before_sending_the_body() {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, Version::Http1).await;
+    let (_server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let mut conn = TcpStream::connect(client.addr).await.unwrap();
+    conn.write_all(
+        format!("PUT /books HTTP/1.1\r\nhost: {HOST}\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let interim = read_until(&mut conn, b"\r\n\r\n").await;
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    conn.write_all(b"hello").await.unwrap();
+    let answer = read_until(&mut conn, b"web:5").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Reads from `conn` until `end` has been read (or 5 s pass, or the peer closes).
+async fn read_until(conn: &mut TcpStream, end: &[u8]) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(end.len()).any(|w| w == end) {
+        match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// An HTTP/1 application that accepts an upgrade and then echoes raw bytes.
+async fn upgrade_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(|mut request: Request<Incoming>| async move {
+                let upgrade = hyper::upgrade::on(&mut request);
+                tokio::spawn(async move {
+                    let Ok(upgraded) = upgrade.await else { return };
+                    let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+                let response = Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
+                Ok::<_, hyper::Error>(response)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(conn), service)
+                    .with_upgrades(),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upgraded_http1_connection_becomes_a_tunnel_through_both_proxies() {
+    let ca = Ca::new();
+    let (_server, client) = meshed_pair(&ca, upgrade_app().await, InboundSettings::default()).await;
+    let conn = TcpStream::connect(client.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
+        .await
+        .unwrap();
+    tokio::spawn(connection.with_upgrades());
+    let request = Request::builder()
+        .uri("/chat")
+        .header("host", "web.shop.svc.cluster.local")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 101);
+    let upgraded = hyper::upgrade::on(response).await.expect("upgraded");
+    let mut tunnel = TokioIo::new(upgraded);
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_exact(&mut echo))
+        .await
+        .expect("the echo through the tunnel")
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+}
+
+/// A gRPC application: the proxy API's Destination service, faked. `Ack` answers
+/// unless the pod is missing; `Resolve` streams three resolutions, then ends with a
+/// status that travels in the trailers.
+struct FakeDestination;
+
+#[tonic::async_trait]
+impl destination_server::Destination for FakeDestination {
+    type ResolveStream = futures::stream::Iter<std::vec::IntoIter<Result<Resolution, Status>>>;
+    type InboundPolicyStream =
+        futures::stream::Empty<Result<weft_proxy_api::v1::InboundPolicyUpdate, Status>>;
+
+    async fn resolve(
+        &self,
+        request: tonic::Request<ResolveRequest>,
+    ) -> Result<tonic::Response<Self::ResolveStream>, Status> {
+        let authority = request.into_inner().authority;
+        let mut items: Vec<Result<Resolution, Status>> = (0..3)
+            .map(|i| {
+                Ok(Resolution {
+                    service: authority.clone(),
+                    config_version: i.to_string(),
+                    ..Resolution::default()
+                })
+            })
+            .collect();
+        items.push(Err(Status::resource_exhausted("three is enough")));
+        Ok(tonic::Response::new(futures::stream::iter(items)))
+    }
+
+    async fn inbound_policy(
+        &self,
+        _: tonic::Request<weft_proxy_api::v1::InboundPolicyRequest>,
+    ) -> Result<tonic::Response<Self::InboundPolicyStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn ack(
+        &self,
+        request: tonic::Request<AckRequest>,
+    ) -> Result<tonic::Response<AckResponse>, Status> {
+        if request.get_ref().pod.is_empty() {
+            return Err(Status::invalid_argument("pod is required"));
+        }
+        Ok(tonic::Response::new(AckResponse {}))
+    }
+}
+
+async fn grpc_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(conn, _)| conn);
+        Some((accepted, listener))
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(destination_server::DestinationServer::new(FakeDestination))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+#[tokio::test]
+async fn grpc_unary_and_streaming_calls_keep_their_status_and_trailers() {
+    let ca = Ca::new();
+    let (_server, client) = meshed_pair(&ca, grpc_app().await, InboundSettings::default()).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = destination_client::DestinationClient::new(channel);
+
+    let ack = |pod: &str| AckRequest {
+        pod: pod.into(),
+        ..AckRequest::default()
+    };
+    grpc.ack(ack("web-1")).await.unwrap();
+    let refused = grpc.ack(ack("")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(refused.message(), "pod is required");
+
+    let request = ResolveRequest {
+        authority: "web.shop:80".into(),
+        ..ResolveRequest::default()
+    };
+    let mut stream = grpc.resolve(request).await.unwrap().into_inner();
+    for i in 0..3 {
+        let resolution = stream.message().await.unwrap().expect("a message");
+        assert_eq!(resolution.config_version, i.to_string());
+        assert_eq!(resolution.service, "web.shop:80");
+    }
+    let ended = stream.message().await.unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(ended.message(), "three is enough");
+
+    assert!(has_sample(
+        &client.metrics.encode(),
+        "request_total",
+        &[("direction", "outbound"), ("tls", "true")]
+    ));
+}
+
+/// Sends `bytes` on a fresh connection to `proxy` and reads what comes back until the
+/// proxy closes it (or 5 s pass).
+async fn answer_to(proxy: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut conn = TcpStream::connect(proxy).await.unwrap();
+    conn.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut got)).await;
+    got
+}
+
+#[tokio::test]
+async fn malformed_http_costs_its_own_connection_only() {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, Version::Http1).await;
+    let (_server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let mut bystander = HttpClient::connect(client.addr, Version::Http1).await;
+    assert_eq!(bystander.call("GET", Vec::new()).await.0, 200);
+
+    // Oversized headers: 431.
+    let mut huge = format!("GET /books HTTP/1.1\r\nhost: {HOST}\r\n");
+    for i in 0..200 {
+        huge.push_str(&format!("x-filler-{i}: {}\r\n", "y".repeat(64)));
+    }
+    huge.push_str("\r\n");
+    let answer = answer_to(client.addr, huge.as_bytes()).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // A header line that is not one: 400.
+    let bad = format!("GET /books HTTP/1.1\r\nhost: {HOST}\r\nno colon here\r\n\r\n");
+    let answer = answer_to(client.addr, bad.as_bytes()).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // Invalid chunked encoding: the request cannot be finished; whatever was
+    // answered, the connection is closed.
+    let chunked = format!(
+        "POST /books HTTP/1.1\r\nhost: {HOST}\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n"
+    );
+    let answer = answer_to(client.addr, chunked.as_bytes()).await;
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // An HTTP/2 client whose first frame after the preface is garbage: a GOAWAY
+    // (frame type 7) and the end of that connection.
+    let mut garbage = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    garbage.extend_from_slice(&[0, 0, 3, 0xff, 0xff, 0, 0, 0, 1, 1, 2, 3]);
+    garbage.extend_from_slice(&[0, 0, 8, 0x4, 0, 0, 0, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8]);
+    let answer = answer_to(client.addr, &garbage).await;
+    assert!(frame_types(&answer).contains(&7), "no GOAWAY in {answer:?}");
+
+    // Everyone else is still served, and the failures were counted.
+    assert_eq!(bystander.call("GET", Vec::new()).await.0, 200);
+    let text = client.metrics.encode();
+    assert!(
+        has_sample(
+            &text,
+            "http_client_errors_total",
+            &[("direction", "outbound")]
+        ),
+        "{text}"
+    );
+}
+
+/// The types of the HTTP/2 frames in `bytes`, a server's side of a connection.
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 9 {
+        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        types.push(rest[3]);
+        rest = &rest[(9 + length).min(rest.len())..];
+    }
+    types
+}

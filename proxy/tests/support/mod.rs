@@ -1,0 +1,242 @@
+//! What the data plane's in-process tests share: a test CA, stand-ins for the proxy
+//! API (resolutions and inbound policies as the operator streams them), and proxies
+//! on real loopback sockets — a client proxy's outbound listener and server proxies'
+//! inbound listeners.
+
+// Each test binary uses a part of this.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use tokio::sync::watch;
+use weft_proxy::{
+    identity::Credentials,
+    metrics::{Direction, Metrics},
+    tcp::{Forwarder, InboundSettings, Policies, Resolve},
+    tls::Tls,
+};
+use weft_proxy_api::v1::{Authorization, Endpoint, InboundPolicyUpdate, ProtocolHint, Resolution};
+
+pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
+pub const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/web";
+/// Where the client application connects: a loopback stand-in for a ClusterIP, so
+/// nothing leaves the machine even when a test forwards it as-is.
+pub const SERVICE: &str = "127.0.0.77:80";
+
+/// A test CA: a self-signed anchor that signs workload certificates directly.
+pub struct Ca {
+    pub issuer: Issuer<'static, KeyPair>,
+    pub pem: String,
+}
+
+impl Ca {
+    pub fn new() -> Self {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// Fresh credentials (a new key and certificate) for `identity`.
+    pub fn credentials(&self, identity: &str) -> Credentials {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into().unwrap())];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Credentials::from_pem(&cert.pem(), &key.serialize_pem(), &self.pem, i64::MAX).unwrap()
+    }
+}
+
+/// Resolutions by authority, changed by the test as the operator would.
+#[derive(Default)]
+pub struct FakeResolver(pub Mutex<HashMap<String, watch::Sender<Option<Arc<Resolution>>>>>);
+
+impl FakeResolver {
+    pub fn set(&self, authority: &str, resolution: Resolution) {
+        let mut map = self.0.lock().unwrap();
+        let tx = map
+            .entry(authority.to_string())
+            .or_insert_with(|| watch::channel(None).0);
+        tx.send_replace(Some(Arc::new(resolution)));
+    }
+}
+
+impl Resolve for FakeResolver {
+    fn resolve(&self, authority: &str) -> watch::Receiver<Option<Arc<Resolution>>> {
+        let mut map = self.0.lock().unwrap();
+        map.entry(authority.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
+    }
+}
+
+/// One policy for every port.
+#[derive(Default)]
+pub struct FakePolicies(pub Mutex<Option<InboundPolicyUpdate>>);
+
+impl Policies for FakePolicies {
+    fn inbound_policy(&self, _port: u16) -> Option<InboundPolicyUpdate> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+pub fn endpoint(addr: SocketAddr, identity: &str) -> Endpoint {
+    Endpoint {
+        address: addr.to_string(),
+        weight: 1,
+        identity: identity.to_string(),
+        protocol_hint: if identity.is_empty() {
+            ProtocolHint::Unknown
+        } else {
+            ProtocolHint::Meshed
+        } as i32,
+        labels: HashMap::from([
+            ("namespace".to_string(), "shop".to_string()),
+            ("workload".to_string(), "deployment/web".to_string()),
+        ]),
+    }
+}
+
+pub fn known(endpoints: Vec<Endpoint>, version: &str) -> Resolution {
+    Resolution {
+        known: true,
+        service: "web.shop".into(),
+        endpoints,
+        config_version: version.into(),
+        profile: None,
+    }
+}
+
+pub fn allow(identities: &[&str], unauthenticated: bool) -> InboundPolicyUpdate {
+    InboundPolicyUpdate {
+        protocol: "detect".into(),
+        authorizations: vec![Authorization {
+            name: "serverauthorization/test".into(),
+            identities: identities.iter().map(|s| s.to_string()).collect(),
+            unauthenticated,
+            networks: Vec::new(),
+        }],
+        config_version: "v".into(),
+    }
+}
+
+/// A server-side proxy's inbound listener in front of `app`.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub credentials: watch::Sender<Option<Credentials>>,
+    pub policies: Arc<FakePolicies>,
+    pub _stop: watch::Sender<bool>,
+}
+
+pub async fn server(ca: &Ca, identity: &str, app: SocketAddr, settings: InboundSettings) -> Server {
+    let (credentials, rx) = watch::channel(Some(ca.credentials(identity)));
+    let policies = Arc::new(FakePolicies::default());
+    let metrics = Arc::new(Metrics::new());
+    let (stop, shutdown) = watch::channel(false);
+    let forwarder = Forwarder::bind(Direction::Inbound, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .with_fixed_target(app)
+        .with_tls(Tls::new(rx))
+        .with_policies(policies.clone())
+        .with_inbound_settings(settings);
+    let addr = forwarder.local_addr();
+    forwarder.spawn(metrics.clone(), shutdown);
+    Server {
+        addr,
+        metrics,
+        credentials,
+        policies,
+        _stop: stop,
+    }
+}
+
+/// A client-side proxy's outbound listener; its application connects to [`SERVICE`].
+pub struct Client {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub credentials: watch::Sender<Option<Credentials>>,
+    pub resolver: Arc<FakeResolver>,
+    pub _stop: watch::Sender<bool>,
+}
+
+pub async fn client(ca: &Ca) -> Client {
+    let (credentials, rx) = watch::channel(Some(ca.credentials(CLIENT_ID)));
+    let resolver = Arc::new(FakeResolver::default());
+    let metrics = Arc::new(Metrics::new());
+    let (stop, shutdown) = watch::channel(false);
+    let forwarder = Forwarder::bind(Direction::Outbound, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .with_fixed_target(SERVICE.parse().unwrap())
+        .with_tls(Tls::new(rx))
+        .with_resolver(resolver.clone());
+    let addr = forwarder.local_addr();
+    forwarder.spawn(metrics.clone(), shutdown);
+    Client {
+        addr,
+        metrics,
+        credentials,
+        resolver,
+        _stop: stop,
+    }
+}
+
+/// A client proxy whose application connects to [`SERVICE`], resolved to a server proxy
+/// (identity [`SERVER_ID`]) in front of `app`.
+pub async fn meshed_pair(ca: &Ca, app: SocketAddr, settings: InboundSettings) -> (Server, Client) {
+    let server = server(ca, SERVER_ID, app, settings).await;
+    let client = client(ca).await;
+    client
+        .resolver
+        .set(SERVICE, known(vec![endpoint(server.addr, SERVER_ID)], "1"));
+    (server, client)
+}
+
+/// A server proxy in front of each of `apps`, and a client proxy resolving
+/// [`SERVICE`] to all of them; the endpoints it was given.
+pub async fn fleet(ca: &Ca, apps: Vec<SocketAddr>) -> (Vec<Server>, Client, Vec<Endpoint>) {
+    let mut servers = Vec::new();
+    for app in apps {
+        servers.push(server(ca, SERVER_ID, app, InboundSettings::default()).await);
+    }
+    let client = client(ca).await;
+    let all: Vec<Endpoint> = servers
+        .iter()
+        .map(|s| endpoint(s.addr, SERVER_ID))
+        .collect();
+    client.resolver.set(SERVICE, known(all.clone(), "1"));
+    (servers, client, all)
+}
+
+pub fn has_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> bool {
+    text.lines().any(|line| {
+        line.starts_with(name)
+            && labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+            && !line.ends_with(" 0")
+    })
+}
