@@ -34,6 +34,8 @@ install: build ## Build the images and install Weft into the local cluster from 
 
 bench: ## Benchmarks; each prints its figures
 	$(CARGO) bench --locked -p weft-operator --bench certify --bench webhook --bench discovery
+	proxy/benches/setup.sh
+	$(CARGO) bench --locked -p weft-proxy --bench dataplane
 
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check

@@ -13,8 +13,8 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
 };
 use tokio::sync::watch;
 use weft_proxy::{
@@ -42,6 +42,10 @@ impl Ca {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Weft test trust anchor");
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::DigitalSignature,
@@ -55,16 +59,30 @@ impl Ca {
 
     /// Fresh credentials (a new key and certificate) for `identity`.
     pub fn credentials(&self, identity: &str) -> Credentials {
+        let (cert, key) = self.issue(identity, None);
+        Credentials::from_pem(&cert, &key, &self.pem, i64::MAX).unwrap()
+    }
+
+    /// A new key and a certificate for `identity` (and the DNS name `dns`, for a
+    /// TLS stack that checks names rather than SPIFFE ids), in PEM.
+    pub fn issue(&self, identity: &str, dns: Option<&str>) -> (String, String) {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = CertificateParams::default();
+        // A subject of its own: one equal to the issuer's reads as self-signed.
+        params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into().unwrap())];
+        if let Some(dns) = dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(dns.to_string().try_into().unwrap()));
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Credentials::from_pem(&cert.pem(), &key.serialize_pem(), &self.pem, i64::MAX).unwrap()
+        (cert.pem(), key.serialize_pem())
     }
 }
 
