@@ -10,10 +10,11 @@
 //!
 //! **Load.** [`CONNECTIONS`] kept-alive connections, each on a thread of its own,
 //! send requests on a fixed schedule: an open loop of `WEFT_BENCH_RATE` requests/s
-//! (1,000) in all, for `WEFT_BENCH_SECONDS` (15) after a warm-up. A request's latency
-//! runs from when it was due, not when it was sent, so a stall counts against every
-//! request it delays (no coordinated omission). A closed-loop run then gives the most
-//! each path carries.
+//! (1,000) in all, for `WEFT_BENCH_SECONDS` (15) per path after a warm-up, the paths
+//! taking turns so that a noisy moment of a shared machine falls on all of them. A
+//! request's latency runs from when it was due, not when it was sent, so a stall
+//! counts against every request it delays (no coordinated omission). A closed-loop
+//! run then gives the most each path carries.
 //!
 //! **The Weft pair.** Each proxy runs in a process of its own (this binary,
 //! re-executed with `WEFT_BENCH_PROXY`): the sidecar's listeners, protocol detection,
@@ -54,6 +55,8 @@ use weft_proxy::{
 const CONNECTIONS: usize = 16;
 /// The open loop's warm-up, not measured (connections, pools, estimates).
 const WARM_UP: Duration = Duration::from_secs(2);
+/// Turns each path's open-loop time is split into.
+const ROUNDS: u32 = 3;
 /// The closed-loop run's length.
 const CLOSED_LOOP: Duration = Duration::from_secs(3);
 /// The request every client sends.
@@ -74,36 +77,57 @@ fn main() -> ExitCode {
     write_certificates(&dir);
     let app = start_app();
 
-    println!(
-        "dataplane: HTTP/1.1 keep-alive GET, {rate} requests/s over {CONNECTIONS} connections \
-         for {seconds} s (open loop, latency from when each request was due)"
-    );
-    println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>12} {:>8} {:>16}",
-        "path", "p50 ms", "p99 ms", "p999 ms", "achieved/s", "errors", "closed-loop max/s"
-    );
-    let direct = measure("direct (no proxy)", app, rate, duration);
-
     let server = ProxyProcess::start("server", &dir, app);
     let client = ProxyProcess::start("client", &dir, server.addr);
-    let weft = measure("weft pair (mTLS)", client.addr, rate, duration);
-    let (client_peak, server_peak) = (client.peak_rss_kib(), server.peak_rss_kib());
-    drop((client, server));
-
     let haproxy = HaproxyPair::start(&dir, app);
-    let ha = measure("haproxy pair (mTLS)", haproxy.client, rate, duration);
-    drop(haproxy);
+    let paths = [
+        ("direct (no proxy)", app),
+        ("weft pair (mTLS)", client.addr),
+        ("haproxy pair (mTLS)", haproxy.client),
+    ];
 
-    let added = |run: &Run| run.p99.saturating_sub(direct.p99);
+    // Warm every path, then measure them in turns, so a noisy moment of a shared
+    // machine falls on all of them alike.
+    for (_, target) in paths {
+        let _ = open_loop(target, rate, WARM_UP);
+    }
+    let mut runs: Vec<Run> = paths.iter().map(|_| Run::default()).collect();
+    for _ in 0..ROUNDS {
+        for ((_, target), run) in paths.iter().zip(&mut runs) {
+            run.add(open_loop(*target, rate, duration / ROUNDS));
+        }
+    }
+    println!(
+        "dataplane: HTTP/1.1 keep-alive GET, {rate} requests/s over {CONNECTIONS} connections \
+         for {seconds} s per path in {ROUNDS} turns (open loop, latency from when each request \
+         was due); then the most each path carries back to back"
+    );
+    println!(
+        "{:<22} {:>9} {:>9} {:>9} {:>12} {:>8} {:>18}",
+        "path", "p50 ms", "p99 ms", "p999 ms", "achieved/s", "errors", "closed-loop max/s"
+    );
+    for ((name, target), run) in paths.iter().zip(&mut runs) {
+        let max = closed_loop(*target, CLOSED_LOOP);
+        run.latencies.sort_unstable();
+        println!(
+            "{name:<22} {:>9.3} {:>9.3} {:>9.3} {:>12.0} {:>8} {max:>18.0}",
+            ms(run.quantile(0.5)),
+            ms(run.quantile(0.99)),
+            ms(run.quantile(0.999)),
+            run.latencies.len() as f64 / run.elapsed.as_secs_f64(),
+            run.errors,
+        );
+    }
+    let added = |run: &Run| ms(run.quantile(0.99).saturating_sub(runs[0].quantile(0.99)));
     println!(
         "p99 added over direct: weft pair {:.3} ms, haproxy pair {:.3} ms (target: weft < haproxy)",
-        ms(added(&weft)),
-        ms(added(&ha))
+        added(&runs[1]),
+        added(&runs[2])
     );
     println!(
         "weft proxy peak RSS: client {:.1} MB, server {:.1} MB (target <= 20 MB each)",
-        client_peak as f64 / 1024.0,
-        server_peak as f64 / 1024.0
+        client.peak_rss_kib() as f64 / 1024.0,
+        server.peak_rss_kib() as f64 / 1024.0
     );
     let _ = std::fs::remove_dir_all(&dir);
     ExitCode::SUCCESS
@@ -170,33 +194,26 @@ fn start_app() -> SocketAddr {
     addr
 }
 
-/// One path's figures.
+/// One path's open-loop figures, over its turns.
+#[derive(Default)]
 struct Run {
-    p99: Duration,
+    latencies: Vec<Duration>,
+    errors: u64,
+    elapsed: Duration,
 }
 
-/// Runs the open loop (after a warm-up) and the closed loop through `target`, and
-/// prints the row.
-fn measure(name: &str, target: SocketAddr, rate: u32, duration: Duration) -> Run {
-    let _ = open_loop(target, rate, WARM_UP);
-    let (mut latencies, errors, elapsed) = open_loop(target, rate, duration);
-    latencies.sort_unstable();
-    let quantile = |q: f64| {
-        let index = ((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1);
-        latencies.get(index).copied().unwrap_or_default()
-    };
-    let achieved = latencies.len() as f64 / elapsed.as_secs_f64();
-    let max = closed_loop(target, CLOSED_LOOP);
-    let run = Run {
-        p99: quantile(0.99),
-    };
-    println!(
-        "{name:<22} {:>9.3} {:>9.3} {:>9.3} {achieved:>12.0} {errors:>8} {max:>16.0}",
-        ms(quantile(0.5)),
-        ms(run.p99),
-        ms(quantile(0.999)),
-    );
-    run
+impl Run {
+    fn add(&mut self, (latencies, errors, elapsed): (Vec<Duration>, u64, Duration)) {
+        self.latencies.extend(latencies);
+        self.errors += errors;
+        self.elapsed += elapsed;
+    }
+
+    /// The `q` quantile of the sorted latencies.
+    fn quantile(&self, q: f64) -> Duration {
+        let index = ((self.latencies.len() as f64 * q).ceil() as usize).saturating_sub(1);
+        self.latencies.get(index).copied().unwrap_or_default()
+    }
 }
 
 /// [`CONNECTIONS`] threads, each sending its share of `rate` on schedule for
@@ -385,6 +402,7 @@ fn proxy_process(role: &str) {
         i64::MAX,
     )
     .unwrap();
+    // The sidecar's runtime (see `main.rs`).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
