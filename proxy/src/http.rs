@@ -4,8 +4,10 @@
 //! client spoke, and counted.
 //!
 //! The latency of each response's head feeds the endpoint's peak-EWMA estimate, so a
-//! slow endpoint gets fewer requests. A destination with no endpoint answers 503; an
-//! endpoint that cannot be reached, 502. An upgrade (WebSocket) is passed through:
+//! slow endpoint gets fewer requests. A destination with no endpoint answers 503. A
+//! request that could not be sent (the endpoint refused the connection, or a kept
+//! connection had closed) goes to another endpoint, up to [`ATTEMPTS`] in all, then
+//! 502; one that was sent is never sent again. An upgrade (WebSocket) is passed through:
 //! once the endpoint answers 101, both upgraded connections are joined as TCP.
 //!
 //! HTTP/1 connections to an endpoint are kept for reuse (at most
@@ -18,14 +20,14 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::{
     body::{Bytes, Incoming},
-    client::conn::{http1, http2},
+    client::conn::{TrySendError, http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
@@ -42,6 +44,13 @@ use crate::{
 
 /// The most idle connections kept per endpoint.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 32;
+/// How many endpoints a request is offered to, when connecting to one fails or a kept
+/// connection closes before the request went out on it (it is then safe to resend,
+/// whatever its method).
+const ATTEMPTS: u32 = 3;
+/// The latency charged to an endpoint that could not be reached, so the balancer
+/// avoids it until the estimate decays.
+const UNREACHABLE_PENALTY: Duration = Duration::from_secs(1);
 /// The most endpoints whose connections are kept.
 const MAX_POOLED_ENDPOINTS: usize = 1024;
 
@@ -61,10 +70,14 @@ enum Sender {
 }
 
 impl Sender {
-    async fn send(&mut self, request: Request<Incoming>) -> hyper::Result<Response<Incoming>> {
+    /// Sends `request`; on failure, the request comes back if it was not sent.
+    async fn send(
+        &mut self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Incoming>>> {
         match self {
-            Self::Http1(sender) => sender.send_request(request).await,
-            Self::Http2(sender) => sender.send_request(request).await,
+            Self::Http1(sender) => sender.try_send_request(request).await,
+            Self::Http2(sender) => sender.try_send_request(request).await,
         }
     }
 }
@@ -175,54 +188,74 @@ where
 impl Destination {
     async fn proxy(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        let mut labels = TcpLabels::new(Direction::Outbound);
-        labels.authority = Some(self.authority.clone());
-        let resolution = self.resolution.borrow().clone().unwrap_or_default();
-        let endpoints = crate::tcp::endpoint_addrs(&resolution);
-        let weighted: Vec<(SocketAddr, u32)> = endpoints.iter().map(|(a, w, _)| (*a, *w)).collect();
-        let Some((chosen, in_flight)) = self.balancer.pick(&weighted) else {
-            let labels = self.metrics.request_started(&labels);
-            return self.answer(&labels, started, StatusCode::SERVICE_UNAVAILABLE);
-        };
-        let (addr, _, index) = endpoints[chosen];
-        let endpoint = &resolution.endpoints[index];
-        let identity = crate::tcp::label_endpoint(&mut labels, endpoint, self.tls.is_some());
-        let labels = self.metrics.request_started(&labels);
-
         let version = if request.version() == http::Version::HTTP_2 {
             Version::Http2
         } else {
             Version::Http1
         };
-        let sender = match self.pool.checkout(addr, version) {
-            Some(sender) => Some(sender),
-            None => self.connect(addr, identity.as_deref(), version).await,
-        };
-        let Some(mut sender) = sender else {
-            return self.answer(&labels, started, StatusCode::BAD_GATEWAY);
-        };
         let upgrading = request.headers().contains_key(header::UPGRADE);
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
-        let mut response = match sender.send(request).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::debug!(%addr, %error, "the endpoint failed the request");
+        let mut attempt = 1;
+        loop {
+            let mut labels = TcpLabels::new(Direction::Outbound);
+            labels.authority = Some(self.authority.clone());
+            let resolution = self.resolution.borrow().clone().unwrap_or_default();
+            let endpoints = crate::tcp::endpoint_addrs(&resolution);
+            let weighted: Vec<(SocketAddr, u32)> =
+                endpoints.iter().map(|(a, w, _)| (*a, *w)).collect();
+            let Some((chosen, in_flight)) = self.balancer.pick(&weighted) else {
+                let labels = self.metrics.request_started(&labels);
+                return self.answer(&labels, started, StatusCode::SERVICE_UNAVAILABLE);
+            };
+            let (addr, _, index) = endpoints[chosen];
+            let endpoint = &resolution.endpoints[index];
+            let identity = crate::tcp::label_endpoint(&mut labels, endpoint, self.tls.is_some());
+
+            let sender = match self.pool.checkout(addr, version) {
+                Some(sender) => Some(sender),
+                None => self.connect(addr, identity.as_deref(), version).await,
+            };
+            let Some(mut sender) = sender else {
+                // Never sent: another endpoint may take it, whatever the method.
+                in_flight.load().observe(UNREACHABLE_PENALTY);
+                if attempt < ATTEMPTS {
+                    attempt += 1;
+                    continue;
+                }
+                let labels = self.metrics.request_started(&labels);
                 return self.answer(&labels, started, StatusCode::BAD_GATEWAY);
+            };
+            let labels = self.metrics.request_started(&labels);
+            let mut response = match sender.send(request).await {
+                Ok(response) => response,
+                Err(mut error) => match error.take_message() {
+                    // A kept connection closed before the request went out on it.
+                    Some(unsent) if attempt < ATTEMPTS => {
+                        tracing::debug!(%addr, error = %error.error(), "resending a request that was not sent");
+                        request = unsent;
+                        attempt += 1;
+                        continue;
+                    }
+                    _ => {
+                        tracing::debug!(%addr, error = %error.error(), "the endpoint failed the request");
+                        return self.answer(&labels, started, StatusCode::BAD_GATEWAY);
+                    }
+                },
+            };
+            in_flight.load().observe(started.elapsed());
+            drop(in_flight);
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client_upgrade) = client_upgrade {
+                    let server_upgrade = hyper::upgrade::on(&mut response);
+                    tokio::spawn(join_upgraded(client_upgrade, server_upgrade));
+                }
+            } else {
+                self.pool.checkin(addr, sender);
             }
-        };
-        in_flight.load().observe(started.elapsed());
-        drop(in_flight);
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                let server_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(join_upgraded(client_upgrade, server_upgrade));
-            }
-        } else {
-            self.pool.checkin(addr, sender);
+            self.metrics
+                .response(&labels, response.status().as_u16(), started.elapsed());
+            return response.map(Either::Left);
         }
-        self.metrics
-            .response(&labels, response.status().as_u16(), started.elapsed());
-        response.map(Either::Left)
     }
 
     /// A connection to the endpoint `addr` speaking `version`, over mTLS when the

@@ -352,6 +352,32 @@ async fn an_unreachable_endpoint_is_a_502_and_the_connection_lives_on(version: V
     ));
 }
 
+async fn a_request_that_could_not_be_sent_goes_to_another_endpoint(version: Version) {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, version).await;
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    // A pod that went away but is still listed: nothing listens on its address.
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    client.resolver.set(
+        SERVICE,
+        known(
+            vec![endpoint(gone, SERVER_ID), endpoint(server.addr, SERVER_ID)],
+            "2",
+        ),
+    );
+    let mut http = HttpClient::connect(client.addr, version).await;
+    for _ in 0..20 {
+        assert_eq!(
+            http.call("POST", b"order".to_vec()).await,
+            (200, "web:5".into())
+        );
+    }
+}
+
 /// Each scenario as two tests: `http1::<name>` and `http2::<name>`.
 macro_rules! for_both_versions {
     ($($scenario:ident),* $(,)?) => {
@@ -375,6 +401,7 @@ for_both_versions!(
     bodies_stream_both_ways_with_trailers,
     a_request_expecting_100_continue_goes_through,
     an_unreachable_endpoint_is_a_502_and_the_connection_lives_on,
+    a_request_that_could_not_be_sent_goes_to_another_endpoint,
 );
 
 #[tokio::test]
