@@ -7,7 +7,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 WEFT_CACHE ?= $(HOME)/.cache/weft
 KUBECONFIG_E2E := $(WEFT_CACHE)/cluster/admin.kubeconfig
 
-.PHONY: help build unit test e2e bench lint fmt crds run cluster-up cluster-down install
+.PHONY: help build unit test e2e bench fuzz lint fmt crds run cluster-up cluster-down install
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -36,6 +36,14 @@ bench: ## Benchmarks; each prints its figures
 	$(CARGO) bench --locked -p weft-operator --bench certify --bench webhook --bench discovery
 	proxy/benches/setup.sh
 	$(CARGO) bench --locked -p weft-proxy --bench dataplane
+
+FUZZ_SECONDS ?= 60
+fuzz: ## Fuzz protocol detection and HTTP input, FUZZ_SECONDS per target (nightly)
+	proxy/fuzz/setup.sh
+	cd proxy/fuzz && for target in detect http; do \
+	  PATH="$(WEFT_CACHE)/tools/bin:$$PATH" $(CARGO) +nightly fuzz run $$target -- \
+	    -max_total_time=$(FUZZ_SECONDS); \
+	done
 
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check

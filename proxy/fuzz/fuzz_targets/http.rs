@@ -1,0 +1,51 @@
+//! Arbitrary bytes from an application to the outbound proxy's HTTP side: HTTP/2 when
+//! they start with the connection preface, HTTP/1 otherwise. The destination has no
+//! endpoint, so every request the parser accepts is answered 503 by the proxy itself;
+//! whatever the bytes, the connection must end without a panic.
+#![no_main]
+
+use std::{sync::Arc, sync::LazyLock, time::Duration};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_proxy::{
+    balance::Balancer,
+    http::{Destination, Pool, Version, serve_outbound},
+    metrics::Metrics,
+};
+use weft_proxy_api::v1::Resolution;
+
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+});
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    RUNTIME.block_on(async {
+        let version = if data.starts_with(b"PRI * HTTP/2.0") {
+            Version::Http2
+        } else {
+            Version::Http1
+        };
+        let resolution = Resolution {
+            known: true,
+            ..Resolution::default()
+        };
+        let destination = Arc::new(Destination {
+            authority: "web.shop.svc.cluster.local:80".into(),
+            resolution: tokio::sync::watch::channel(Some(Arc::new(resolution))).1,
+            balancer: Arc::new(Balancer::default()),
+            pool: Arc::new(Pool::default()),
+            tls: None,
+            metrics: Arc::new(Metrics::new()),
+        });
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let served = tokio::spawn(serve_outbound(server, version, destination));
+        let _ = client.write_all(data).await;
+        let _ = client.shutdown().await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.read_to_end(&mut answer)).await;
+        served.abort();
+    });
+});
