@@ -219,16 +219,17 @@ image_pause() {
   ! containerd_running || image_import "$tarball"
 }
 
-# The test application: busybox (sh, wget, nc, nslookup, httpd, ...) as root,
-# with /www/index.html for `httpd -f -p 8080 -h /www`.
+# The test application: busybox (sh, wget, nc, nslookup, httpd, ...) and curl
+# (HTTP/1.1 and HTTP/2 with prior knowledge) as root, with /www/index.html for
+# `httpd -f -p 8080 -h /www`.
 image_testapp() {
-  local tarball keyfile key busybox=/bin/busybox
+  local tarball keyfile key busybox=/bin/busybox curl=/usr/bin/curl
   if ! is_elf "$busybox" || ldd "$busybox" >/dev/null 2>&1; then
     die "$busybox is not the static busybox (install busybox-static)"
   fi
   tarball=$(image_tarball "$TESTAPP_IMAGE")
   keyfile=${tarball%.tar}.key
-  key="v2 $(sha256_of "$busybox")"
+  key="v3 $(sha256_of "$busybox") $(sha256_of "$curl")"
   if cached "$keyfile" "$key"; then
     log "image $TESTAPP_IMAGE is up to date"
   else
@@ -240,6 +241,7 @@ image_testapp() {
     for applet in $("$busybox" --list); do
       [[ $applet == busybox || -e $rootfs/bin/$applet ]] || ln -s busybox "$rootfs/bin/$applet"
     done
+    copy_path "$rootfs" "$curl"
     echo "weft testapp" >"$rootfs/www/index.html"
     oci_image "$TESTAPP_IMAGE" "$rootfs" "0:0" '[]' '["sh"]'
     rm -rf "$rootfs"
