@@ -27,6 +27,8 @@ for bin in "${images[@]}"; do
   WEFT_IMAGE_EXTRA=$extra "$CLUSTER_DIR/images.sh" from-binary "weft.local/$bin:dev" "$TARGET_DIR/debug/$bin"
 done
 after=$(digest weft-operator)
+# The gRPC application of the end-to-end tests.
+"$CLUSTER_DIR/images.sh" from-binary weft.local/weft-e2e-grpc:dev "$TARGET_DIR/debug/weft-e2e-grpc"
 
 log "kubectl apply --server-side -k deploy/"
 kubectl apply --server-side -k deploy/

@@ -1,6 +1,7 @@
-//! The data plane on the real cluster, with real clients: curl (HTTP/1.1) and busybox
-//! nc (raw TCP) between meshed pods, over mTLS between their proxies (the server
-//! proxies count the client's SPIFFE id); meshed → unmeshed and unmeshed → meshed;
+//! The data plane on the real cluster, with real clients: curl (HTTP/1.1), a gRPC
+//! client (unary and streaming calls, a status in trailers) and busybox nc (raw TCP)
+//! between meshed pods, over mTLS between their proxies (the server proxies count the
+//! client's SPIFFE id); meshed → unmeshed and unmeshed → meshed;
 //! and a rolling restart of the server Deployment under steady load that loses no
 //! request.
 
@@ -17,8 +18,14 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 const SERVE: &str = "timeout 5 wget -q -O /dev/null http://127.0.0.1:4191/ready \
                      && (nc -ll -p 9000 -e cat &) && exec httpd -f -p 8080 -h /www";
 
-/// `web`: meshed, two replicas, HTTP and a TCP echo. `plain`: the same HTTP, not
-/// meshed. `client` (meshed) and `outsider` (not meshed) run the clients.
+/// The gRPC application, serving on 50051.
+const GRPC_CONTAINER: &str = "{name: grpc, image: weft.local/weft-e2e-grpc:dev, imagePullPolicy: IfNotPresent, \
+     args: [serve, \"50051\"], securityContext: {runAsUser: 1000}, \
+     ports: [{name: grpc, containerPort: 50051}]}";
+
+/// `web`: meshed, two replicas, HTTP and a TCP echo. `grpc`: meshed, two replicas.
+/// `plain`: the same HTTP and echo, not meshed. `client` (meshed) and `outsider`
+/// (not meshed) run the clients.
 fn workloads(ns: &str) -> String {
     let server = |name: &str, annotations: &str| {
         format!(
@@ -78,15 +85,41 @@ spec:
     image: weft.local/testapp:dev
     imagePullPolicy: IfNotPresent
     command: [sleep, "3600"]
+  # Where the gRPC client runs (`kubectl exec -c grpc`). Not as the proxy's user,
+  # whose connections the capture rules let through.
+  - {GRPC_CONTAINER}
 "#
         )
     };
+    let grpc = format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: grpc, namespace: {ns}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: grpc}}}}
+  template:
+    metadata: {{labels: {{app: grpc, weft.dev/e2e-app: grpc}}}}
+    spec:
+      containers:
+      - {GRPC_CONTAINER}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: grpc, namespace: {ns}}}
+spec:
+  selector: {{app: grpc}}
+  ports: [{{name: grpc, port: 50051, targetPort: grpc}}]
+"#
+    );
     let unmeshed = "weft.dev/inject: disabled";
     [
         server("web", ""),
         server("plain", unmeshed),
         pod("client", ""),
         pod("outsider", unmeshed),
+        grpc,
     ]
     .join("\n---\n")
 }
@@ -118,6 +151,21 @@ fn pods_of(ns: &str, app: &str) -> Vec<String> {
     .collect()
 }
 
+/// The ClusterIP of Service `name`.
+fn service_ip(ns: &str, name: &str) -> String {
+    kubectl_ok(&[
+        "get",
+        "service",
+        name,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
+    .trim()
+    .to_string()
+}
+
 /// The sum of `name{labels}` over the proxies of `pods`.
 fn sum_over(ns: &str, pods: &[String], name: &str, labels: &[(&str, &str)]) -> f64 {
     pods.iter()
@@ -131,7 +179,7 @@ async fn real_clients_reach_meshed_and_unmeshed_pods_and_a_rolling_restart_loses
         mesh_namespace(&client, &ns).await;
         let applied = kubectl_stdin(&["apply", "-f", "-"], &workloads(&ns));
         assert!(applied.success, "{}", applied.stderr);
-        for deployment in ["web", "plain"] {
+        for deployment in ["web", "plain", "grpc"] {
             kubectl_ok(&[
                 "rollout",
                 "status",
@@ -200,6 +248,39 @@ async fn real_clients_reach_meshed_and_unmeshed_pods_and_a_rolling_restart_loses
         assert_eq!(echoed.trim(), "hello-tcp");
         let after_nc = sum_over(&ns, &web_pods, "tcp_open_total", &mtls_from_client);
         assert!(after_nc > after_curl, "the TCP connection was not mTLS");
+
+        // A gRPC client between meshed pods: unary and streaming calls, each answer
+        // as the server sent it, the stream's status from its trailers.
+        let grpc_pods = pods_of(&ns, "grpc");
+        let before = sum_over(&ns, &grpc_pods, "tcp_open_total", &mtls_from_client);
+        let called = kubectl(&[
+            "exec",
+            "-n",
+            &ns,
+            "client",
+            "-c",
+            "grpc",
+            "--",
+            "weft-e2e-grpc",
+            "call",
+            &format!("http://grpc.{ns}.svc.cluster.local:50051"),
+        ]);
+        assert!(called.success, "{}{}", called.stdout, called.stderr);
+        let after = sum_over(&ns, &grpc_pods, "tcp_open_total", &mtls_from_client);
+        assert!(after > before, "the gRPC connection was not mTLS");
+        let grpc_responses = metric_sum(
+            &proxy_metrics(&ns, "client"),
+            "response_total",
+            &[
+                ("direction", "outbound"),
+                ("tls", "true"),
+                ("authority", &format!("{}:50051", service_ip(&ns, "grpc"))),
+            ],
+        );
+        assert!(
+            grpc_responses >= 3.0,
+            "the client's proxy counted {grpc_responses} gRPC responses"
+        );
 
         // Meshed → unmeshed: plaintext from the client's proxy to the pod as it is.
         let page = sh(

@@ -29,10 +29,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::mpsc,
 };
-use tonic::Status;
 use weft_proxy::{http::Version, tcp::InboundSettings};
-use weft_proxy_api::v1::{
-    AckRequest, AckResponse, Resolution, ResolveRequest, destination_client, destination_server,
+use weft_proxy_api::{
+    testing::{ScriptedDestination, check_calls},
+    v1::{destination_client, destination_server},
 };
 
 const HOST: &str = "web.shop.svc.cluster.local";
@@ -499,53 +499,6 @@ async fn an_upgraded_http1_connection_becomes_a_tunnel_through_both_proxies() {
     assert_eq!(&echo, b"ping");
 }
 
-/// A gRPC application: the proxy API's Destination service, faked. `Ack` answers
-/// unless the pod is missing; `Resolve` streams three resolutions, then ends with a
-/// status that travels in the trailers.
-struct FakeDestination;
-
-#[tonic::async_trait]
-impl destination_server::Destination for FakeDestination {
-    type ResolveStream = futures::stream::Iter<std::vec::IntoIter<Result<Resolution, Status>>>;
-    type InboundPolicyStream =
-        futures::stream::Empty<Result<weft_proxy_api::v1::InboundPolicyUpdate, Status>>;
-
-    async fn resolve(
-        &self,
-        request: tonic::Request<ResolveRequest>,
-    ) -> Result<tonic::Response<Self::ResolveStream>, Status> {
-        let authority = request.into_inner().authority;
-        let mut items: Vec<Result<Resolution, Status>> = (0..3)
-            .map(|i| {
-                Ok(Resolution {
-                    service: authority.clone(),
-                    config_version: i.to_string(),
-                    ..Resolution::default()
-                })
-            })
-            .collect();
-        items.push(Err(Status::resource_exhausted("three is enough")));
-        Ok(tonic::Response::new(futures::stream::iter(items)))
-    }
-
-    async fn inbound_policy(
-        &self,
-        _: tonic::Request<weft_proxy_api::v1::InboundPolicyRequest>,
-    ) -> Result<tonic::Response<Self::InboundPolicyStream>, Status> {
-        Err(Status::unimplemented("not in this test"))
-    }
-
-    async fn ack(
-        &self,
-        request: tonic::Request<AckRequest>,
-    ) -> Result<tonic::Response<AckResponse>, Status> {
-        if request.get_ref().pod.is_empty() {
-            return Err(Status::invalid_argument("pod is required"));
-        }
-        Ok(tonic::Response::new(AckResponse {}))
-    }
-}
-
 async fn grpc_app() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -555,7 +508,9 @@ async fn grpc_app() -> SocketAddr {
     });
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(destination_server::DestinationServer::new(FakeDestination))
+            .add_service(destination_server::DestinationServer::new(
+                ScriptedDestination,
+            ))
             .serve_with_incoming(incoming),
     );
     addr
@@ -571,29 +526,7 @@ async fn grpc_unary_and_streaming_calls_keep_their_status_and_trailers() {
         .await
         .unwrap();
     let mut grpc = destination_client::DestinationClient::new(channel);
-
-    let ack = |pod: &str| AckRequest {
-        pod: pod.into(),
-        ..AckRequest::default()
-    };
-    grpc.ack(ack("web-1")).await.unwrap();
-    let refused = grpc.ack(ack("")).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert_eq!(refused.message(), "pod is required");
-
-    let request = ResolveRequest {
-        authority: "web.shop:80".into(),
-        ..ResolveRequest::default()
-    };
-    let mut stream = grpc.resolve(request).await.unwrap().into_inner();
-    for i in 0..3 {
-        let resolution = stream.message().await.unwrap().expect("a message");
-        assert_eq!(resolution.config_version, i.to_string());
-        assert_eq!(resolution.service, "web.shop:80");
-    }
-    let ended = stream.message().await.unwrap_err();
-    assert_eq!(ended.code(), tonic::Code::ResourceExhausted);
-    assert_eq!(ended.message(), "three is enough");
+    check_calls(&mut grpc).await.unwrap();
 
     assert!(has_sample(
         &client.metrics.encode(),

@@ -17,5 +17,8 @@ pub mod v1 {
     tonic::include_proto!("weft.proxy.v1");
 }
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 /// The audience of the ServiceAccount token a proxy sends with `Certify`.
 pub const IDENTITY_TOKEN_AUDIENCE: &str = "weft.dev/identity";
