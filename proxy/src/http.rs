@@ -7,8 +7,10 @@
 //! slow endpoint gets fewer requests. A destination with no endpoint answers 503. A
 //! request that could not be sent (the endpoint refused the connection, or a kept
 //! connection had closed) goes to another endpoint, up to [`ATTEMPTS`] in all, then
-//! 502; one that was sent is never sent again. An upgrade (WebSocket) is passed through:
-//! once the endpoint answers 101, both upgraded connections are joined as TCP.
+//! 502; one that was sent is never sent again.
+//!
+//! An upgrade (WebSocket) and CONNECT pass through: once the endpoint answers 101 (a
+//! CONNECT, 2xx), both connections are joined as TCP.
 //!
 //! HTTP/1 connections to an endpoint are kept for reuse (at most
 //! [`MAX_IDLE_PER_ENDPOINT`]); a connection still busy with a response is skipped,
@@ -23,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::{Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::{
     body::{Bytes, Incoming},
@@ -193,7 +195,8 @@ impl Destination {
         } else {
             Version::Http1
         };
-        let upgrading = request.headers().contains_key(header::UPGRADE);
+        let connect = request.method() == Method::CONNECT;
+        let upgrading = connect || request.headers().contains_key(header::UPGRADE);
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
         let mut attempt = 1;
         loop {
@@ -244,7 +247,9 @@ impl Destination {
             };
             in_flight.load().observe(started.elapsed());
             drop(in_flight);
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let tunnel = response.status() == StatusCode::SWITCHING_PROTOCOLS
+                || (connect && response.status().is_success());
+            if tunnel {
                 if let Some(client_upgrade) = client_upgrade {
                     let server_upgrade = hyper::upgrade::on(&mut response);
                     tokio::spawn(join_upgraded(client_upgrade, server_upgrade));

@@ -436,7 +436,7 @@ async fn read_until(conn: &mut TcpStream, end: &[u8]) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
-/// An HTTP/1 application that accepts an upgrade and then echoes raw bytes.
+/// An HTTP/1 application that accepts an upgrade or a CONNECT, then echoes raw bytes.
 async fn upgrade_app() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -452,6 +452,11 @@ async fn upgrade_app() -> SocketAddr {
                     let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
                     let _ = tokio::io::copy(&mut read, &mut write).await;
                 });
+                if request.method() == http::Method::CONNECT {
+                    return Ok::<_, hyper::Error>(Response::new(
+                        http_body_util::Empty::<Bytes>::new(),
+                    ));
+                }
                 let response = Response::builder()
                     .status(101)
                     .header("connection", "upgrade")
@@ -618,4 +623,19 @@ fn frame_types(bytes: &[u8]) -> Vec<u8> {
         rest = &rest[(9 + length).min(rest.len())..];
     }
     types
+}
+
+#[tokio::test]
+async fn a_connect_tunnel_passes_through_both_proxies() {
+    let ca = Ca::new();
+    let (_server, client) = meshed_pair(&ca, upgrade_app().await, InboundSettings::default()).await;
+    let mut conn = TcpStream::connect(client.addr).await.unwrap();
+    conn.write_all(b"CONNECT db.shop:5432 HTTP/1.1\r\nhost: db.shop:5432\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until(&mut conn, b"\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    conn.write_all(b"through the tunnel").await.unwrap();
+    let echo = read_until(&mut conn, b"tunnel").await;
+    assert_eq!(echo, "through the tunnel");
 }
