@@ -154,9 +154,15 @@ pub struct Destination {
 }
 
 /// Serves the client connection `io`, which speaks `version`, sending each request to
-/// an endpoint of `destination`.
-pub async fn serve_outbound<I>(io: I, version: Version, destination: Arc<Destination>)
-where
+/// an endpoint of `destination`. Once `shutdown` turns true the connection is drained:
+/// requests in flight are answered, then it is closed (HTTP/1 after the response in
+/// progress, HTTP/2 with a GOAWAY).
+pub async fn serve_outbound<I>(
+    io: I,
+    version: Version,
+    destination: Arc<Destination>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = destination.metrics.clone();
@@ -164,18 +170,35 @@ where
         let destination = destination.clone();
         async move { Ok::<_, Infallible>(destination.proxy(request).await) }
     });
+    let stopping = async move {
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            // No one will ever ask: serve on.
+            std::future::pending::<()>().await;
+        }
+    };
+    // Serves `$connection` until it ends, draining it once `stopping` is done.
+    macro_rules! drained {
+        ($connection:expr) => {{
+            let mut connection = std::pin::pin!($connection);
+            tokio::select! {
+                served = connection.as_mut() => served,
+                () = stopping => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }};
+    }
     let served = match version {
-        Version::Http1 => {
+        Version::Http1 => drained!(
             hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades()
-                .await
-        }
-        Version::Http2 => {
+        ),
+        Version::Http2 => drained!(
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(io), service)
-                .await
-        }
+        ),
     };
     if let Err(error) = served {
         // A malformed HTTP/1 request gets its 400 from hyper, malformed HTTP/2 a

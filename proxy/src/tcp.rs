@@ -222,9 +222,9 @@ impl Forwarder {
                     }
                 };
                 let (metrics, guard) = (metrics.clone(), in_flight.clone());
-                let context = self.context.clone();
+                let (context, shutdown) = (self.context.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    context.forward(client, peer, &metrics).await;
+                    context.forward(client, peer, &metrics, shutdown).await;
                     drop(guard);
                 });
             }
@@ -264,8 +264,15 @@ impl Default for InboundSettings {
 }
 
 impl Context {
-    /// Forwards one accepted connection.
-    async fn forward(&self, client: TcpStream, peer: SocketAddr, metrics: &Arc<Metrics>) {
+    /// Forwards one accepted connection; HTTP served here is drained once `shutdown`
+    /// turns true.
+    async fn forward(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        metrics: &Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) {
         let target = match self.fixed_target {
             Some(target) => target,
             None => match original_dst(&client) {
@@ -282,7 +289,9 @@ impl Context {
         };
         let _ = client.set_nodelay(true);
         match self.direction {
-            Direction::Outbound => self.outbound(client, peer, target, metrics).await,
+            Direction::Outbound => {
+                self.outbound(client, peer, target, metrics, shutdown).await;
+            }
             Direction::Inbound => self.inbound(client, peer, target, metrics).await,
         }
     }
@@ -293,6 +302,7 @@ impl Context {
         peer: SocketAddr,
         target: SocketAddr,
         metrics: &Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
     ) {
         let authority = target.to_string();
         let followed = self.resolution(&authority).await;
@@ -335,7 +345,7 @@ impl Context {
                 tls: self.tls.clone(),
                 metrics: metrics.clone(),
             });
-            crate::http::serve_outbound(client, version, destination).await;
+            crate::http::serve_outbound(client, version, destination, shutdown).await;
             return;
         }
         self.outbound_tcp(client, peer, &authority, target, Some(&resolution), metrics)

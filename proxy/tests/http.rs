@@ -378,6 +378,31 @@ async fn a_request_that_could_not_be_sent_goes_to_another_endpoint(version: Vers
     }
 }
 
+async fn a_shutdown_drains_the_requests_in_flight_then_closes(version: Version) {
+    let ca = Ca::new();
+    let app = http_app("slow", Duration::from_millis(300), version).await;
+    let (_server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let mut http = HttpClient::connect(client.addr, version).await;
+    assert_eq!(http.call("GET", Vec::new()).await.0, 200);
+
+    let in_flight = tokio::spawn(async move {
+        let answer = http.call("POST", b"last".to_vec()).await;
+        (answer, http)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.stop.send_replace(true);
+    // The request in flight is answered; the kept-alive connection is then closed
+    // (it does not hold the proxy until the grace period ends) and nothing new is
+    // accepted.
+    let (answer, _kept_open) = in_flight.await.unwrap();
+    assert_eq!(answer, (200, "slow:4".into()));
+    tokio::time::timeout(Duration::from_secs(5), client.task)
+        .await
+        .expect("drained within 5 s")
+        .unwrap();
+    assert!(TcpStream::connect(client.addr).await.is_err());
+}
+
 /// Each scenario as two tests: `http1::<name>` and `http2::<name>`.
 macro_rules! for_both_versions {
     ($($scenario:ident),* $(,)?) => {
@@ -402,6 +427,7 @@ for_both_versions!(
     a_request_expecting_100_continue_goes_through,
     an_unreachable_endpoint_is_a_502_and_the_connection_lives_on,
     a_request_that_could_not_be_sent_goes_to_another_endpoint,
+    a_shutdown_drains_the_requests_in_flight_then_closes,
 );
 
 #[tokio::test]

@@ -41,7 +41,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             metrics: Arc::new(Metrics::new()),
         });
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let served = tokio::spawn(serve_outbound(server, version, destination));
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let served = tokio::spawn(serve_outbound(server, version, destination, shutdown));
         let _ = client.write_all(data).await;
         let _ = client.shutdown().await;
         let mut answer = Vec::new();

@@ -197,7 +197,10 @@ pub struct Client {
     pub metrics: Arc<Metrics>,
     pub credentials: watch::Sender<Option<Credentials>>,
     pub resolver: Arc<FakeResolver>,
-    pub _stop: watch::Sender<bool>,
+    /// Starts the proxy's graceful shutdown.
+    pub stop: watch::Sender<bool>,
+    /// The listener's task: it ends once shut down and drained.
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 pub async fn client(ca: &Ca) -> Client {
@@ -212,13 +215,14 @@ pub async fn client(ca: &Ca) -> Client {
         .with_tls(Tls::new(rx))
         .with_resolver(resolver.clone());
     let addr = forwarder.local_addr();
-    forwarder.spawn(metrics.clone(), shutdown);
+    let task = forwarder.spawn(metrics.clone(), shutdown);
     Client {
         addr,
         metrics,
         credentials,
         resolver,
-        _stop: stop,
+        stop,
+        task,
     }
 }
 
