@@ -6,7 +6,7 @@
 //! The latency of each response's head feeds the endpoint's peak-EWMA estimate, so a
 //! slow endpoint gets fewer requests. A destination with no endpoint answers 503. A
 //! request that could not be sent (the endpoint refused the connection, or a kept
-//! connection had closed) goes to another endpoint, up to [`ATTEMPTS`] in all, then
+//! connection had closed) goes to another endpoint, up to three in all, then
 //! 502; one that was sent is never sent again.
 //!
 //! An upgrade (WebSocket) and CONNECT pass through: once the endpoint answers 101 (a
@@ -41,7 +41,7 @@ use weft_proxy_api::v1::Resolution;
 use crate::{
     balance::Balancer,
     metrics::{Direction, Metrics, TcpLabels},
-    tls::Tls,
+    tls::{ALPN_HTTP, Tls},
 };
 
 /// The most idle connections kept per endpoint.
@@ -145,7 +145,12 @@ impl Pool {
 /// Where one client connection's requests go.
 #[derive(Debug)]
 pub struct Destination {
-    pub authority: String,
+    /// The labels every request and response of the connection is counted with:
+    /// outbound, its direction and authority (each endpoint adds its own); inbound,
+    /// also the client's identity and `tls`.
+    pub labels: TcpLabels,
+    /// Every request is answered 403: the port's policy does not let the client in.
+    pub forbidden: bool,
     pub resolution: watch::Receiver<Option<Arc<Resolution>>>,
     pub balancer: Arc<Balancer>,
     pub pool: Arc<Pool>,
@@ -153,11 +158,12 @@ pub struct Destination {
     pub metrics: Arc<Metrics>,
 }
 
-/// Serves the client connection `io`, which speaks `version`, sending each request to
-/// an endpoint of `destination`. Once `shutdown` turns true the connection is drained:
+/// Serves the client connection `io` (an application's, outbound; a peer proxy's or an
+/// unmeshed client's, inbound), which speaks `version`, sending each request to an
+/// endpoint of `destination`. Once `shutdown` turns true the connection is drained:
 /// requests in flight are answered, then it is closed (HTTP/1 after the response in
 /// progress, HTTP/2 with a GOAWAY).
-pub async fn serve_outbound<I>(
+pub async fn serve<I>(
     io: I,
     version: Version,
     destination: Arc<Destination>,
@@ -166,6 +172,7 @@ pub async fn serve_outbound<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = destination.metrics.clone();
+    let direction = destination.labels.direction.unwrap_or(Direction::Outbound);
     let service = hyper::service::service_fn(move |request| {
         let destination = destination.clone();
         async move { Ok::<_, Infallible>(destination.proxy(request).await) }
@@ -205,7 +212,7 @@ pub async fn serve_outbound<I>(
         // GOAWAY; a client that went away mid-message gets nothing.
         tracing::debug!(%error, ?version, "HTTP client connection ended");
         if !error.is_incomplete_message() && !error.is_canceled() {
-            metrics.http_client_error(Direction::Outbound);
+            metrics.http_client_error(direction);
         }
     }
 }
@@ -218,13 +225,16 @@ impl Destination {
         } else {
             Version::Http1
         };
+        if self.forbidden {
+            let labels = self.metrics.request_started(&self.labels);
+            return self.answer(&labels, started, StatusCode::FORBIDDEN);
+        }
         let connect = request.method() == Method::CONNECT;
         let upgrading = connect || request.headers().contains_key(header::UPGRADE);
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
         let mut attempt = 1;
         loop {
-            let mut labels = TcpLabels::new(Direction::Outbound);
-            labels.authority = Some(self.authority.clone());
+            let mut labels = self.labels.clone();
             let resolution = self.resolution.borrow().clone().unwrap_or_default();
             let endpoints = crate::tcp::endpoint_addrs(&resolution);
             let weighted: Vec<(SocketAddr, u32)> =
@@ -235,7 +245,11 @@ impl Destination {
             };
             let (addr, _, index) = endpoints[chosen];
             let endpoint = &resolution.endpoints[index];
-            let identity = crate::tcp::label_endpoint(&mut labels, endpoint, self.tls.is_some());
+            let identity = if labels.direction == Some(Direction::Outbound) {
+                crate::tcp::label_endpoint(&mut labels, endpoint, self.tls.is_some())
+            } else {
+                None
+            };
 
             let sender = match self.pool.checkout(addr, version) {
                 Some(sender) => Some(sender),
@@ -297,7 +311,8 @@ impl Destination {
         let tcp = crate::tcp::connect(addr, Direction::Outbound, &self.metrics).await?;
         match (identity, &self.tls) {
             (Some(identity), Some(tls)) => {
-                let tls = crate::tcp::connect_mtls(tls, tcp, identity, &self.metrics).await?;
+                let tls =
+                    crate::tcp::connect_mtls(tls, tcp, identity, ALPN_HTTP, &self.metrics).await?;
                 handshake(tls, version).await
             }
             _ => handshake(tcp, version).await,

@@ -17,7 +17,11 @@
 //! this proxy is a peer proxy's mTLS, terminated here, and the client's identity is
 //! recorded; anything else (plaintext, or an application's own TLS) is passed through
 //! as it came. The port's policy decides whether the client may connect; then the
-//! connection goes to the application on the original port over loopback.
+//! connection goes to the application on the original port over loopback. HTTP —
+//! announced by the client proxy with the ALPN [`ALPN_HTTP`], or detected from an
+//! unmeshed client — is served request by request ([`crate::http`]): each request is
+//! counted with the client's identity, and a client the policy refuses is answered
+//! 403. Anything else is relayed as bytes (an opaque port always is).
 //!
 //! Every connection is counted in the `tcp_*` family Linkerd's dashboards read, with
 //! `tls` and the peer's identity. Half-closes propagate both ways.
@@ -28,12 +32,17 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context as TaskContext, Poll},
     time::{Duration, Instant},
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::watch,
     task::JoinHandle,
@@ -46,7 +55,7 @@ use crate::{
     detect::{self, Prefixed, Protocol},
     discovery::Discovery,
     metrics::{Direction, Metrics, TcpLabels},
-    tls::{ALPN_TCP, Tls},
+    tls::{ALPN_HTTP, ALPN_TCP, Tls},
 };
 
 /// How long connecting to a destination may take.
@@ -292,7 +301,9 @@ impl Context {
             Direction::Outbound => {
                 self.outbound(client, peer, target, metrics, shutdown).await;
             }
-            Direction::Inbound => self.inbound(client, peer, target, metrics).await,
+            Direction::Inbound => {
+                self.inbound(client, peer, target, metrics, shutdown).await;
+            }
         }
     }
 
@@ -330,23 +341,20 @@ impl Context {
                 }
             };
         let client = Prefixed::new(prefix, client);
-        let version = match protocol {
-            Protocol::Http1 => Some(crate::http::Version::Http1),
-            Protocol::Http2 => Some(crate::http::Version::Http2),
-            Protocol::Tls { .. } | Protocol::Opaque => None,
-        };
-        if let Some(version) = version {
+        if let Some(version) = http_version(&protocol) {
             let endpoints = endpoint_addrs(&resolution);
-            let destination = Arc::new(crate::http::Destination {
+            let mut labels = TcpLabels::new(Direction::Outbound);
+            labels.authority = Some(authority.clone());
+            let destination = crate::http::Destination {
                 balancer: self.balancer(&authority, &resolution, &endpoints),
-                authority,
+                labels,
+                forbidden: false,
                 resolution: rx,
                 pool: self.pool.clone(),
                 tls: self.tls.clone(),
                 metrics: metrics.clone(),
-            });
-            crate::http::serve_outbound(client, version, destination, shutdown).await;
-            return;
+            };
+            return serve_http(client, version, destination, shutdown).await;
         }
         self.outbound_tcp(client, peer, &authority, target, Some(&resolution), metrics)
             .await;
@@ -397,7 +405,8 @@ impl Context {
         }
         match (identity, &self.tls) {
             (Some(identity), Some(tls)) => {
-                let Some(server) = connect_mtls(tls, server, &identity, metrics).await else {
+                let Some(server) = connect_mtls(tls, server, &identity, ALPN_TCP, metrics).await
+                else {
                     return;
                 };
                 relay(client, server, &labels, metrics).await;
@@ -456,7 +465,8 @@ impl Context {
         mut client: TcpStream,
         peer: SocketAddr,
         target: SocketAddr,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
     ) {
         let port = target.port();
         let app = match self.fixed_target {
@@ -515,24 +525,79 @@ impl Context {
                     return;
                 }
             };
-            if !self.authorized(policy.as_ref(), Some(&accepted.client_id), peer, metrics) {
-                return;
-            }
+            let allowed =
+                self.authorized(policy.as_ref(), Some(&accepted.client_id), peer, metrics);
             labels.tls = Some("true");
             labels.client_id = Some(accepted.client_id);
+            let mut stream = accepted.stream;
+            if accepted.alpn.as_deref() == Some(ALPN_HTTP) && !opaque {
+                // HTTP, which the client speaks first: its first bytes say the version.
+                let detected = detect::read_prefix(&mut stream, self.inbound.detect_timeout).await;
+                let Ok((prefix, Some(version))) = detected.map(|(p, d)| (p, http_version(&d)))
+                else {
+                    tracing::debug!(%peer, "not HTTP where the client proxy announced it");
+                    metrics.detect_failed();
+                    return;
+                };
+                let destination = self.to_app(app, labels, !allowed, metrics);
+                return serve_http(
+                    Prefixed::new(prefix, stream),
+                    version,
+                    destination,
+                    shutdown,
+                )
+                .await;
+            }
+            if !allowed {
+                return;
+            }
             let Some(server) = connect(app, Direction::Inbound, metrics).await else {
                 return;
             };
-            relay(accepted.stream, server, &labels, metrics).await;
+            relay(stream, server, &labels, metrics).await;
         } else {
-            if !self.authorized(policy.as_ref(), None, peer, metrics) {
+            let allowed = self.authorized(policy.as_ref(), None, peer, metrics);
+            labels.tls = Some("false");
+            if let (Some(version), false) = (http_version(&protocol), opaque) {
+                let destination = self.to_app(app, labels, !allowed, metrics);
+                return serve_http(client, version, destination, shutdown).await;
+            }
+            if !allowed {
                 return;
             }
-            labels.tls = Some("false");
             let Some(server) = connect(app, Direction::Inbound, metrics).await else {
                 return;
             };
             relay(client, server, &labels, metrics).await;
+        }
+    }
+
+    /// Where an inbound HTTP connection's requests go: the application at `app`,
+    /// unless the client is `forbidden`.
+    fn to_app(
+        &self,
+        app: SocketAddr,
+        labels: TcpLabels,
+        forbidden: bool,
+        metrics: &Arc<Metrics>,
+    ) -> crate::http::Destination {
+        let resolution = Resolution {
+            known: true,
+            endpoints: vec![Endpoint {
+                address: app.to_string(),
+                weight: 1,
+                ..Endpoint::default()
+            }],
+            ..Resolution::default()
+        };
+        crate::http::Destination {
+            labels,
+            forbidden,
+            resolution: watch::channel(Some(Arc::new(resolution))).1,
+            balancer: Arc::default(),
+            pool: self.pool.clone(),
+            tls: None,
+            metrics: metrics.clone(),
         }
     }
 
@@ -620,9 +685,10 @@ pub(crate) async fn connect_mtls(
     tls: &Tls,
     tcp: TcpStream,
     identity: &str,
+    alpn: &[u8],
     metrics: &Metrics,
 ) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
-    let handshake = tls.connect(tcp, identity, ALPN_TCP);
+    let handshake = tls.connect(tcp, identity, alpn);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(stream)) => Some(stream),
         Err(_) => {
@@ -656,6 +722,123 @@ where
         };
     let _ = client.shutdown().await;
     metrics.tcp_closed(&labels, from_client, from_server);
+}
+
+/// The HTTP version `protocol` was detected as, if it is HTTP.
+fn http_version(protocol: &Protocol) -> Option<crate::http::Version> {
+    match protocol {
+        Protocol::Http1 => Some(crate::http::Version::Http1),
+        Protocol::Http2 => Some(crate::http::Version::Http2),
+        Protocol::Tls { .. } | Protocol::Opaque => None,
+    }
+}
+
+/// Serves an HTTP connection request by request ([`crate::http`]), counted in the
+/// `tcp_*` family like every connection.
+async fn serve_http<I>(
+    io: I,
+    version: crate::http::Version,
+    destination: crate::http::Destination,
+    shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let metrics = destination.metrics.clone();
+    let labels = metrics.tcp_opened(&destination.labels);
+    let (io, counts) = Counted::new(io);
+    crate::http::serve(io, version, Arc::new(destination), shutdown).await;
+    let (read, written) = counts.get();
+    metrics.tcp_closed(&labels, read, written);
+}
+
+/// The bytes read from and written to an IO that was handed away.
+#[derive(Debug, Default)]
+struct ByteCounts {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl ByteCounts {
+    fn get(&self) -> (u64, u64) {
+        (
+            self.read.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// An IO that counts its bytes into a [`ByteCounts`] kept by the caller.
+struct Counted<I> {
+    io: I,
+    counts: Arc<ByteCounts>,
+}
+
+impl<I> Counted<I> {
+    fn new(io: I) -> (Self, Arc<ByteCounts>) {
+        let counts = Arc::new(ByteCounts::default());
+        (
+            Self {
+                io,
+                counts: counts.clone(),
+            },
+            counts,
+        )
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.counts.read.fetch_add(read, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.counts.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.counts.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// The endpoints of `resolution` that parse: address, weight, and their index.

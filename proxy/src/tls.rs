@@ -32,6 +32,9 @@ use crate::identity::Credentials;
 
 /// ALPN of a TCP connection carried as-is between proxies.
 pub const ALPN_TCP: &[u8] = b"weft.dev/tcp";
+/// ALPN of HTTP between proxies, in the version the application spoke (HTTP/1, or
+/// HTTP/2 with prior knowledge): the server proxy serves it request by request.
+pub const ALPN_HTTP: &[u8] = b"weft.dev/http";
 
 /// The SNI a client sends to reach a proxy with SPIFFE id `identity`, or `None` when
 /// the identity is not a `spiffe://<td>/ns/<ns>/sa/<sa>` id that makes a DNS name.
@@ -95,6 +98,8 @@ pub struct Accepted<I> {
     pub stream: tokio_rustls::server::TlsStream<I>,
     /// The client proxy's SPIFFE id.
     pub client_id: String,
+    /// The ALPN protocol agreed: [`ALPN_TCP`] or [`ALPN_HTTP`].
+    pub alpn: Option<Vec<u8>>,
 }
 
 impl Tls {
@@ -171,7 +176,12 @@ impl Tls {
             .and_then(|chain| chain.first())
             .and_then(|cert| spiffe_id_of(cert.as_ref()))
             .ok_or_else(|| io::Error::other("the client certificate has no SPIFFE id"))?;
-        Ok(Accepted { stream, client_id })
+        let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        Ok(Accepted {
+            stream,
+            client_id,
+            alpn,
+        })
     }
 }
 
@@ -192,7 +202,7 @@ fn build(credentials: &Credentials) -> Result<Configs, rustls::Error> {
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
             credentials.key.clone(),
         )));
-    server.alpn_protocols = vec![ALPN_TCP.to_vec()];
+    server.alpn_protocols = vec![ALPN_TCP.to_vec(), ALPN_HTTP.to_vec()];
     let verifier = Arc::new(SpiffeVerifier {
         roots,
         algorithms: provider.signature_verification_algorithms,

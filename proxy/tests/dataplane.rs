@@ -52,13 +52,14 @@ async fn app(name: &'static str, greeting: Option<&'static str>) -> SocketAddr {
 }
 
 /// The first flight of a TLS 1.3 client (its ClientHello) for `sni`.
-fn client_hello(sni: &str) -> Vec<u8> {
+fn client_hello(sni: &str, alpn: &[&[u8]]) -> Vec<u8> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
     let mut hello = Vec::new();
     rustls::ClientConnection::new(Arc::new(config), name)
@@ -339,23 +340,34 @@ async fn garbage_and_foreign_tls_cost_one_connection_only() {
     let server = server(&ca, SERVER_ID, app, InboundSettings::default()).await;
     *server.policies.0.lock().unwrap() = Some(allow(&[], true));
 
-    // A ClientHello naming this proxy but with garbage after it.
-    let hello = client_hello(&weft_proxy::tls::sni_of(SERVER_ID).unwrap());
-    let mut conn = TcpStream::connect(server.addr).await.unwrap();
-    conn.write_all(&hello).await.unwrap();
-    conn.write_all(b"\x17\x03\x03\x00\x05garbage")
-        .await
-        .unwrap();
-    let mut sink = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut sink)).await;
-    assert!(has_sample(
-        &server.metrics.encode(),
-        "tls_handshake_errors_total",
-        &[("direction", "inbound")]
-    ));
+    // A ClientHello naming this proxy but with garbage after it, then one offering
+    // only an ALPN protocol proxies do not speak: each refused and counted.
+    let own_sni = weft_proxy::tls::sni_of(SERVER_ID).unwrap();
+    let failures = || {
+        sample_sum(
+            &server.metrics.encode(),
+            "tls_handshake_errors_total",
+            &[("direction", "inbound")],
+        )
+    };
+    for (hello, after) in [
+        (
+            client_hello(&own_sni, &[]),
+            &b"\x17\x03\x03\x00\x05garbage"[..],
+        ),
+        (client_hello(&own_sni, &[b"h2"]), &b""[..]),
+    ] {
+        let before = failures();
+        let mut conn = TcpStream::connect(server.addr).await.unwrap();
+        conn.write_all(&hello).await.unwrap();
+        conn.write_all(after).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut sink)).await;
+        assert_eq!(failures(), before + 1.0);
+    }
 
     // An application's own TLS (another SNI) and binary noise pass through untouched.
-    let foreign = client_hello("example.test");
+    let foreign = client_hello("example.test", &[]);
     let answer = exchange(server.addr, &String::from_utf8_lossy(&foreign)).await;
     assert!(answer.starts_with("web:"), "passed through: {answer:?}");
     assert_eq!(

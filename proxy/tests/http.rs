@@ -403,6 +403,71 @@ async fn a_shutdown_drains_the_requests_in_flight_then_closes(version: Version) 
     assert!(TcpStream::connect(client.addr).await.is_err());
 }
 
+async fn the_server_proxy_serves_each_request_and_counts_it_with_the_client_identity(
+    version: Version,
+) {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, version).await;
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let mut http = HttpClient::connect(client.addr, version).await;
+    for _ in 0..3 {
+        assert_eq!(http.call("GET", Vec::new()).await, (200, "web:0".into()));
+    }
+    let text = server.metrics.encode();
+    let peer = [
+        ("direction", "inbound"),
+        ("tls", "true"),
+        ("client_id", CLIENT_ID),
+    ];
+    for (name, extra) in [
+        ("request_total", None),
+        ("response_total", Some(("status_code", "200"))),
+        ("response_latency_ms_count", None),
+        ("tcp_open_total", None),
+    ] {
+        let labels: Vec<(&str, &str)> = peer.iter().copied().chain(extra).collect();
+        assert!(
+            has_sample(&text, name, &labels),
+            "{name} {labels:?} in\n{text}"
+        );
+    }
+}
+
+async fn a_client_the_policy_refuses_gets_403_for_each_request(version: Version) {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, version).await;
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    *server.policies.0.lock().unwrap() =
+        Some(allow(&["spiffe://cluster.local/ns/shop/sa/admin"], false));
+
+    // Meshed, but not an identity the port allows.
+    let mut http = HttpClient::connect(client.addr, version).await;
+    for _ in 0..2 {
+        assert_eq!(http.call("GET", Vec::new()).await.0, 403);
+    }
+    // Unmeshed (plaintext, straight to the server proxy).
+    let mut plain = HttpClient::connect(server.addr, version).await;
+    assert_eq!(plain.call("GET", Vec::new()).await.0, 403);
+
+    let text = server.metrics.encode();
+    assert!(
+        has_sample(&text, "inbound_tcp_authz_deny_total", &[]),
+        "{text}"
+    );
+    assert!(
+        has_sample(
+            &text,
+            "response_total",
+            &[
+                ("direction", "inbound"),
+                ("status_code", "403"),
+                ("client_id", CLIENT_ID)
+            ]
+        ),
+        "{text}"
+    );
+}
+
 /// Each scenario as two tests: `http1::<name>` and `http2::<name>`.
 macro_rules! for_both_versions {
     ($($scenario:ident),* $(,)?) => {
@@ -428,6 +493,8 @@ for_both_versions!(
     an_unreachable_endpoint_is_a_502_and_the_connection_lives_on,
     a_request_that_could_not_be_sent_goes_to_another_endpoint,
     a_shutdown_drains_the_requests_in_flight_then_closes,
+    the_server_proxy_serves_each_request_and_counts_it_with_the_client_identity,
+    a_client_the_policy_refuses_gets_403_for_each_request,
 );
 
 #[tokio::test]

@@ -9,8 +9,8 @@ use std::{sync::Arc, sync::LazyLock, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_proxy::{
     balance::Balancer,
-    http::{Destination, Pool, Version, serve_outbound},
-    metrics::Metrics,
+    http::{Destination, Pool, Version, serve},
+    metrics::{Direction, Metrics, TcpLabels},
 };
 use weft_proxy_api::v1::Resolution;
 
@@ -33,7 +33,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             ..Resolution::default()
         };
         let destination = Arc::new(Destination {
-            authority: "web.shop.svc.cluster.local:80".into(),
+            labels: TcpLabels::new(Direction::Outbound),
+            forbidden: false,
             resolution: tokio::sync::watch::channel(Some(Arc::new(resolution))).1,
             balancer: Arc::new(Balancer::default()),
             pool: Arc::new(Pool::default()),
@@ -42,7 +43,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         });
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let served = tokio::spawn(serve_outbound(server, version, destination, shutdown));
+        let served = tokio::spawn(serve(server, version, destination, shutdown));
         let _ = client.write_all(data).await;
         let _ = client.shutdown().await;
         let mut answer = Vec::new();

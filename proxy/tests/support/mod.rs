@@ -253,6 +253,20 @@ pub async fn fleet(ca: &Ca, apps: Vec<SocketAddr>) -> (Vec<Server>, Client, Vec<
     (servers, client, all)
 }
 
+/// The sum of the samples of `name` with all of `labels`.
+pub fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.starts_with(name)
+                && labels
+                    .iter()
+                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Whether a sample of `name` with all of `labels` is not zero.
 pub fn has_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> bool {
     text.lines().any(|line| {
         line.starts_with(name)
