@@ -28,7 +28,7 @@ use std::{
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::{
-    body::{Bytes, Incoming},
+    body::{Body as _, Bytes, Incoming},
     client::conn::{TrySendError, http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -40,7 +40,8 @@ use weft_proxy_api::v1::Resolution;
 
 use crate::{
     balance::Balancer,
-    metrics::{Direction, Metrics, TcpLabels},
+    metrics::{Direction, Metrics, RouteLabels, TcpLabels},
+    profile::{Budget, Routes},
     tls::{ALPN_HTTP, Tls},
 };
 
@@ -50,12 +51,16 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 32;
 /// connection closes before the request went out on it (it is then safe to resend,
 /// whatever its method).
 const ATTEMPTS: u32 = 3;
+/// The most times a route's failed request is sent again (the retry budget may
+/// allow fewer).
+const MAX_RETRIES: u32 = 3;
 /// The latency charged to an endpoint that could not be reached, so the balancer
 /// avoids it until the estimate decays.
 const UNREACHABLE_PENALTY: Duration = Duration::from_secs(1);
 /// The most endpoints whose connections are kept.
 const MAX_POOLED_ENDPOINTS: usize = 1024;
 
+/// A body as it came (a request's, a response's), or one the proxy made.
 type Body = Either<Incoming, Full<Bytes>>;
 
 /// The HTTP versions the proxy serves, each kept as it is to the endpoint.
@@ -67,16 +72,16 @@ pub enum Version {
 
 /// A connection to an endpoint, ready to carry requests.
 enum Sender {
-    Http1(http1::SendRequest<Incoming>),
-    Http2(http2::SendRequest<Incoming>),
+    Http1(http1::SendRequest<Body>),
+    Http2(http2::SendRequest<Body>),
 }
 
 impl Sender {
     /// Sends `request`; on failure, the request comes back if it was not sent.
     async fn send(
         &mut self,
-        request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<Incoming>>> {
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
         match self {
             Self::Http1(sender) => sender.try_send_request(request).await,
             Self::Http2(sender) => sender.try_send_request(request).await,
@@ -87,8 +92,8 @@ impl Sender {
 /// Connections to endpoints, for reuse. Shared by every client connection.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Incoming>>>>,
-    multiplexed: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
+    multiplexed: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -151,6 +156,8 @@ pub struct Destination {
     pub labels: TcpLabels,
     /// Every request is answered 403: the port's policy does not let the client in.
     pub forbidden: bool,
+    /// The ServiceProfile routes of the resolution's `config_version`.
+    pub routes: Mutex<(String, Arc<Routes>)>,
     pub resolution: watch::Receiver<Option<Arc<Resolution>>>,
     pub balancer: Arc<Balancer>,
     pub pool: Arc<Pool>,
@@ -218,17 +225,88 @@ pub async fn serve<I>(
 }
 
 impl Destination {
-    async fn proxy(&self, mut request: Request<Incoming>) -> Response<Body> {
+    async fn proxy(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        if self.forbidden {
+            let labels = self.metrics.request_started(&self.labels);
+            return self.answer(&labels, started, StatusCode::FORBIDDEN);
+        }
+        let routes = self.routes();
+        let Some(route) = routes.route(request.method(), request.uri().path()) else {
+            return self.forward(request.map(Either::Left), started).await;
+        };
+        let labels = RouteLabels {
+            dst: self.labels.authority.clone().unwrap_or_default(),
+            rt_route: route.name.clone(),
+        };
+        self.metrics.route_request(&labels);
+        let budget = routes.budget();
+        if let Some(budget) = budget {
+            budget.deposit();
+        }
+        // A request without a body can be sent again exactly as it came.
+        let replay =
+            (route.retryable && budget.is_some() && request.body().is_end_stream()).then(|| {
+                let mut again = Request::new(());
+                *again.method_mut() = request.method().clone();
+                *again.uri_mut() = request.uri().clone();
+                *again.version_mut() = request.version();
+                *again.headers_mut() = request.headers().clone();
+                again
+            });
+        let deadline = route.timeout.map(|timeout| started + timeout);
+        let mut request = request.map(Either::Left);
+        let mut retries = 0;
+        loop {
+            self.metrics.route_attempt(&labels);
+            let forwarded = self.forward(request, started);
+            let response = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), forwarded)
+                    .await
+                    .unwrap_or_else(|_| status_only(StatusCode::GATEWAY_TIMEOUT)),
+                None => forwarded.await,
+            };
+            let status = response.status().as_u16();
+            let failed = route.is_failure(status);
+            if let Some(again) = replay.as_ref().filter(|_| failed && retries < MAX_RETRIES)
+                && budget.is_some_and(Budget::withdraw)
+            {
+                retries += 1;
+                let mut next = Request::new(Either::Right(Full::new(Bytes::new())));
+                *next.method_mut() = again.method().clone();
+                *next.uri_mut() = again.uri().clone();
+                *next.version_mut() = again.version();
+                *next.headers_mut() = again.headers().clone();
+                request = next;
+                continue;
+            }
+            self.metrics
+                .route_response(&labels, status, failed, started.elapsed());
+            return response;
+        }
+    }
+
+    /// The routes of the current resolution's profile, compiled once per version.
+    fn routes(&self) -> Arc<Routes> {
+        let resolution = self.resolution.borrow().clone().unwrap_or_default();
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if routes.0 != resolution.config_version {
+            *routes = (
+                resolution.config_version.clone(),
+                Arc::new(Routes::compile(resolution.profile.as_ref())),
+            );
+        }
+        routes.1.clone()
+    }
+
+    /// Sends `request` to an endpoint (another one when it could not be sent) and
+    /// returns the response head, counted.
+    async fn forward(&self, mut request: Request<Body>, started: Instant) -> Response<Body> {
         let version = if request.version() == http::Version::HTTP_2 {
             Version::Http2
         } else {
             Version::Http1
         };
-        if self.forbidden {
-            let labels = self.metrics.request_started(&self.labels);
-            return self.answer(&labels, started, StatusCode::FORBIDDEN);
-        }
         let connect = request.method() == Method::CONNECT;
         let upgrading = connect || request.headers().contains_key(header::UPGRADE);
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
@@ -323,10 +401,15 @@ impl Destination {
     fn answer(&self, labels: &TcpLabels, started: Instant, status: StatusCode) -> Response<Body> {
         self.metrics
             .response(labels, status.as_u16(), started.elapsed());
-        let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
-        *response.status_mut() = status;
-        response
+        status_only(status)
     }
+}
+
+/// An empty response with `status`.
+fn status_only(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    *response.status_mut() = status;
+    response
 }
 
 /// Starts an HTTP connection in `version` on `io`, driven by a task of its own.

@@ -22,6 +22,7 @@ pub mod http;
 pub mod identity;
 pub mod init;
 pub mod metrics;
+pub mod profile;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;

@@ -131,6 +131,23 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS_MS)
 }
 
+/// Labels of the `route_*` metrics: the destination (`ip:port`) and the
+/// ServiceProfile route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub dst: String,
+    pub rt_route: String,
+}
+
+/// Labels of `route_response_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteResponseLabels {
+    dst: String,
+    rt_route: String,
+    status_code: u16,
+    classification: &'static str,
+}
+
 /// Labels of the inbound authorization counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthzLabels {
@@ -162,6 +179,10 @@ pub struct Metrics {
     tls_errors: Family<TcpLabels, Counter>,
     detect_errors: Counter,
     http_errors: Family<TcpLabels, Counter>,
+    route_requests: Family<RouteLabels, Counter>,
+    route_actual_requests: Family<RouteLabels, Counter>,
+    route_responses: Family<RouteResponseLabels, Counter>,
+    route_latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     requests: Family<TcpLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     latency: Family<TcpLabels, Histogram, fn() -> Histogram>,
@@ -265,6 +286,32 @@ impl Metrics {
              invalid HTTP/2 frames)",
             http_errors.clone(),
         );
+        let route_requests = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "route_request",
+            "HTTP requests to a ServiceProfile route, as the application sent them",
+            route_requests.clone(),
+        );
+        let route_actual_requests = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "route_actual_request",
+            "HTTP requests to a ServiceProfile route sent to endpoints, retries included",
+            route_actual_requests.clone(),
+        );
+        let route_responses = Family::<RouteResponseLabels, Counter>::default();
+        registry.register(
+            "route_response",
+            "Responses on a ServiceProfile route, classified by its response classes",
+            route_responses.clone(),
+        );
+        let route_latency: Family<RouteLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "route_response_latency_ms",
+            "Time from a route's request to the response head the application got, \
+             retries included, in milliseconds",
+            route_latency.clone(),
+        );
         let requests = Family::<TcpLabels, Counter>::default();
         registry.register(
             "request",
@@ -298,6 +345,10 @@ impl Metrics {
             tls_errors,
             detect_errors,
             http_errors,
+            route_requests,
+            route_actual_requests,
+            route_responses,
+            route_latency,
         }
     }
 
@@ -391,6 +442,37 @@ impl Metrics {
             })
             .inc();
         self.latency
+            .get_or_create(labels)
+            .observe(latency.as_secs_f64() * 1000.0);
+    }
+
+    /// Records a request to a ServiceProfile route.
+    pub fn route_request(&self, labels: &RouteLabels) {
+        self.route_requests.get_or_create(labels).inc();
+    }
+
+    /// Records one sending of a route's request to an endpoint (retries included).
+    pub fn route_attempt(&self, labels: &RouteLabels) {
+        self.route_actual_requests.get_or_create(labels).inc();
+    }
+
+    /// Records the response the application got on a route.
+    pub fn route_response(
+        &self,
+        labels: &RouteLabels,
+        status: u16,
+        failure: bool,
+        latency: std::time::Duration,
+    ) {
+        self.route_responses
+            .get_or_create(&RouteResponseLabels {
+                dst: labels.dst.clone(),
+                rt_route: labels.rt_route.clone(),
+                status_code: status,
+                classification: if failure { "failure" } else { "success" },
+            })
+            .inc();
+        self.route_latency
             .get_or_create(labels)
             .observe(latency.as_secs_f64() * 1000.0);
     }

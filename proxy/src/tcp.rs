@@ -55,6 +55,7 @@ use crate::{
     detect::{self, Prefixed, Protocol},
     discovery::Discovery,
     metrics::{Direction, Metrics, TcpLabels},
+    profile::Routes,
     tls::{ALPN_HTTP, ALPN_TCP, Tls},
 };
 
@@ -73,8 +74,8 @@ pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const OPAQUE_DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a TLS handshake between proxies may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most destinations whose endpoint loads are kept.
-const MAX_BALANCERS: usize = 1024;
+/// The most destinations whose endpoint loads and routes are kept.
+const MAX_SERVICES: usize = 1024;
 
 /// Where outbound destinations are resolved: discovery, or a test's stand-in.
 pub trait Resolve: Send + Sync + 'static {
@@ -127,7 +128,7 @@ struct Context {
     fixed_target: Option<SocketAddr>,
     inbound: InboundSettings,
     /// Endpoint loads per destination, and the resolution version they follow.
-    balancers: Mutex<HashMap<String, (String, Arc<Balancer>)>>,
+    services: Mutex<HashMap<String, Service>>,
     /// HTTP connections to endpoints, for reuse.
     pool: Arc<crate::http::Pool>,
 }
@@ -147,7 +148,7 @@ impl Forwarder {
                 tls: None,
                 fixed_target: None,
                 inbound: InboundSettings::default(),
-                balancers: Mutex::default(),
+                services: Mutex::default(),
                 pool: Arc::default(),
             }),
         })
@@ -243,6 +244,15 @@ impl Forwarder {
             }
         })
     }
+}
+
+/// What the connections to one destination share.
+#[derive(Debug)]
+struct Service {
+    /// The resolution version `routes` and the balancer's endpoints are from.
+    version: String,
+    balancer: Arc<Balancer>,
+    routes: Arc<Routes>,
 }
 
 /// The inbound side's own settings.
@@ -345,8 +355,10 @@ impl Context {
             let endpoints = endpoint_addrs(&resolution);
             let mut labels = TcpLabels::new(Direction::Outbound);
             labels.authority = Some(authority.clone());
+            let (balancer, routes) = self.service(&authority, &resolution, &endpoints);
             let destination = crate::http::Destination {
-                balancer: self.balancer(&authority, &resolution, &endpoints),
+                balancer,
+                routes: Mutex::new((resolution.config_version.clone(), routes)),
                 labels,
                 forbidden: false,
                 resolution: rx,
@@ -440,24 +452,39 @@ impl Context {
         resolution: &Resolution,
         endpoints: &[(SocketAddr, u32, usize)],
     ) -> Arc<Balancer> {
-        let mut balancers = self.balancers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((version, balancer)) = balancers.get_mut(authority) {
-            if *version != resolution.config_version {
+        self.service(authority, resolution, endpoints).0
+    }
+
+    /// What the connections to `authority` share: the balancer, its loads kept to the
+    /// current endpoints, and the profile's routes (with their retry budget), compiled
+    /// once per resolution version.
+    fn service(
+        &self,
+        authority: &str,
+        resolution: &Resolution,
+        endpoints: &[(SocketAddr, u32, usize)],
+    ) -> (Arc<Balancer>, Arc<Routes>) {
+        let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(service) = services.get_mut(authority) {
+            if service.version != resolution.config_version {
                 let current: Vec<SocketAddr> = endpoints.iter().map(|(a, _, _)| *a).collect();
-                balancer.retain(&current);
-                *version = resolution.config_version.clone();
+                service.balancer.retain(&current);
+                service.routes = Arc::new(Routes::compile(resolution.profile.as_ref()));
+                service.version = resolution.config_version.clone();
             }
-            return balancer.clone();
+            return (service.balancer.clone(), service.routes.clone());
         }
-        if balancers.len() >= MAX_BALANCERS {
-            balancers.clear();
+        if services.len() >= MAX_SERVICES {
+            services.clear();
         }
-        let balancer = Arc::new(Balancer::default());
-        balancers.insert(
-            authority.to_string(),
-            (resolution.config_version.clone(), balancer.clone()),
-        );
-        balancer
+        let service = Service {
+            version: resolution.config_version.clone(),
+            balancer: Arc::default(),
+            routes: Arc::new(Routes::compile(resolution.profile.as_ref())),
+        };
+        let shared = (service.balancer.clone(), service.routes.clone());
+        services.insert(authority.to_string(), service);
+        shared
     }
 
     async fn inbound(
@@ -593,6 +620,7 @@ impl Context {
         crate::http::Destination {
             labels,
             forbidden,
+            routes: Mutex::default(),
             resolution: watch::channel(Some(Arc::new(resolution))).1,
             balancer: Arc::default(),
             pool: self.pool.clone(),

@@ -46,6 +46,11 @@ impl Channel {
         (tx, Self(rx))
     }
 
+    /// No body at all (as a GET has).
+    fn empty() -> Self {
+        Self::new().1
+    }
+
     /// A body of `bytes`, whole.
     fn full(bytes: impl Into<Bytes>) -> Self {
         let (tx, body) = Self::new();
@@ -63,6 +68,18 @@ impl Body for Channel {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|frame| frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_closed() && self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        if self.is_end_stream() {
+            hyper::body::SizeHint::with_exact(0)
+        } else {
+            hyper::body::SizeHint::default()
+        }
     }
 }
 
@@ -468,6 +485,129 @@ async fn a_client_the_policy_refuses_gets_403_for_each_request(version: Version)
     );
 }
 
+/// An application for ServiceProfile routes: `/flaky` fails (503) every other time,
+/// `/slow` answers after 300 ms, anything else at once; all with 200 otherwise.
+async fn profile_app(version: Version) -> SocketAddr {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                return;
+            };
+            let calls = calls.clone();
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let calls = calls.clone();
+                async move {
+                    let status = match request.uri().path() {
+                        "/flaky" if calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) => 503,
+                        "/slow" => {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            200
+                        }
+                        _ => 200,
+                    };
+                    let mut response = Response::new(Channel::full("done"));
+                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, hyper::Error>(response)
+                }
+            });
+            let io = TokioIo::new(conn);
+            match version {
+                Version::Http1 => {
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, service),
+                    );
+                }
+                Version::Http2 => {
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service),
+                    );
+                }
+            }
+        }
+    });
+    addr
+}
+
+async fn profile_routes_time_out_retry_and_are_counted(version: Version) {
+    use weft_proxy_api::v1::{Profile, RetryBudget, Route};
+    let ca = Ca::new();
+    let (server, client) =
+        meshed_pair(&ca, profile_app(version).await, InboundSettings::default()).await;
+    let mut resolution = known(vec![endpoint(server.addr, SERVER_ID)], "2");
+    let route = |name: &str, path: &str, timeout_ms: u64, retryable: bool| Route {
+        name: name.into(),
+        method: "GET".into(),
+        path_regex: path.into(),
+        timeout_ms,
+        retryable,
+        response_classes: Vec::new(),
+    };
+    resolution.profile = Some(Profile {
+        name: "web".into(),
+        routes: vec![
+            route("GET /flaky", "/flaky", 0, true),
+            route("GET /slow", "/slow", 100, false),
+        ],
+        retry_budget: Some(RetryBudget {
+            retry_ratio: 0.2,
+            min_retries_per_second: 10,
+            ttl_ms: 10_000,
+        }),
+        backends: Vec::new(),
+    });
+    client.resolver.set(SERVICE, resolution);
+    let mut http = HttpClient::connect(client.addr, version).await;
+    let mut get = async |path: &str| {
+        let request = http.request("GET", path).body(Channel::empty()).unwrap();
+        http.send(request).await.status().as_u16()
+    };
+
+    // Every other answer fails; the retryable route sends each of those again.
+    for _ in 0..6 {
+        assert_eq!(get("/flaky").await, 200);
+    }
+    // Over its timeout: 504, whatever the application would have said later.
+    assert_eq!(get("/slow").await, 504);
+    // No route: as it came.
+    assert_eq!(get("/other").await, 200);
+
+    let text = client.metrics.encode();
+    let flaky = [("rt_route", "GET /flaky")];
+    assert_eq!(
+        sample_sum(&text, "route_request_total", &flaky),
+        6.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample_sum(&text, "route_actual_request_total", &flaky),
+        12.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample_sum(
+            &text,
+            "route_response_total",
+            &[("rt_route", "GET /flaky"), ("status_code", "200")]
+        ),
+        6.0
+    );
+    assert!(has_sample(
+        &text,
+        "route_response_total",
+        &[
+            ("rt_route", "GET /slow"),
+            ("status_code", "504"),
+            ("classification", "failure")
+        ]
+    ));
+    assert!(!text.contains("/other"), "{text}");
+}
+
 /// Each scenario as two tests: `http1::<name>` and `http2::<name>`.
 macro_rules! for_both_versions {
     ($($scenario:ident),* $(,)?) => {
@@ -495,6 +635,7 @@ for_both_versions!(
     a_shutdown_drains_the_requests_in_flight_then_closes,
     the_server_proxy_serves_each_request_and_counts_it_with_the_client_identity,
     a_client_the_policy_refuses_gets_403_for_each_request,
+    profile_routes_time_out_retry_and_are_counted,
 );
 
 #[tokio::test]
