@@ -364,6 +364,20 @@ spec:
     )
 }
 
+/// Waits (up to 180 s) until Deployment `name` has rolled out, failing the test if
+/// it does not.
+#[track_caller]
+pub fn rollout_status(ns: &str, name: &str) {
+    kubectl_ok(&[
+        "rollout",
+        "status",
+        "-n",
+        ns,
+        &format!("deployment/{name}"),
+        "--timeout=180s",
+    ]);
+}
+
 /// `kubectl patch mesh default --type=merge -p PATCH`.
 pub fn patch_mesh(patch: &str) -> Kubectl {
     kubectl(&["patch", "mesh", "default", "--type=merge", "-p", patch])

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use weft_e2e::{
     app_deployment, eventually, kubectl_ok, kubectl_stdin, mesh_namespace, patch_mesh,
-    patch_mesh_ok, with_temp_ns,
+    patch_mesh_ok, rollout_status, with_temp_ns,
 };
 
 struct Restore;
@@ -47,9 +47,7 @@ async fn a_classic_sidecar_starts_first_and_the_app_waits_for_it() {
 
         let applied = kubectl_stdin(&["apply", "-f", "-"], &app_deployment(&ns, "classic", 1));
         assert!(applied.success, "{}", applied.stderr);
-        kubectl_ok(&[
-            "rollout", "status", "-n", &ns, "deployment/classic", "--timeout=180s",
-        ]);
+        rollout_status(&ns, "classic");
         let pods = Api::<Pod>::namespaced(client.clone(), &ns)
             .list(&ListParams::default().labels("app=classic"))
             .await

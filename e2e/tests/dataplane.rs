@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use weft_e2e::{
     eventually, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, metric_sum, proxy_metrics,
-    with_temp_ns,
+    rollout_status, with_temp_ns,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -180,14 +180,7 @@ async fn real_clients_reach_meshed_and_unmeshed_pods_and_a_rolling_restart_loses
         let applied = kubectl_stdin(&["apply", "-f", "-"], &workloads(&ns));
         assert!(applied.success, "{}", applied.stderr);
         for deployment in ["web", "plain", "grpc"] {
-            kubectl_ok(&[
-                "rollout",
-                "status",
-                "-n",
-                &ns,
-                &format!("deployment/{deployment}"),
-                "--timeout=180s",
-            ]);
+            rollout_status(&ns, deployment);
         }
         kubectl_ok(&[
             "wait",
@@ -328,14 +321,7 @@ async fn real_clients_reach_meshed_and_unmeshed_pods_and_a_rolling_restart_loses
         });
         tokio::time::sleep(Duration::from_secs(3)).await;
         kubectl_ok(&["rollout", "restart", "-n", &ns, "deployment/web"]);
-        kubectl_ok(&[
-            "rollout",
-            "status",
-            "-n",
-            &ns,
-            "deployment/web",
-            "--timeout=180s",
-        ]);
+        rollout_status(&ns, "web");
         eventually("the old web pods to be gone", TIMEOUT, || async {
             let pods = pods_of(&ns, "web");
             if pods.len() == 2 && pods.iter().all(|p| !web_pods.contains(p)) {

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use weft_e2e::{
     app_deployment, eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace,
-    metric_sum, pod_netns, proxy_metrics, with_temp_ns,
+    metric_sum, pod_netns, proxy_metrics, rollout_status, with_temp_ns,
 };
 
 /// A Deployment `web` serving HTTP on 8080 (busybox httpd) once its proxy is ready,
@@ -94,14 +94,7 @@ async fn a_deployment_is_meshed_and_its_tcp_goes_through_the_proxy() {
         mesh_namespace(&client, &ns).await;
         let applied = kubectl_stdin(&["apply", "-f", "-"], &workloads(&ns));
         assert!(applied.success, "{}", applied.stderr);
-        kubectl_ok(&[
-            "rollout",
-            "status",
-            "-n",
-            &ns,
-            "deployment/web",
-            "--timeout=180s",
-        ]);
+        rollout_status(&ns, "web");
         kubectl_ok(&[
             "wait",
             "-n",

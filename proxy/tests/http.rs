@@ -88,6 +88,15 @@ impl Body for Channel {
 /// bytes it echoed); anything else is answered, after `delay`, with
 /// `<name>:<bytes of the request body>`.
 async fn http_app(name: &'static str, delay: Duration, version: Version) -> SocketAddr {
+    serve_app(version, move |request| app_answer(name, delay, request)).await
+}
+
+/// Serves `answer` to every request on a new loopback listener, in `version`.
+async fn serve_app<F, Fut>(version: Version, answer: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Response<Channel>, hyper::Error>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -95,9 +104,7 @@ async fn http_app(name: &'static str, delay: Duration, version: Version) -> Sock
             let Ok((conn, _)) = listener.accept().await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                app_answer(name, delay, request)
-            });
+            let service = hyper::service::service_fn(answer.clone());
             let io = TokioIo::new(conn);
             match version {
                 Version::Http1 => {
@@ -234,6 +241,16 @@ async fn next_data(body: &mut Incoming) -> Bytes {
     }
 }
 
+/// A client proxy and a server proxy in front of `http_app("web")`, and a client
+/// connected through them.
+async fn web_pair(version: Version) -> (Server, Client, HttpClient) {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, version).await;
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let http = HttpClient::connect(client.addr, version).await;
+    (server, client, http)
+}
+
 async fn requests_on_one_connection_are_balanced_one_by_one(version: Version) {
     let ca = Ca::new();
     let mut apps = Vec::new();
@@ -284,10 +301,7 @@ async fn requests_on_one_connection_are_balanced_one_by_one(version: Version) {
 }
 
 async fn bodies_stream_both_ways_with_trailers(version: Version) {
-    let ca = Ca::new();
-    let app = http_app("web", Duration::ZERO, version).await;
-    let (_server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
-    let mut http = HttpClient::connect(client.addr, version).await;
+    let (_server, _client, mut http) = web_pair(version).await;
 
     // No length announced: chunked in HTTP/1, plain DATA frames in HTTP/2.
     let (tx, body) = Channel::new();
@@ -325,10 +339,7 @@ async fn bodies_stream_both_ways_with_trailers(version: Version) {
 }
 
 async fn a_request_expecting_100_continue_goes_through(version: Version) {
-    let ca = Ca::new();
-    let app = http_app("web", Duration::ZERO, version).await;
-    let (_server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
-    let mut http = HttpClient::connect(client.addr, version).await;
+    let (_server, _client, mut http) = web_pair(version).await;
     let request = http
         .request("PUT", "/books")
         .header("expect", "100-continue")
@@ -342,10 +353,7 @@ async fn a_request_expecting_100_continue_goes_through(version: Version) {
 }
 
 async fn an_unreachable_endpoint_is_a_502_and_the_connection_lives_on(version: Version) {
-    let ca = Ca::new();
-    let app = http_app("web", Duration::ZERO, version).await;
-    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
-    let mut http = HttpClient::connect(client.addr, version).await;
+    let (server, client, mut http) = web_pair(version).await;
     assert_eq!(http.call("GET", Vec::new()).await, (200, "web:0".into()));
 
     // The endpoint goes away (a closed port stands in for it), then comes back.
@@ -370,9 +378,7 @@ async fn an_unreachable_endpoint_is_a_502_and_the_connection_lives_on(version: V
 }
 
 async fn a_request_that_could_not_be_sent_goes_to_another_endpoint(version: Version) {
-    let ca = Ca::new();
-    let app = http_app("web", Duration::ZERO, version).await;
-    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let (server, client, mut http) = web_pair(version).await;
     // A pod that went away but is still listed: nothing listens on its address.
     let gone = TcpListener::bind("127.0.0.1:0")
         .await
@@ -386,7 +392,6 @@ async fn a_request_that_could_not_be_sent_goes_to_another_endpoint(version: Vers
             "2",
         ),
     );
-    let mut http = HttpClient::connect(client.addr, version).await;
     for _ in 0..20 {
         assert_eq!(
             http.call("POST", b"order".to_vec()).await,
@@ -423,10 +428,7 @@ async fn a_shutdown_drains_the_requests_in_flight_then_closes(version: Version) 
 async fn the_server_proxy_serves_each_request_and_counts_it_with_the_client_identity(
     version: Version,
 ) {
-    let ca = Ca::new();
-    let app = http_app("web", Duration::ZERO, version).await;
-    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
-    let mut http = HttpClient::connect(client.addr, version).await;
+    let (server, _client, mut http) = web_pair(version).await;
     for _ in 0..3 {
         assert_eq!(http.call("GET", Vec::new()).await, (200, "web:0".into()));
     }
@@ -451,14 +453,11 @@ async fn the_server_proxy_serves_each_request_and_counts_it_with_the_client_iden
 }
 
 async fn a_client_the_policy_refuses_gets_403_for_each_request(version: Version) {
-    let ca = Ca::new();
-    let app = http_app("web", Duration::ZERO, version).await;
-    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let (server, _client, mut http) = web_pair(version).await;
     *server.policies.0.lock().unwrap() =
         Some(allow(&["spiffe://cluster.local/ns/shop/sa/admin"], false));
 
     // Meshed, but not an identity the port allows.
-    let mut http = HttpClient::connect(client.addr, version).await;
     for _ in 0..2 {
         assert_eq!(http.call("GET", Vec::new()).await.0, 403);
     }
@@ -489,48 +488,24 @@ async fn a_client_the_policy_refuses_gets_403_for_each_request(version: Version)
 /// `/slow` answers after 300 ms, anything else at once; all with 200 otherwise.
 async fn profile_app(version: Version) -> SocketAddr {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let calls = std::sync::Arc::new(AtomicUsize::new(0));
-    tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                return;
+    serve_app(version, move |request: Request<Incoming>| {
+        let calls = calls.clone();
+        async move {
+            let status = match request.uri().path() {
+                "/flaky" if calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) => 503,
+                "/slow" => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    200
+                }
+                _ => 200,
             };
-            let calls = calls.clone();
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let calls = calls.clone();
-                async move {
-                    let status = match request.uri().path() {
-                        "/flaky" if calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) => 503,
-                        "/slow" => {
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                            200
-                        }
-                        _ => 200,
-                    };
-                    let mut response = Response::new(Channel::full("done"));
-                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                    Ok::<_, hyper::Error>(response)
-                }
-            });
-            let io = TokioIo::new(conn);
-            match version {
-                Version::Http1 => {
-                    tokio::spawn(
-                        hyper::server::conn::http1::Builder::new().serve_connection(io, service),
-                    );
-                }
-                Version::Http2 => {
-                    tokio::spawn(
-                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, service),
-                    );
-                }
-            }
+            let mut response = Response::new(Channel::full("done"));
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            Ok(response)
         }
-    });
-    addr
+    })
+    .await
 }
 
 async fn profile_routes_time_out_retry_and_are_counted(version: Version) {
