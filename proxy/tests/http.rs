@@ -583,6 +583,27 @@ async fn profile_routes_time_out_retry_and_are_counted(version: Version) {
     assert!(!text.contains("/other"), "{text}");
 }
 
+async fn a_client_that_resets_mid_stream_costs_only_its_own_request(version: Version) {
+    let (_server, client, mut http) = web_pair(version).await;
+    let (tx, body) = Channel::new();
+    let request = http.request("POST", "/echo").body(body).unwrap();
+    tx.send(Frame::data(Bytes::from_static(b"half")))
+        .await
+        .unwrap();
+    let response = http.send(request).await;
+    let mut body = response.into_body();
+    assert_eq!(next_data(&mut body).await, "half");
+    // Gone mid-stream: HTTP/1 by closing its connection, HTTP/2 by resetting the
+    // stream (dropping the response sends RST_STREAM) on a connection it keeps.
+    drop((body, tx));
+    if version == Version::Http1 {
+        http = HttpClient::connect(client.addr, version).await;
+    }
+    assert_eq!(http.call("GET", Vec::new()).await, (200, "web:0".into()));
+    let mut other = HttpClient::connect(client.addr, version).await;
+    assert_eq!(other.call("GET", Vec::new()).await, (200, "web:0".into()));
+}
+
 /// Each scenario as two tests: `http1::<name>` and `http2::<name>`.
 macro_rules! for_both_versions {
     ($($scenario:ident),* $(,)?) => {
@@ -611,6 +632,7 @@ for_both_versions!(
     the_server_proxy_serves_each_request_and_counts_it_with_the_client_identity,
     a_client_the_policy_refuses_gets_403_for_each_request,
     profile_routes_time_out_retry_and_are_counted,
+    a_client_that_resets_mid_stream_costs_only_its_own_request,
 );
 
 #[tokio::test]
