@@ -21,14 +21,16 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context as TaskContext, Poll},
     time::{Duration, Instant},
 };
 
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 use hyper::{
-    body::{Body as _, Bytes, Incoming},
+    body::{Body as _, Bytes, Frame, Incoming, SizeHint},
     client::conn::{TrySendError, http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -60,8 +62,111 @@ const UNREACHABLE_PENALTY: Duration = Duration::from_secs(1);
 /// The most endpoints whose connections are kept.
 const MAX_POOLED_ENDPOINTS: usize = 1024;
 
-/// A body as it came (a request's, a response's), or one the proxy made.
-type Body = Either<Incoming, Full<Bytes>>;
+/// A body as it came (a request's, a response's), one the proxy made, or a gRPC
+/// response's, classified by the status in its trailers when it ends.
+#[derive(Debug)]
+pub enum Body {
+    Incoming(Incoming),
+    Full(Full<Bytes>),
+    Grpc(GrpcClassified),
+}
+
+impl Body {
+    fn empty() -> Self {
+        Self::Full(Full::new(Bytes::new()))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Incoming(body) => Pin::new(body).poll_frame(cx),
+            Self::Full(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Self::Grpc(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Incoming(body) => body.is_end_stream(),
+            Self::Full(body) => body.is_end_stream(),
+            Self::Grpc(body) => body.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Incoming(body) => body.size_hint(),
+            Self::Full(body) => body.size_hint(),
+            Self::Grpc(body) => body.inner.size_hint(),
+        }
+    }
+}
+
+/// A gRPC response body: when it ends, its response is counted, a failure unless the
+/// trailers say `grpc-status: 0` (a body that ends without them, fails, or is
+/// dropped unfinished, failed too).
+pub struct GrpcClassified {
+    inner: Incoming,
+    record: Option<Box<dyn FnOnce(bool) + Send>>,
+}
+
+impl std::fmt::Debug for GrpcClassified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcClassified").finish_non_exhaustive()
+    }
+}
+
+impl GrpcClassified {
+    fn finish(&mut self, failed: bool) {
+        if let Some(record) = self.record.take() {
+            record(failed);
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    self.finish(grpc_failed(trailers) != Some(false));
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => self.finish(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl Drop for GrpcClassified {
+    fn drop(&mut self) {
+        self.finish(true);
+    }
+}
+
+/// Whether `headers` (a gRPC response's trailers, or the headers of a
+/// trailers-only response) carry a failing status; `None` without one.
+fn grpc_failed(headers: &http::HeaderMap) -> Option<bool> {
+    headers.get("grpc-status").map(|status| status != "0")
+}
+
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
+}
 
 /// The HTTP versions the proxy serves, each kept as it is to the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,7 +338,7 @@ impl Destination {
         }
         let routes = self.routes();
         let Some(route) = routes.route(request.method(), request.uri().path()) else {
-            return self.forward(request.map(Either::Left), started).await;
+            return self.forward(request.map(Body::Incoming), started).await;
         };
         let labels = RouteLabels {
             dst: self.labels.authority.clone().unwrap_or_default(),
@@ -255,7 +360,7 @@ impl Destination {
                 again
             });
         let deadline = route.timeout.map(|timeout| started + timeout);
-        let mut request = request.map(Either::Left);
+        let mut request = request.map(Body::Incoming);
         let mut retries = 0;
         loop {
             self.metrics.route_attempt(&labels);
@@ -272,7 +377,7 @@ impl Destination {
                 && budget.is_some_and(Budget::withdraw)
             {
                 retries += 1;
-                let mut next = Request::new(Either::Right(Full::new(Bytes::new())));
+                let mut next = Request::new(Body::empty());
                 *next.method_mut() = again.method().clone();
                 *next.uri_mut() = again.uri().clone();
                 *next.version_mut() = again.version();
@@ -372,9 +477,26 @@ impl Destination {
             } else {
                 self.pool.checkin(addr, sender);
             }
-            self.metrics
-                .response(&labels, response.status().as_u16(), started.elapsed());
-            return response.map(Either::Left);
+            let status = response.status().as_u16();
+            self.metrics.latency(&labels, started.elapsed());
+            if !is_grpc(response.headers()) {
+                self.metrics.response(&labels, status, status >= 500);
+                return response.map(Body::Incoming);
+            }
+            // gRPC: the status in the trailers decides (in the headers, for a
+            // response that is only trailers).
+            if let Some(failed) = grpc_failed(response.headers()) {
+                self.metrics.response(&labels, status, failed);
+                return response.map(Body::Incoming);
+            }
+            let metrics = self.metrics.clone();
+            let record = Box::new(move |failed| metrics.response(&labels, status, failed));
+            return response.map(|inner| {
+                Body::Grpc(GrpcClassified {
+                    inner,
+                    record: Some(record),
+                })
+            });
         }
     }
 
@@ -399,15 +521,16 @@ impl Destination {
 
     /// An answer of the proxy's own, counted like the endpoint's would be.
     fn answer(&self, labels: &TcpLabels, started: Instant, status: StatusCode) -> Response<Body> {
+        self.metrics.latency(labels, started.elapsed());
         self.metrics
-            .response(labels, status.as_u16(), started.elapsed());
+            .response(labels, status.as_u16(), status.is_server_error());
         status_only(status)
     }
 }
 
 /// An empty response with `status`.
 fn status_only(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     response
 }

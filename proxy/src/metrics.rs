@@ -108,7 +108,7 @@ impl TcpLabels {
 struct ResponseLabels {
     request: TcpLabels,
     status_code: u16,
-    /// `success`, or `failure` for a 5xx.
+    /// `success`, or `failure` for a 5xx (gRPC: a `grpc-status` other than 0).
     classification: &'static str,
 }
 
@@ -431,16 +431,20 @@ impl Metrics {
         labels
     }
 
-    /// Records a response to a request counted with `labels`.
-    pub fn response(&self, labels: &TcpLabels, status: u16, latency: std::time::Duration) {
-        let classification = if status >= 500 { "failure" } else { "success" };
+    /// Records a response to a request counted with `labels`; `failed` for a 5xx, or
+    /// for gRPC a status other than OK.
+    pub fn response(&self, labels: &TcpLabels, status: u16, failed: bool) {
         self.responses
             .get_or_create(&ResponseLabels {
                 request: labels.clone(),
                 status_code: status,
-                classification,
+                classification: if failed { "failure" } else { "success" },
             })
             .inc();
+    }
+
+    /// Records how long the response head to a request counted with `labels` took.
+    pub fn latency(&self, labels: &TcpLabels, latency: std::time::Duration) {
         self.latency
             .get_or_create(labels)
             .observe(latency.as_secs_f64() * 1000.0);

@@ -755,7 +755,7 @@ async fn grpc_app() -> SocketAddr {
 #[tokio::test]
 async fn grpc_unary_and_streaming_calls_keep_their_status_and_trailers() {
     let ca = Ca::new();
-    let (_server, client) = meshed_pair(&ca, grpc_app().await, InboundSettings::default()).await;
+    let (server, client) = meshed_pair(&ca, grpc_app().await, InboundSettings::default()).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.addr))
         .unwrap()
         .connect()
@@ -763,12 +763,26 @@ async fn grpc_unary_and_streaming_calls_keep_their_status_and_trailers() {
         .unwrap();
     let mut grpc = destination_client::DestinationClient::new(channel);
     check_calls(&mut grpc).await.unwrap();
+    drop(grpc);
 
-    assert!(has_sample(
-        &client.metrics.encode(),
-        "request_total",
-        &[("direction", "outbound"), ("tls", "true")]
-    ));
+    // Classified by gRPC status, as the application saw it, on both sides: the call
+    // that succeeded, and two that failed (a status in the headers of a
+    // trailers-only response, and one in the trailers after three messages).
+    for (metrics, direction) in [(&client.metrics, "outbound"), (&server.metrics, "inbound")] {
+        let text = metrics.encode();
+        let count = |classification| {
+            sample_sum(
+                &text,
+                "response_total",
+                &[
+                    ("direction", direction),
+                    ("status_code", "200"),
+                    ("classification", classification),
+                ],
+            )
+        };
+        assert_eq!((count("success"), count("failure")), (1.0, 2.0), "{text}");
+    }
 }
 
 /// Sends `bytes` on a fresh connection to `proxy` and reads what comes back until the
