@@ -11,7 +11,8 @@
 //! **Load.** [`CONNECTIONS`] kept-alive connections, each on a thread of its own,
 //! send requests on a fixed schedule: an open loop of `WEFT_BENCH_RATE` requests/s
 //! (1,000) in all, for `WEFT_BENCH_SECONDS` (15) per path after a warm-up, the paths
-//! taking turns so that a noisy moment of a shared machine falls on all of them. A
+//! taking 1 s turns on connections kept throughout, so that a noisy moment of a
+//! shared machine falls on all of them. A
 //! request's latency runs from when it was due, not when it was sent, so a stall
 //! counts against every request it delays (no coordinated omission). A closed-loop
 //! run then gives the most each path carries.
@@ -56,7 +57,7 @@ const CONNECTIONS: usize = 16;
 /// The open loop's warm-up, not measured (connections, pools, estimates).
 const WARM_UP: Duration = Duration::from_secs(2);
 /// Turns each path's open-loop time is split into.
-const ROUNDS: u32 = 3;
+const ROUNDS: u32 = 15;
 /// The closed-loop run's length.
 const CLOSED_LOOP: Duration = Duration::from_secs(3);
 /// The request every client sends.
@@ -86,17 +87,23 @@ fn main() -> ExitCode {
         ("haproxy pair (mTLS)", haproxy.client),
     ];
 
-    // Warm every path, then measure them in turns, so a noisy moment of a shared
-    // machine falls on all of them alike.
+    // Warm every path (its connections are kept for all its turns), then measure
+    // them in short turns, so a noisy moment of a shared machine falls on all of
+    // them alike.
+    let mut conns: Vec<Vec<Option<Conn>>> = Vec::new();
     for (_, target) in paths {
-        let _ = open_loop(target, rate, WARM_UP);
+        let (_, warm) = open_loop(target, Vec::new(), rate, WARM_UP);
+        conns.push(warm);
     }
     let mut runs: Vec<Run> = paths.iter().map(|_| Run::default()).collect();
     for _ in 0..ROUNDS {
-        for ((_, target), run) in paths.iter().zip(&mut runs) {
-            run.add(open_loop(*target, rate, duration / ROUNDS));
+        for (((_, target), run), kept) in paths.iter().zip(&mut runs).zip(&mut conns) {
+            let (figures, back) = open_loop(*target, std::mem::take(kept), rate, duration / ROUNDS);
+            run.add(figures);
+            *kept = back;
         }
     }
+    drop(conns);
     println!(
         "dataplane: HTTP/1.1 keep-alive GET, {rate} requests/s over {CONNECTIONS} connections \
          for {seconds} s per path in {ROUNDS} turns (open loop, latency from when each request \
@@ -217,16 +224,25 @@ impl Run {
 }
 
 /// [`CONNECTIONS`] threads, each sending its share of `rate` on schedule for
-/// `duration`: every latency (from when the request was due), the errors, and the
-/// time from start to the last answer.
-fn open_loop(target: SocketAddr, rate: u32, duration: Duration) -> (Vec<Duration>, u64, Duration) {
+/// `duration` on its connection of `conns` (opened when missing): every latency (from
+/// when the request was due), the errors, and the time from start to the last
+/// answer; and the connections, for the next turn.
+fn open_loop(
+    target: SocketAddr,
+    mut conns: Vec<Option<Conn>>,
+    rate: u32,
+    duration: Duration,
+) -> ((Vec<Duration>, u64, Duration), Vec<Option<Conn>>) {
+    conns.resize_with(CONNECTIONS, || None);
     let start = Instant::now() + Duration::from_millis(50);
     let interval = Duration::from_secs_f64(CONNECTIONS as f64 / f64::from(rate));
-    let threads: Vec<_> = (0..CONNECTIONS)
-        .map(|k| {
+    let threads: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(k, conn)| {
             let offset = Duration::from_secs_f64(k as f64 / f64::from(rate));
             std::thread::spawn(move || {
-                let mut conn = Conn::open(target);
+                let mut conn = conn.or_else(|| Conn::open(target));
                 let mut latencies = Vec::new();
                 let mut errors = 0;
                 let mut last = start;
@@ -250,20 +266,22 @@ fn open_loop(target: SocketAddr, rate: u32, duration: Duration) -> (Vec<Duration
                         }
                     }
                 }
-                (latencies, errors, last)
+                (latencies, errors, last, conn)
             })
         })
         .collect();
     let mut all = Vec::new();
     let mut errors = 0;
     let mut last = start;
+    let mut kept = Vec::new();
     for thread in threads {
-        let (latencies, e, l) = thread.join().unwrap();
+        let (latencies, e, l, conn) = thread.join().unwrap();
         all.extend(latencies);
         errors += e;
         last = last.max(l);
+        kept.push(conn);
     }
-    (all, errors, last.saturating_duration_since(start))
+    ((all, errors, last.saturating_duration_since(start)), kept)
 }
 
 /// Requests per second [`CONNECTIONS`] connections complete back to back.
