@@ -35,6 +35,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let destination = Arc::new(Destination {
             labels: TcpLabels::new(Direction::Outbound),
             forbidden: false,
+            prepared: Arc::default(),
             resolution: tokio::sync::watch::channel(Some(Arc::new(resolution))).1,
             balancer: Arc::new(Balancer::default()),
             pool: Arc::new(Pool::default()),
