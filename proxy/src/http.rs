@@ -38,10 +38,10 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::watch,
 };
-use weft_proxy_api::v1::Resolution;
+use weft_proxy_api::v1::{Endpoint, Resolution};
 
 use crate::{
-    balance::Balancer,
+    balance::{Balancer, InFlight},
     metrics::{Direction, Metrics, RouteLabels, TcpLabels},
     profile::{Budget, Routes},
     tls::{ALPN_HTTP, Tls},
@@ -261,8 +261,8 @@ pub struct Destination {
     pub labels: TcpLabels,
     /// Every request is answered 403: the port's policy does not let the client in.
     pub forbidden: bool,
-    /// The ServiceProfile routes of the resolution's `config_version`.
-    pub routes: Mutex<(String, Arc<Routes>)>,
+    /// The resolution prepared for requests, shared by the destination's connections.
+    pub prepared: Arc<PreparedCache>,
     pub resolution: watch::Receiver<Option<Arc<Resolution>>>,
     pub balancer: Arc<Balancer>,
     pub pool: Arc<Pool>,
@@ -336,7 +336,8 @@ impl Destination {
             let labels = self.metrics.request_started(&self.labels);
             return self.answer(&labels, started, StatusCode::FORBIDDEN);
         }
-        let routes = self.routes();
+        let prepared = self.prepared();
+        let routes = &prepared.routes;
         let Some(route) = routes.route(request.method(), request.uri().path()) else {
             return self.forward(request.map(Body::Incoming), started).await;
         };
@@ -350,15 +351,8 @@ impl Destination {
             budget.deposit();
         }
         // A request without a body can be sent again exactly as it came.
-        let replay =
-            (route.retryable && budget.is_some() && request.body().is_end_stream()).then(|| {
-                let mut again = Request::new(());
-                *again.method_mut() = request.method().clone();
-                *again.uri_mut() = request.uri().clone();
-                *again.version_mut() = request.version();
-                *again.headers_mut() = request.headers().clone();
-                again
-            });
+        let replay = (route.retryable && budget.is_some() && request.body().is_end_stream())
+            .then(|| head_of(&request));
         let deadline = route.timeout.map(|timeout| started + timeout);
         let mut request = request.map(Body::Incoming);
         let mut retries = 0;
@@ -377,12 +371,7 @@ impl Destination {
                 && budget.is_some_and(Budget::withdraw)
             {
                 retries += 1;
-                let mut next = Request::new(Body::empty());
-                *next.method_mut() = again.method().clone();
-                *next.uri_mut() = again.uri().clone();
-                *next.version_mut() = again.version();
-                *next.headers_mut() = again.headers().clone();
-                request = next;
+                request = head_of(again).map(|()| Body::empty());
                 continue;
             }
             self.metrics
@@ -391,17 +380,10 @@ impl Destination {
         }
     }
 
-    /// The routes of the current resolution's profile, compiled once per version.
-    fn routes(&self) -> Arc<Routes> {
+    /// The current resolution, prepared for requests.
+    fn prepared(&self) -> Arc<Prepared> {
         let resolution = self.resolution.borrow().clone().unwrap_or_default();
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        if routes.0 != resolution.config_version {
-            *routes = (
-                resolution.config_version.clone(),
-                Arc::new(Routes::compile(resolution.profile.as_ref())),
-            );
-        }
-        routes.1.clone()
+        self.prepared.get(resolution)
     }
 
     /// Sends `request` to an endpoint (another one when it could not be sent) and
@@ -418,16 +400,11 @@ impl Destination {
         let mut attempt = 1;
         loop {
             let mut labels = self.labels.clone();
-            let resolution = self.resolution.borrow().clone().unwrap_or_default();
-            let endpoints = crate::tcp::endpoint_addrs(&resolution);
-            let weighted: Vec<(SocketAddr, u32)> =
-                endpoints.iter().map(|(a, w, _)| (*a, *w)).collect();
-            let Some((chosen, in_flight)) = self.balancer.pick(&weighted) else {
+            let prepared = self.prepared();
+            let Some((addr, endpoint, in_flight)) = prepared.pick(&self.balancer) else {
                 let labels = self.metrics.request_started(&labels);
                 return self.answer(&labels, started, StatusCode::SERVICE_UNAVAILABLE);
             };
-            let (addr, _, index) = endpoints[chosen];
-            let endpoint = &resolution.endpoints[index];
             let identity = if labels.direction == Some(Direction::Outbound) {
                 crate::tcp::label_endpoint(&mut labels, endpoint, self.tls.is_some())
             } else {
@@ -526,6 +503,70 @@ impl Destination {
             .response(labels, status.as_u16(), status.is_server_error());
         status_only(status)
     }
+}
+
+/// A resolution as requests use it, prepared once: its endpoints' addresses parsed
+/// (with their weights, for the balancer) and its profile's routes compiled.
+#[derive(Debug)]
+pub struct Prepared {
+    resolution: Arc<Resolution>,
+    /// The endpoints whose address parses, and their weights.
+    weighted: Vec<(SocketAddr, u32)>,
+    /// The index in `resolution.endpoints` of each of `weighted`.
+    indices: Vec<usize>,
+    routes: Routes,
+}
+
+impl Prepared {
+    /// An endpoint chosen by `balancer`: its address, its entry in the resolution, and
+    /// the in-flight mark to feed the balancer; `None` without a usable endpoint.
+    pub fn pick(&self, balancer: &Balancer) -> Option<(SocketAddr, &Endpoint, InFlight)> {
+        let (chosen, in_flight) = balancer.pick(&self.weighted)?;
+        let endpoint = &self.resolution.endpoints[self.indices[chosen]];
+        Some((self.weighted[chosen].0, endpoint, in_flight))
+    }
+
+    /// The addresses of the usable endpoints.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.weighted.iter().map(|(addr, _)| *addr).collect()
+    }
+}
+
+/// The latest [`Prepared`] resolution of one destination. Discovery hands every
+/// follower of a destination the same `Arc` for one update, so a resolution is
+/// prepared once per update, whatever the number of connections and requests.
+#[derive(Debug, Default)]
+pub struct PreparedCache(Mutex<Option<Arc<Prepared>>>);
+
+impl PreparedCache {
+    /// `resolution`, prepared (again only when it is a new one).
+    pub fn get(&self, resolution: Arc<Resolution>) -> Arc<Prepared> {
+        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(prepared) = cached.as_ref()
+            && Arc::ptr_eq(&prepared.resolution, &resolution)
+        {
+            return prepared.clone();
+        }
+        let endpoints = crate::tcp::endpoint_addrs(&resolution);
+        let prepared = Arc::new(Prepared {
+            weighted: endpoints.iter().map(|(a, w, _)| (*a, *w)).collect(),
+            indices: endpoints.iter().map(|(_, _, i)| *i).collect(),
+            routes: Routes::compile(resolution.profile.as_ref()),
+            resolution,
+        });
+        *cached = Some(prepared.clone());
+        prepared
+    }
+}
+
+/// The head of `request` (method, URI, version, headers), without its body.
+fn head_of<B>(request: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.version_mut() = request.version();
+    *head.headers_mut() = request.headers().clone();
+    head
 }
 
 /// An empty response with `status`.

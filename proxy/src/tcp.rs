@@ -54,8 +54,8 @@ use crate::{
     balance::Balancer,
     detect::{self, Prefixed, Protocol},
     discovery::Discovery,
+    http::{Prepared, PreparedCache},
     metrics::{Direction, Metrics, TcpLabels},
-    profile::Routes,
     tls::{ALPN_HTTP, ALPN_TCP, Tls},
 };
 
@@ -249,10 +249,10 @@ impl Forwarder {
 /// What the connections to one destination share.
 #[derive(Debug)]
 struct Service {
-    /// The resolution version `routes` and the balancer's endpoints are from.
+    /// The resolution version the balancer's endpoints are from.
     version: String,
     balancer: Arc<Balancer>,
-    routes: Arc<Routes>,
+    prepared: Arc<PreparedCache>,
 }
 
 /// The inbound side's own settings.
@@ -352,13 +352,12 @@ impl Context {
             };
         let client = Prefixed::new(prefix, client);
         if let Some(version) = http_version(&protocol) {
-            let endpoints = endpoint_addrs(&resolution);
             let mut labels = TcpLabels::new(Direction::Outbound);
             labels.authority = Some(authority.clone());
-            let (balancer, routes) = self.service(&authority, &resolution, &endpoints);
+            let (balancer, prepared, _) = self.service(&authority, &resolution);
             let destination = crate::http::Destination {
                 balancer,
-                routes: Mutex::new((resolution.config_version.clone(), routes)),
+                prepared,
                 labels,
                 forbidden: false,
                 resolution: rx,
@@ -380,7 +379,7 @@ impl Context {
         peer: SocketAddr,
         authority: &str,
         target: SocketAddr,
-        resolution: Option<&Resolution>,
+        resolution: Option<&Arc<Resolution>>,
         metrics: &Metrics,
     ) where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -390,17 +389,12 @@ impl Context {
         let (addr, identity, in_flight) = match resolution {
             None => (target, None, None),
             Some(resolution) => {
-                let endpoints = endpoint_addrs(resolution);
-                let balancer = self.balancer(authority, resolution, &endpoints);
-                let weighted: Vec<(SocketAddr, u32)> =
-                    endpoints.iter().map(|(a, w, _)| (*a, *w)).collect();
-                let Some((chosen, in_flight)) = balancer.pick(&weighted) else {
+                let (balancer, _, prepared) = self.service(authority, resolution);
+                let Some((addr, endpoint, in_flight)) = prepared.pick(&balancer) else {
                     tracing::debug!(%peer, %authority, "no ready endpoint: failing fast");
                     metrics.tcp_connect_failed(Direction::Outbound);
                     return;
                 };
-                let (addr, _, index) = endpoints[chosen];
-                let endpoint = &resolution.endpoints[index];
                 let identity = label_endpoint(&mut labels, endpoint, self.tls.is_some());
                 (addr, identity, Some(in_flight))
             }
@@ -445,46 +439,31 @@ impl Context {
         Some((resolution, rx))
     }
 
-    /// The balancer of `authority`, its loads kept to the current endpoints.
-    fn balancer(
-        &self,
-        authority: &str,
-        resolution: &Resolution,
-        endpoints: &[(SocketAddr, u32, usize)],
-    ) -> Arc<Balancer> {
-        self.service(authority, resolution, endpoints).0
-    }
-
     /// What the connections to `authority` share: the balancer, its loads kept to the
-    /// current endpoints, and the profile's routes (with their retry budget), compiled
-    /// once per resolution version.
+    /// current endpoints, and the resolution prepared for requests (with the routes'
+    /// retry budget); and `resolution`, prepared.
     fn service(
         &self,
         authority: &str,
-        resolution: &Resolution,
-        endpoints: &[(SocketAddr, u32, usize)],
-    ) -> (Arc<Balancer>, Arc<Routes>) {
+        resolution: &Arc<Resolution>,
+    ) -> (Arc<Balancer>, Arc<PreparedCache>, Arc<Prepared>) {
         let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(service) = services.get_mut(authority) {
-            if service.version != resolution.config_version {
-                let current: Vec<SocketAddr> = endpoints.iter().map(|(a, _, _)| *a).collect();
-                service.balancer.retain(&current);
-                service.routes = Arc::new(Routes::compile(resolution.profile.as_ref()));
-                service.version = resolution.config_version.clone();
-            }
-            return (service.balancer.clone(), service.routes.clone());
-        }
-        if services.len() >= MAX_SERVICES {
+        if services.len() >= MAX_SERVICES && !services.contains_key(authority) {
             services.clear();
         }
-        let service = Service {
-            version: resolution.config_version.clone(),
-            balancer: Arc::default(),
-            routes: Arc::new(Routes::compile(resolution.profile.as_ref())),
-        };
-        let shared = (service.balancer.clone(), service.routes.clone());
-        services.insert(authority.to_string(), service);
-        shared
+        let service = services
+            .entry(authority.to_string())
+            .or_insert_with(|| Service {
+                version: resolution.config_version.clone(),
+                balancer: Arc::default(),
+                prepared: Arc::default(),
+            });
+        let prepared = service.prepared.get(resolution.clone());
+        if service.version != resolution.config_version {
+            service.balancer.retain(&prepared.addrs());
+            service.version = resolution.config_version.clone();
+        }
+        (service.balancer.clone(), service.prepared.clone(), prepared)
     }
 
     async fn inbound(
@@ -620,7 +599,7 @@ impl Context {
         crate::http::Destination {
             labels,
             forbidden,
-            routes: Mutex::default(),
+            prepared: Arc::default(),
             resolution: watch::channel(Some(Arc::new(resolution))).1,
             balancer: Arc::default(),
             pool: self.pool.clone(),
