@@ -91,7 +91,8 @@ async fn http_app(name: &'static str, delay: Duration, version: Version) -> Sock
     serve_app(version, move |request| app_answer(name, delay, request)).await
 }
 
-/// Serves `answer` to every request on a new loopback listener, in `version`.
+/// Serves `answer` to every request on a new loopback listener, in `version`
+/// (HTTP/1 with upgrades).
 async fn serve_app<F, Fut>(version: Version, answer: F) -> SocketAddr
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
@@ -109,7 +110,9 @@ where
             match version {
                 Version::Http1 => {
                     tokio::spawn(
-                        hyper::server::conn::http1::Builder::new().serve_connection(io, service),
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .with_upgrades(),
                     );
                 }
                 Version::Http2 => {
@@ -669,41 +672,28 @@ async fn read_until(conn: &mut TcpStream, end: &[u8]) -> String {
 
 /// An HTTP/1 application that accepts an upgrade or a CONNECT, then echoes raw bytes.
 async fn upgrade_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                return;
-            };
-            let service = hyper::service::service_fn(|mut request: Request<Incoming>| async move {
-                let upgrade = hyper::upgrade::on(&mut request);
-                tokio::spawn(async move {
-                    let Ok(upgraded) = upgrade.await else { return };
-                    let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
-                    let _ = tokio::io::copy(&mut read, &mut write).await;
-                });
-                if request.method() == http::Method::CONNECT {
-                    return Ok::<_, hyper::Error>(Response::new(
-                        http_body_util::Empty::<Bytes>::new(),
-                    ));
-                }
-                let response = Response::builder()
-                    .status(101)
-                    .header("connection", "upgrade")
-                    .header("upgrade", "websocket")
-                    .body(http_body_util::Empty::<Bytes>::new())
-                    .unwrap();
-                Ok::<_, hyper::Error>(response)
+    serve_app(
+        Version::Http1,
+        |mut request: Request<Incoming>| async move {
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut read, &mut write).await;
             });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(conn), service)
-                    .with_upgrades(),
-            );
-        }
-    });
-    addr
+            if request.method() == http::Method::CONNECT {
+                return Ok(Response::new(Channel::empty()));
+            }
+            let response = Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(Channel::empty())
+                .unwrap();
+            Ok(response)
+        },
+    )
+    .await
 }
 
 #[tokio::test]
