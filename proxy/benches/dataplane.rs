@@ -82,23 +82,29 @@ fn main() -> ExitCode {
     let client = ProxyProcess::start("client", &dir, server.addr);
     let haproxy = HaproxyPair::start(&dir, app);
     let paths = [
-        ("direct (no proxy)", app),
-        ("weft pair (mTLS)", client.addr),
-        ("haproxy pair (mTLS)", haproxy.client),
+        ("direct (no proxy)", app, Vec::new()),
+        (
+            "weft pair (mTLS)",
+            client.addr,
+            vec![client.child.id(), server.child.id()],
+        ),
+        ("haproxy pair (mTLS)", haproxy.client, haproxy.pids()),
     ];
 
     // Warm every path (its connections are kept for all its turns), then measure
     // them in short turns, so a noisy moment of a shared machine falls on all of
     // them alike.
     let mut conns: Vec<Vec<Option<Conn>>> = Vec::new();
-    for (_, target) in paths {
-        let (_, warm) = open_loop(target, Vec::new(), rate, WARM_UP);
+    for (_, target, _) in &paths {
+        let (_, warm) = open_loop(*target, Vec::new(), rate, WARM_UP);
         conns.push(warm);
     }
     let mut runs: Vec<Run> = paths.iter().map(|_| Run::default()).collect();
     for _ in 0..ROUNDS {
-        for (((_, target), run), kept) in paths.iter().zip(&mut runs).zip(&mut conns) {
+        for (((_, target, pids), run), kept) in paths.iter().zip(&mut runs).zip(&mut conns) {
+            let before = cpu_time(pids);
             let (figures, back) = open_loop(*target, std::mem::take(kept), rate, duration / ROUNDS);
+            run.cpu += cpu_time(pids).saturating_sub(before);
             run.add(figures);
             *kept = back;
         }
@@ -107,17 +113,31 @@ fn main() -> ExitCode {
     println!(
         "dataplane: HTTP/1.1 keep-alive GET, {rate} requests/s over {CONNECTIONS} connections \
          for {seconds} s per path in {ROUNDS} turns (open loop, latency from when each request \
-         was due); then the most each path carries back to back"
+         was due); the proxies' CPU time per request (both proxies of the pair together, \
+         open loop); then the most each path carries back to back"
     );
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>12} {:>8} {:>18}",
-        "path", "p50 ms", "p99 ms", "p999 ms", "achieved/s", "errors", "closed-loop max/s"
+        "{:<22} {:>9} {:>9} {:>9} {:>12} {:>8} {:>15} {:>18}",
+        "path",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "achieved/s",
+        "errors",
+        "proxy CPU/req",
+        "closed-loop max/s"
     );
-    for ((name, target), run) in paths.iter().zip(&mut runs) {
+    for ((name, target, pids), run) in paths.iter().zip(&mut runs) {
         let max = closed_loop(*target, CLOSED_LOOP);
         run.latencies.sort_unstable();
+        let cpu = if pids.is_empty() {
+            "-".to_string()
+        } else {
+            let per_request = run.cpu.as_secs_f64() / run.latencies.len().max(1) as f64;
+            format!("{:.1} us", per_request * 1e6)
+        };
         println!(
-            "{name:<22} {:>9.3} {:>9.3} {:>9.3} {:>12.0} {:>8} {max:>18.0}",
+            "{name:<22} {:>9.3} {:>9.3} {:>9.3} {:>12.0} {:>8} {cpu:>15} {max:>18.0}",
             ms(run.quantile(0.5)),
             ms(run.quantile(0.99)),
             ms(run.quantile(0.999)),
@@ -207,6 +227,8 @@ struct Run {
     latencies: Vec<Duration>,
     errors: u64,
     elapsed: Duration,
+    /// The CPU time its proxies spent in its turns.
+    cpu: Duration,
 }
 
 impl Run {
@@ -501,6 +523,10 @@ impl HaproxyPair {
         }
         Self { client, processes }
     }
+
+    fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(Child::id).collect()
+    }
 }
 
 impl Drop for HaproxyPair {
@@ -510,6 +536,28 @@ impl Drop for HaproxyPair {
             let _ = child.wait();
         }
     }
+}
+
+/// The CPU time the processes `pids` have run, all their threads together (from
+/// each thread's `schedstat`, in nanoseconds).
+fn cpu_time(pids: &[u32]) -> Duration {
+    let mut total = 0u64;
+    for pid in pids {
+        let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for thread in threads.flatten() {
+            let Ok(stat) = std::fs::read_to_string(thread.path().join("schedstat")) else {
+                continue;
+            };
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(total)
 }
 
 /// A loopback address nothing listens on (yet).
