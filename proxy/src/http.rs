@@ -16,6 +16,12 @@
 //! [`MAX_IDLE_PER_ENDPOINT`]); a connection still busy with a response is skipped,
 //! never shared. HTTP/2 needs one connection per endpoint: its requests are
 //! multiplexed on it. Bodies and trailers stream through as they come.
+//!
+//! Inbound, HTTP/2 is served the same way, to the application; HTTP/1 is relayed as
+//! it came, read only to be counted ([`inbound`]).
+
+pub mod framing;
+pub mod inbound;
 
 use std::{
     collections::HashMap,

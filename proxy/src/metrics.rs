@@ -450,6 +450,18 @@ impl Metrics {
             .observe(latency.as_secs_f64() * 1000.0);
     }
 
+    /// The HTTP metrics of requests counted with `labels` (bounded like the `tcp_*`
+    /// family), looked up once for a connection's requests.
+    pub fn http_counters(&self, labels: &TcpLabels) -> HttpCounters {
+        let labels = self.bounded(labels);
+        HttpCounters {
+            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+            responses: Vec::new(),
+            labels,
+        }
+    }
+
     /// Records a request to a ServiceProfile route.
     pub fn route_request(&self, labels: &RouteLabels) {
         self.route_requests.get_or_create(labels).inc();
@@ -514,6 +526,53 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The `request_total`, `response_total` and `response_latency_ms` of one label set,
+/// held by a connection so that its requests are counted without a lookup each.
+#[derive(Debug)]
+pub struct HttpCounters {
+    labels: TcpLabels,
+    requests: Counter,
+    latency: Histogram,
+    /// `response_total` by status and classification, as they were first seen.
+    responses: Vec<(u16, bool, Counter)>,
+}
+
+impl HttpCounters {
+    /// Records a request.
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// Records its response's head, `latency` after the request; `failed` for a 5xx.
+    pub fn response(
+        &mut self,
+        metrics: &Metrics,
+        status: u16,
+        failed: bool,
+        latency: std::time::Duration,
+    ) {
+        self.latency.observe(latency.as_secs_f64() * 1000.0);
+        if let Some((_, _, counter)) = self
+            .responses
+            .iter()
+            .find(|(s, f, _)| *s == status && *f == failed)
+        {
+            counter.inc();
+            return;
+        }
+        let counter = metrics
+            .responses
+            .get_or_create(&ResponseLabels {
+                request: self.labels.clone(),
+                status_code: status,
+                classification: if failed { "failure" } else { "success" },
+            })
+            .clone();
+        counter.inc();
+        self.responses.push((status, failed, counter));
     }
 }
 

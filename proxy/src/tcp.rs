@@ -545,14 +545,13 @@ impl Context {
                     metrics.detect_failed();
                     return;
                 };
+                let stream = Prefixed::new(prefix, stream);
+                if allowed && version == crate::http::Version::Http1 {
+                    return crate::http::inbound::serve(stream, app, &labels, metrics, shutdown)
+                        .await;
+                }
                 let destination = self.to_app(app, labels, !allowed, metrics);
-                return serve_http(
-                    Prefixed::new(prefix, stream),
-                    version,
-                    destination,
-                    shutdown,
-                )
-                .await;
+                return serve_http(stream, version, destination, shutdown).await;
             }
             if !allowed {
                 return;
@@ -565,6 +564,10 @@ impl Context {
             let allowed = self.authorized(policy.as_ref(), None, peer, metrics);
             labels.tls = Some("false");
             if let (Some(version), false) = (http_version(&protocol), opaque) {
+                if allowed && version == crate::http::Version::Http1 {
+                    return crate::http::inbound::serve(client, app, &labels, metrics, shutdown)
+                        .await;
+                }
                 let destination = self.to_app(app, labels, !allowed, metrics);
                 return serve_http(client, version, destination, shutdown).await;
             }

@@ -1,0 +1,581 @@
+//! Inbound HTTP/1, relayed: the server proxy passes a client's HTTP/1 connection to
+//! the application byte for byte, reading only where each message begins and ends
+//! ([`super::framing`]) to count it.
+//!
+//! The client is a peer proxy, whose requests were already parsed, balanced and
+//! routed on their way out, or an unmeshed client on a port whose policy lets it in;
+//! the policy is decided once for the connection, so nothing here depends on a
+//! request's contents but its metrics. Re-originating each request (as the outbound
+//! side must, to balance it) would cost the inbound hop two HTTP codecs, a pool and
+//! two tasks per connection; relaying costs one task, and its latency is that of a
+//! TCP relay.
+//!
+//! What the proxy still does per message:
+//! - each request is counted (`request_total`) when its head has arrived whole, and
+//!   its response (`response_total`, `response_latency_ms`) when the response head
+//!   has; interim (1xx) responses are passed on and not counted;
+//! - a request head that is not HTTP/1, too large, or whose body length is
+//!   ambiguous is answered 400 (431 when too large), counted in
+//!   `http_client_errors_total`, and its connection closed — it never reaches the
+//!   application, so the proxy and the application never read one stream two ways;
+//! - a 101 to an upgrade, or a 2xx to a CONNECT, makes the connection a tunnel;
+//! - the application closing an idle connection does not close the client's: the
+//!   next request opens a new one. Closing it with a request unanswered answers 502;
+//! - on shutdown, a request in flight is answered, then the connection is closed.
+//!
+//! One task drives both directions, like a TCP relay: no direction's write waits on
+//! the other's read.
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Instant,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::TcpStream,
+    sync::watch,
+};
+
+use super::framing::{self, Body, Next, Reader, RequestHead, ResponseHead, Step};
+use crate::metrics::{Direction, HttpCounters, Metrics, TcpLabels};
+
+/// Bytes read at a time in each direction; a head larger than this grows its buffer,
+/// up to [`framing::MAX_HEAD`].
+const BUFFER: usize = 16 * 1024;
+
+/// Relays the HTTP/1 connection `client` to the application at `app`, counting its
+/// messages with `labels`; drained once `shutdown` turns true.
+pub async fn serve<C>(
+    client: C,
+    app: SocketAddr,
+    labels: &TcpLabels,
+    metrics: &Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let tcp_labels = metrics.tcp_opened(labels);
+    let mut relay = Relay {
+        client,
+        requests: Half::new(),
+        responses: Half::new(),
+        pending: VecDeque::new(),
+        paused: false,
+        tunnel: false,
+        draining: false,
+        stopping: Box::pin(stopping(shutdown)),
+        counters: metrics.http_counters(labels),
+        metrics: metrics.clone(),
+    };
+    relay.run(app).await;
+    let written = relay.responses.moved;
+    metrics.tcp_closed(&tcp_labels, relay.requests.read, written);
+}
+
+/// Resolves once `shutdown` turns true (never, if no one can ask any more).
+async fn stopping(mut shutdown: watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// How a relay with the application ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Everything is done: close the client's connection.
+    Close,
+    /// The application closed its idle connection; the client's lives on.
+    AppClosed,
+    /// Answer the client with this status of the proxy's own, then close.
+    Reply(u16),
+    /// Something broke mid-message: drop both connections.
+    Abort,
+}
+
+/// One direction: bytes read and not yet written, and where its messages are.
+struct Half<H> {
+    buf: Vec<u8>,
+    /// `buf[pos..filled]` is read and not yet written; its first `ready` bytes may be.
+    pos: usize,
+    filled: usize,
+    ready: usize,
+    reader: Reader<H>,
+    /// Written since the last flush.
+    unflushed: bool,
+    /// The source has ended.
+    eof: bool,
+    /// The destination was shut down (a tunnel's half-close).
+    shut: bool,
+    /// Bytes read from the source, and written to the destination.
+    read: u64,
+    moved: u64,
+}
+
+impl<H: framing::ParseHead> Half<H> {
+    fn new() -> Self {
+        Self {
+            buf: vec![0; BUFFER],
+            pos: 0,
+            filled: 0,
+            ready: 0,
+            reader: Reader::default(),
+            unflushed: false,
+            eof: false,
+            shut: false,
+            read: 0,
+            moved: 0,
+        }
+    }
+
+    /// Reads what the unread bytes begin with.
+    fn step(&mut self) -> Result<Step<H>, framing::Error> {
+        self.reader
+            .step(&self.buf[self.pos + self.ready..self.filled])
+    }
+
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.pos + self.ready..self.filled]
+    }
+
+    /// Nothing is held: between messages, with nothing read beyond them.
+    fn idle(&self) -> bool {
+        self.reader.at_boundary() && self.pos == self.filled
+    }
+
+    /// Writes the ready bytes to `to`; `Ready` once none are left.
+    fn poll_write_ready<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &mut W,
+    ) -> Poll<io::Result<()>> {
+        while self.ready > 0 {
+            let bytes = &self.buf[self.pos..self.pos + self.ready];
+            let n = ready!(Pin::new(&mut *to).poll_write(cx, bytes))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pos += n;
+            self.ready -= n;
+            self.moved += n as u64;
+            self.unflushed = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Once the ready bytes are written: flushes `to`, then reads more from `from`;
+    /// `Ready(false)` once `from` has ended.
+    fn poll_next<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+    ) -> Poll<io::Result<bool>> {
+        if self.unflushed {
+            ready!(Pin::new(to).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        if self.eof {
+            return Poll::Ready(Ok(false));
+        }
+        self.poll_fill(cx, from)
+    }
+
+    /// Reads more from `from` (making room first); `Ready(false)` at its end.
+    fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+    ) -> Poll<io::Result<bool>> {
+        if self.pos == self.filled {
+            (self.pos, self.filled) = (0, 0);
+        } else if self.filled == self.buf.len() {
+            if self.pos > 0 {
+                self.buf.copy_within(self.pos..self.filled, 0);
+                (self.filled, self.pos) = (self.filled - self.pos, 0);
+            } else {
+                // A head that does not fit yet; the reader refuses it past its limit.
+                let grown = (self.buf.len() * 2).min(framing::MAX_HEAD + BUFFER);
+                self.buf.resize(grown, 0);
+            }
+        }
+        if self.filled == self.buf.len() {
+            return Poll::Ready(Err(io::Error::other("no room left for a message head")));
+        }
+        let mut buf = ReadBuf::new(&mut self.buf[self.filled..]);
+        ready!(Pin::new(from).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        self.filled += n;
+        self.read += n as u64;
+        if n == 0 {
+            self.eof = true;
+        }
+        Poll::Ready(Ok(n > 0))
+    }
+}
+
+/// One client connection, relayed to the application.
+struct Relay<C> {
+    client: C,
+    requests: Half<RequestHead>,
+    responses: Half<ResponseHead>,
+    /// The requests forwarded whose final response has not begun, with when their
+    /// head arrived.
+    pending: VecDeque<(RequestHead, Instant)>,
+    /// An upgrade or CONNECT request was sent: the client's next bytes wait for its
+    /// answer (a tunnel's, or the next request's).
+    paused: bool,
+    /// Both directions are relayed as they come, unread.
+    tunnel: bool,
+    draining: bool,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    counters: HttpCounters,
+    metrics: Arc<Metrics>,
+}
+
+impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
+    async fn run(&mut self, app_addr: SocketAddr) {
+        loop {
+            // The application is connected to when a request comes, and again after it
+            // closed an idle connection.
+            if self.requests.unread().is_empty() && !self.wait_for_request().await {
+                break;
+            }
+            let Some(mut app) =
+                crate::tcp::connect(app_addr, Direction::Inbound, &self.metrics).await
+            else {
+                self.counters.request();
+                let unreachable = std::time::Duration::ZERO;
+                self.counters
+                    .response(&self.metrics, 502, true, unreachable);
+                self.reply(502).await;
+                return;
+            };
+            // A new connection: nothing of the last one's is left to read.
+            self.responses.eof = false;
+            let end = std::future::poll_fn(|cx| self.poll_relay(cx, &mut app)).await;
+            match end {
+                End::AppClosed => continue,
+                End::Close => break,
+                End::Reply(status) => {
+                    self.reply(status).await;
+                    return;
+                }
+                End::Abort => return,
+            }
+        }
+        let _ = self.client.shutdown().await;
+    }
+
+    /// Waits for the client's next bytes; `false` when it ended or the proxy is
+    /// stopping first.
+    async fn wait_for_request(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            if !self.draining && self.stopping.as_mut().poll(cx).is_ready() {
+                self.draining = true;
+            }
+            if self.draining || self.requests.eof {
+                return Poll::Ready(false);
+            }
+            match self.requests.poll_fill(cx, &mut self.client) {
+                Poll::Ready(Ok(more)) => Poll::Ready(more),
+                Poll::Ready(Err(_)) => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Answers the client with `status` and closes the connection.
+    async fn reply(&mut self, status: u16) {
+        if let Some((_, started)) = self.pending.pop_front() {
+            self.counters
+                .response(&self.metrics, status, status >= 500, started.elapsed());
+        }
+        let reason = match status {
+            400 => "Bad Request",
+            431 => "Request Header Fields Too Large",
+            _ => "Bad Gateway",
+        };
+        let answer =
+            format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        if self.client.write_all(answer.as_bytes()).await.is_ok() {
+            self.responses.moved += answer.len() as u64;
+            let _ = self.client.shutdown().await;
+        }
+    }
+
+    /// Relays both ways until one of the [`End`]s.
+    fn poll_relay(&mut self, cx: &mut Context<'_>, app: &mut TcpStream) -> Poll<End> {
+        if !self.draining && self.stopping.as_mut().poll(cx).is_ready() {
+            self.draining = true;
+        }
+        loop {
+            let before = (
+                self.requests.moved,
+                self.responses.moved,
+                self.requests.filled,
+            );
+            let before = (
+                before,
+                self.responses.filled,
+                self.pending.len(),
+                self.paused,
+            );
+            if let Poll::Ready(end) = self.poll_requests(cx, app) {
+                return Poll::Ready(end);
+            }
+            if let Poll::Ready(end) = self.poll_responses(cx, app) {
+                return Poll::Ready(end);
+            }
+            if self.draining && !self.tunnel && self.pending.is_empty() && self.quiet() {
+                return Poll::Ready(End::Close);
+            }
+            let after = (
+                self.requests.moved,
+                self.responses.moved,
+                self.requests.filled,
+            );
+            let after = (
+                after,
+                self.responses.filled,
+                self.pending.len(),
+                self.paused,
+            );
+            // A half that waits on the other (a paused client, a drained request) is
+            // looked at again once the other moved; otherwise both wait on IO.
+            if before == after {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Nothing is on its way in either direction.
+    fn quiet(&self) -> bool {
+        self.requests.reader.at_boundary()
+            && self.requests.ready == 0
+            && self.responses.idle()
+            && !self.responses.unflushed
+    }
+
+    /// Client to application. `Pending` when it waits (on IO or on the responses).
+    fn poll_requests(&mut self, cx: &mut Context<'_>, app: &mut TcpStream) -> Poll<End> {
+        loop {
+            let half = &mut self.requests;
+            if half.poll_write_ready(cx, app).is_ready_and_err() {
+                return Poll::Ready(End::Abort);
+            }
+            if half.ready > 0 {
+                return Poll::Pending;
+            }
+            if !half.unread().is_empty() {
+                if self.tunnel {
+                    half.ready = half.unread().len();
+                    continue;
+                }
+                if self.paused {
+                    return Poll::Pending;
+                }
+                match half.step() {
+                    Ok(Step::Head { len, head }) => {
+                        if self.draining {
+                            // Not started: the connection closes once quiet.
+                            return Poll::Pending;
+                        }
+                        self.counters.request();
+                        half.reader.body(head.body);
+                        half.ready = len;
+                        let waits = head.upgrade || head.connect;
+                        self.pending.push_back((head, Instant::now()));
+                        self.paused = waits && half.reader.at_boundary();
+                        continue;
+                    }
+                    Ok(Step::Body { len, end }) => {
+                        half.ready = len;
+                        let upgrading = self
+                            .pending
+                            .back()
+                            .is_some_and(|(h, _)| h.upgrade || h.connect);
+                        self.paused = end && upgrading;
+                        continue;
+                    }
+                    Ok(Step::More) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "malformed HTTP/1 request from an inbound client");
+                        self.metrics.http_client_error(Direction::Inbound);
+                        return Poll::Ready(if self.pending.is_empty() && self.responses.idle() {
+                            End::Reply(if error == framing::Error::HeadTooLarge {
+                                431
+                            } else {
+                                400
+                            })
+                        } else {
+                            End::Abort
+                        });
+                    }
+                }
+            }
+            match half.poll_next(cx, &mut self.client, app) {
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Ok(false)) => return self.requests_ended(cx, app),
+                Poll::Ready(Err(_)) => return Poll::Ready(End::Abort),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The client sent all it will.
+    fn requests_ended(&mut self, cx: &mut Context<'_>, app: &mut TcpStream) -> Poll<End> {
+        let half = &mut self.requests;
+        if self.tunnel {
+            if !half.shut {
+                if ready!(Pin::new(&mut *app).poll_shutdown(cx)).is_err() {
+                    return Poll::Ready(End::Abort);
+                }
+                half.shut = true;
+            }
+            return if self.responses.shut {
+                Poll::Ready(End::Close)
+            } else {
+                Poll::Pending
+            };
+        }
+        if !half.idle() {
+            // Gone mid-request: it cannot be finished.
+            return Poll::Ready(End::Abort);
+        }
+        if self.pending.is_empty() && self.quiet() {
+            return Poll::Ready(End::Close);
+        }
+        // The responses owed are still relayed.
+        Poll::Pending
+    }
+
+    /// Application to client.
+    fn poll_responses(&mut self, cx: &mut Context<'_>, app: &mut TcpStream) -> Poll<End> {
+        loop {
+            let half = &mut self.responses;
+            if half
+                .poll_write_ready(cx, &mut self.client)
+                .is_ready_and_err()
+            {
+                return Poll::Ready(End::Abort);
+            }
+            if half.ready > 0 {
+                return Poll::Pending;
+            }
+            if !half.unread().is_empty() {
+                if self.tunnel {
+                    half.ready = half.unread().len();
+                    continue;
+                }
+                match half.step() {
+                    Ok(Step::Head { len, head }) => {
+                        half.ready = len;
+                        let Some((request, started)) = self.pending.front() else {
+                            // An answer to nothing: not HTTP any more, relay it as is.
+                            self.tunnel = true;
+                            continue;
+                        };
+                        match framing::response_body(request, &head) {
+                            Next::Interim => half.reader.body(Body::Length(0)),
+                            Next::Final(body) => {
+                                let latency = started.elapsed();
+                                self.pending.pop_front();
+                                self.counters.response(
+                                    &self.metrics,
+                                    head.status,
+                                    head.status >= 500,
+                                    latency,
+                                );
+                                half.reader.body(body);
+                                self.paused = false;
+                            }
+                            Next::Tunnel => {
+                                let latency = started.elapsed();
+                                self.pending.clear();
+                                let failed = false;
+                                self.counters
+                                    .response(&self.metrics, head.status, failed, latency);
+                                self.tunnel = true;
+                                self.paused = false;
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(Step::Body { len, .. }) => {
+                        half.ready = len;
+                        continue;
+                    }
+                    Ok(Step::More) => {}
+                    Err(error) => {
+                        // The application does not speak HTTP/1 here: its bytes are
+                        // still its client's, passed on unread.
+                        tracing::debug!(%error, "the application's answer is not HTTP/1");
+                        self.tunnel = true;
+                        continue;
+                    }
+                }
+            }
+            match half.poll_next(cx, app, &mut self.client) {
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Ok(false)) => return self.responses_ended(cx),
+                Poll::Ready(Err(_)) => return Poll::Ready(End::Abort),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The application sent all it will.
+    fn responses_ended(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let half = &mut self.responses;
+        if self.tunnel {
+            if !half.shut {
+                if ready!(Pin::new(&mut self.client).poll_shutdown(cx)).is_err() {
+                    return Poll::Ready(End::Abort);
+                }
+                half.shut = true;
+            }
+            return if self.requests.shut {
+                Poll::Ready(End::Close)
+            } else {
+                Poll::Pending
+            };
+        }
+        if half.reader.until_close() && half.pos == half.filled {
+            // The end of a body delimited by it.
+            return Poll::Ready(End::Close);
+        }
+        if !half.idle() {
+            return Poll::Ready(End::Abort);
+        }
+        if !self.pending.is_empty() {
+            return Poll::Ready(if self.requests.ready == 0 {
+                End::Reply(502)
+            } else {
+                End::Abort
+            });
+        }
+        if self.requests.eof {
+            return Poll::Ready(End::Close);
+        }
+        Poll::Ready(End::AppClosed)
+    }
+}
+
+/// `Poll::Ready(Err(_))`, as a test.
+trait ReadyErr {
+    fn is_ready_and_err(&self) -> bool;
+}
+
+impl ReadyErr for Poll<io::Result<()>> {
+    fn is_ready_and_err(&self) -> bool {
+        matches!(self, Poll::Ready(Err(_)))
+    }
+}
