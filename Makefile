@@ -38,9 +38,9 @@ bench: ## Benchmarks; each prints its figures
 	$(CARGO) bench --locked -p weft-proxy --bench dataplane
 
 FUZZ_SECONDS ?= 60
-fuzz: ## Fuzz protocol detection and HTTP input, FUZZ_SECONDS per target (nightly)
+fuzz: ## Fuzz protocol detection, HTTP input and HTTP/1 framing, FUZZ_SECONDS per target (nightly)
 	proxy/fuzz/setup.sh
-	cd proxy/fuzz && for target in detect http; do \
+	cd proxy/fuzz && for target in detect http framing; do \
 	  PATH="$(WEFT_CACHE)/tools/bin:$$PATH" $(CARGO) +nightly fuzz run $$target -- \
 	    -max_total_time=$(FUZZ_SECONDS); \
 	done
