@@ -19,9 +19,11 @@
 //! as it came. The port's policy decides whether the client may connect; then the
 //! connection goes to the application on the original port over loopback. HTTP —
 //! announced by the client proxy with the ALPN [`ALPN_HTTP`], or detected from an
-//! unmeshed client — is served request by request ([`crate::http`]): each request is
-//! counted with the client's identity, and a client the policy refuses is answered
-//! 403. Anything else is relayed as bytes (an opaque port always is).
+//! unmeshed client — is counted request by request with the client's identity:
+//! HTTP/1 is relayed byte for byte and read only for where its messages end
+//! ([`crate::http::inbound`]), HTTP/2 is served by [`crate::http`]. A client the
+//! policy refuses is answered 403 for each request. Anything else is relayed as
+//! bytes (an opaque port always is).
 //!
 //! Every connection is counted in the `tcp_*` family Linkerd's dashboards read, with
 //! `tls` and the peer's identity. Half-closes propagate both ways.
