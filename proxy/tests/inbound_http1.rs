@@ -25,7 +25,8 @@ use weft_proxy::tcp::InboundSettings;
 
 /// A scripted HTTP/1 application: each request head (bodies are not sent here) is
 /// answered by its path — `/close` answers, then closes the connection; `/drop`
-/// closes it unanswered; any other path is answered with itself as the body (a
+/// closes it unanswered; `/early` answers 413 and closes its side without reading the
+/// body; any other path is answered with itself as the body (a
 /// `HEAD` with the length only). It counts the request heads it got.
 async fn app() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -52,6 +53,15 @@ async fn app() -> (SocketAddr, Arc<AtomicUsize>) {
                     let mut words = head.split_whitespace();
                     let (method, path) = (words.next().unwrap(), words.next().unwrap());
                     if path == "/drop" {
+                        return;
+                    }
+                    if path == "/early" {
+                        // Refused before its body is read: answered, then this side
+                        // closed, the rest of the body read and dropped.
+                        let answer = "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
+                        conn.write_all(answer.as_bytes()).await.unwrap();
+                        let _ = conn.shutdown().await;
+                        let _ = tokio::io::copy(&mut conn, &mut tokio::io::sink()).await;
                         return;
                     }
                     let body = if method == "HEAD" { "" } else { path };
@@ -209,4 +219,22 @@ async fn a_malformed_or_ambiguous_request_is_refused_before_the_application_sees
             .await
             .starts_with("HTTP/1.1 200")
     );
+}
+
+#[tokio::test]
+async fn an_answer_before_the_request_body_ends_the_connection_when_the_application_closes() {
+    let (server, seen) = proxied_app().await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"POST /early HTTP/1.1\r\ncontent-length: 100000\r\n\r\nfirst part")
+        .await
+        .unwrap();
+    let got = read_answers(&mut conn, &["\r\n\r\n"]).await;
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    // The rest of the body has nowhere to go: it must not reach a new application
+    // connection as if it were a request. The client's connection ends instead.
+    let _ = conn.write_all(&[b'x'; 1000]).await;
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the connection was kept open");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
 }

@@ -562,7 +562,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
                 End::Abort
             });
         }
-        if self.requests.eof {
+        if self.requests.eof || !self.requests.reader.at_boundary() || self.requests.ready > 0 {
+            // The client is done, or still sending a request the application answered
+            // early and will not read: its connection closes too.
             return Poll::Ready(End::Close);
         }
         Poll::Ready(End::AppClosed)
