@@ -317,17 +317,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
             self.draining = true;
         }
         loop {
-            let before = (
-                self.requests.moved,
-                self.responses.moved,
-                self.requests.filled,
-            );
-            let before = (
-                before,
-                self.responses.filled,
-                self.pending.len(),
-                self.paused,
-            );
+            let before = self.mark();
             if let Poll::Ready(end) = self.poll_requests(cx, app) {
                 return Poll::Ready(end);
             }
@@ -337,23 +327,25 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
             if self.draining && !self.tunnel && self.pending.is_empty() && self.quiet() {
                 return Poll::Ready(End::Close);
             }
-            let after = (
-                self.requests.moved,
-                self.responses.moved,
-                self.requests.filled,
-            );
-            let after = (
-                after,
-                self.responses.filled,
-                self.pending.len(),
-                self.paused,
-            );
             // A half that waits on the other (a paused client, a drained request) is
             // looked at again once the other moved; otherwise both wait on IO.
-            if before == after {
+            if before == self.mark() {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// What moves when either half makes progress: bytes read and written, requests
+    /// owed, the client paused.
+    fn mark(&self) -> (u64, u64, usize, usize, usize, bool) {
+        (
+            self.requests.moved,
+            self.responses.moved,
+            self.requests.filled,
+            self.responses.filled,
+            self.pending.len(),
+            self.paused,
+        )
     }
 
     /// Nothing is on its way in either direction.
