@@ -28,7 +28,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     task::{Context as TaskContext, Poll},
     time::{Duration, Instant},
 };
@@ -48,7 +48,7 @@ use weft_proxy_api::v1::{Endpoint, Resolution};
 
 use crate::{
     balance::{Balancer, InFlight},
-    metrics::{Direction, Metrics, RouteLabels, TcpLabels},
+    metrics::{Direction, HttpCounters, Metrics, RouteLabels, TcpLabels},
     profile::{Budget, Routes},
     tls::{ALPN_HTTP, Tls},
 };
@@ -274,7 +274,20 @@ pub struct Destination {
     pub pool: Arc<Pool>,
     pub tls: Option<Tls>,
     pub metrics: Arc<Metrics>,
+    pub counters: ConnectionCounters,
 }
+
+/// The HTTP counters a connection's requests are counted with, looked up once: per
+/// endpoint of the resolution they were sent from (each endpoint labels its own), and
+/// for the proxy's own answers (the connection's labels alone).
+#[derive(Debug, Default)]
+pub struct ConnectionCounters {
+    own: OnceLock<Arc<HttpCounters>>,
+    endpoints: Mutex<Option<(Arc<Prepared>, EndpointSlots)>>,
+}
+
+/// One slot per usable endpoint of a [`Prepared`] resolution, filled on first use.
+type EndpointSlots = Vec<Option<Arc<HttpCounters>>>;
 
 /// Serves the client connection `io` (an application's, outbound; a peer proxy's or an
 /// unmeshed client's, inbound), which speaks `version`, sending each request to an
@@ -339,8 +352,9 @@ impl Destination {
     async fn proxy(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         if self.forbidden {
-            let labels = self.metrics.request_started(&self.labels);
-            return self.answer(&labels, started, StatusCode::FORBIDDEN);
+            let counters = self.own_counters();
+            counters.request();
+            return self.answer(&counters, started, StatusCode::FORBIDDEN);
         }
         let prepared = self.prepared();
         let routes = &prepared.routes;
@@ -405,21 +419,19 @@ impl Destination {
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
         let mut attempt = 1;
         loop {
-            let mut labels = self.labels.clone();
             let prepared = self.prepared();
-            let Some((addr, endpoint, in_flight)) = prepared.pick(&self.balancer) else {
-                let labels = self.metrics.request_started(&labels);
-                return self.answer(&labels, started, StatusCode::SERVICE_UNAVAILABLE);
+            let Some((index, addr, endpoint, in_flight)) = prepared.pick(&self.balancer) else {
+                let counters = self.own_counters();
+                counters.request();
+                return self.answer(&counters, started, StatusCode::SERVICE_UNAVAILABLE);
             };
-            let identity = if labels.direction == Some(Direction::Outbound) {
-                crate::tcp::label_endpoint(&mut labels, endpoint, self.tls.is_some())
-            } else {
-                None
-            };
+            let counters = self.endpoint_counters(&prepared, index, endpoint);
+            let identity = Some(endpoint.identity.as_str())
+                .filter(|i| !i.is_empty() && self.labels.direction == Some(Direction::Outbound));
 
             let sender = match self.pool.checkout(addr, version) {
                 Some(sender) => Some(sender),
-                None => self.connect(addr, identity.as_deref(), version).await,
+                None => self.connect(addr, identity, version).await,
             };
             let Some(mut sender) = sender else {
                 // Never sent: another endpoint may take it, whatever the method.
@@ -428,10 +440,10 @@ impl Destination {
                     attempt += 1;
                     continue;
                 }
-                let labels = self.metrics.request_started(&labels);
-                return self.answer(&labels, started, StatusCode::BAD_GATEWAY);
+                counters.request();
+                return self.answer(&counters, started, StatusCode::BAD_GATEWAY);
             };
-            let labels = self.metrics.request_started(&labels);
+            counters.request();
             let mut response = match sender.send(request).await {
                 Ok(response) => response,
                 Err(mut error) => match error.take_message() {
@@ -444,7 +456,7 @@ impl Destination {
                     }
                     _ => {
                         tracing::debug!(%addr, error = %error.error(), "the endpoint failed the request");
-                        return self.answer(&labels, started, StatusCode::BAD_GATEWAY);
+                        return self.answer(&counters, started, StatusCode::BAD_GATEWAY);
                     }
                 },
             };
@@ -461,19 +473,19 @@ impl Destination {
                 self.pool.checkin(addr, sender);
             }
             let status = response.status().as_u16();
-            self.metrics.latency(&labels, started.elapsed());
+            counters.latency(started.elapsed());
             if !is_grpc(response.headers()) {
-                self.metrics.response(&labels, status, status >= 500);
+                counters.response(&self.metrics, status, status >= 500);
                 return response.map(Body::Incoming);
             }
             // gRPC: the status in the trailers decides (in the headers, for a
             // response that is only trailers).
             if let Some(failed) = grpc_failed(response.headers()) {
-                self.metrics.response(&labels, status, failed);
+                counters.response(&self.metrics, status, failed);
                 return response.map(Body::Incoming);
             }
             let metrics = self.metrics.clone();
-            let record = Box::new(move |failed| metrics.response(&labels, status, failed));
+            let record = Box::new(move |failed| counters.response(&metrics, status, failed));
             return response.map(|inner| {
                 Body::Grpc(GrpcClassified {
                     inner,
@@ -503,11 +515,54 @@ impl Destination {
     }
 
     /// An answer of the proxy's own, counted like the endpoint's would be.
-    fn answer(&self, labels: &TcpLabels, started: Instant, status: StatusCode) -> Response<Body> {
-        self.metrics.latency(labels, started.elapsed());
-        self.metrics
-            .response(labels, status.as_u16(), status.is_server_error());
+    fn answer(
+        &self,
+        counters: &HttpCounters,
+        started: Instant,
+        status: StatusCode,
+    ) -> Response<Body> {
+        counters.latency(started.elapsed());
+        counters.response(&self.metrics, status.as_u16(), status.is_server_error());
         status_only(status)
+    }
+
+    /// The counters of the proxy's own answers (403, 503): the connection's labels.
+    fn own_counters(&self) -> Arc<HttpCounters> {
+        let own = &self.counters.own;
+        own.get_or_init(|| Arc::new(self.metrics.http_counters(&self.labels)))
+            .clone()
+    }
+
+    /// The counters of requests sent to `endpoint`, the `index`th of `prepared`
+    /// (outbound, labelled with its identity and workload).
+    fn endpoint_counters(
+        &self,
+        prepared: &Arc<Prepared>,
+        index: usize,
+        endpoint: &Endpoint,
+    ) -> Arc<HttpCounters> {
+        let mut cached = self
+            .counters
+            .endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let slots = match &mut *cached {
+            Some((current, slots)) if Arc::ptr_eq(current, prepared) => slots,
+            stale => {
+                &mut stale
+                    .insert((prepared.clone(), vec![None; prepared.weighted.len()]))
+                    .1
+            }
+        };
+        slots[index]
+            .get_or_insert_with(|| {
+                let mut labels = self.labels.clone();
+                if labels.direction == Some(Direction::Outbound) {
+                    crate::tcp::label_endpoint(&mut labels, endpoint, self.tls.is_some());
+                }
+                Arc::new(self.metrics.http_counters(&labels))
+            })
+            .clone()
     }
 }
 
@@ -524,12 +579,13 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// An endpoint chosen by `balancer`: its address, its entry in the resolution, and
-    /// the in-flight mark to feed the balancer; `None` without a usable endpoint.
-    pub fn pick(&self, balancer: &Balancer) -> Option<(SocketAddr, &Endpoint, InFlight)> {
+    /// An endpoint chosen by `balancer`: its index among the usable endpoints, its
+    /// address, its entry in the resolution, and the in-flight mark to feed the
+    /// balancer; `None` without a usable endpoint.
+    pub fn pick(&self, balancer: &Balancer) -> Option<(usize, SocketAddr, &Endpoint, InFlight)> {
         let (chosen, in_flight) = balancer.pick(&self.weighted)?;
         let endpoint = &self.resolution.endpoints[self.indices[chosen]];
-        Some((self.weighted[chosen].0, endpoint, in_flight))
+        Some((chosen, self.weighted[chosen].0, endpoint, in_flight))
     }
 
     /// The addresses of the usable endpoints.

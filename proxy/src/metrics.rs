@@ -424,32 +424,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Records an HTTP request; returns the labels to record its response with.
-    pub fn request_started(&self, labels: &TcpLabels) -> TcpLabels {
-        let labels = self.bounded(labels);
-        self.requests.get_or_create(&labels).inc();
-        labels
-    }
-
-    /// Records a response to a request counted with `labels`; `failed` for a 5xx, or
-    /// for gRPC a status other than OK.
-    pub fn response(&self, labels: &TcpLabels, status: u16, failed: bool) {
-        self.responses
-            .get_or_create(&ResponseLabels {
-                request: labels.clone(),
-                status_code: status,
-                classification: if failed { "failure" } else { "success" },
-            })
-            .inc();
-    }
-
-    /// Records how long the response head to a request counted with `labels` took.
-    pub fn latency(&self, labels: &TcpLabels, latency: std::time::Duration) {
-        self.latency
-            .get_or_create(labels)
-            .observe(latency.as_secs_f64() * 1000.0);
-    }
-
     /// The HTTP metrics of requests counted with `labels` (bounded like the `tcp_*`
     /// family), looked up once for a connection's requests.
     pub fn http_counters(&self, labels: &TcpLabels) -> HttpCounters {
@@ -457,7 +431,7 @@ impl Metrics {
         HttpCounters {
             requests: self.requests.get_or_create(&labels).clone(),
             latency: self.latency.get_or_create(&labels).clone(),
-            responses: Vec::new(),
+            responses: Mutex::default(),
             labels,
         }
     }
@@ -530,14 +504,15 @@ impl Metrics {
 }
 
 /// The `request_total`, `response_total` and `response_latency_ms` of one label set,
-/// held by a connection so that its requests are counted without a lookup each.
+/// looked up once and then kept (by a connection, or for an endpoint), so a request is
+/// counted without hashing its labels.
 #[derive(Debug)]
 pub struct HttpCounters {
     labels: TcpLabels,
     requests: Counter,
     latency: Histogram,
     /// `response_total` by status and classification, as they were first seen.
-    responses: Vec<(u16, bool, Counter)>,
+    responses: Mutex<Vec<(u16, bool, Counter)>>,
 }
 
 impl HttpCounters {
@@ -546,17 +521,16 @@ impl HttpCounters {
         self.requests.inc();
     }
 
-    /// Records its response's head, `latency` after the request; `failed` for a 5xx.
-    pub fn response(
-        &mut self,
-        metrics: &Metrics,
-        status: u16,
-        failed: bool,
-        latency: std::time::Duration,
-    ) {
+    /// Records how long a request's response head took.
+    pub fn latency(&self, latency: std::time::Duration) {
         self.latency.observe(latency.as_secs_f64() * 1000.0);
-        if let Some((_, _, counter)) = self
-            .responses
+    }
+
+    /// Records a response with `status`; `failed` for a 5xx, or for gRPC a status
+    /// other than OK.
+    pub fn response(&self, metrics: &Metrics, status: u16, failed: bool) {
+        let mut responses = self.responses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, counter)) = responses
             .iter()
             .find(|(s, f, _)| *s == status && *f == failed)
         {
@@ -572,7 +546,7 @@ impl HttpCounters {
             })
             .clone();
         counter.inc();
-        self.responses.push((status, failed, counter));
+        responses.push((status, failed, counter));
     }
 }
 

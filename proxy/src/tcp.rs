@@ -366,6 +366,7 @@ impl Context {
                 pool: self.pool.clone(),
                 tls: self.tls.clone(),
                 metrics: metrics.clone(),
+                counters: Default::default(),
             };
             return serve_http(client, version, destination, shutdown).await;
         }
@@ -392,7 +393,7 @@ impl Context {
             None => (target, None, None),
             Some(resolution) => {
                 let (balancer, _, prepared) = self.service(authority, resolution);
-                let Some((addr, endpoint, in_flight)) = prepared.pick(&balancer) else {
+                let Some((_, addr, endpoint, in_flight)) = prepared.pick(&balancer) else {
                     tracing::debug!(%peer, %authority, "no ready endpoint: failing fast");
                     metrics.tcp_connect_failed(Direction::Outbound);
                     return;
@@ -610,6 +611,7 @@ impl Context {
             pool: self.pool.clone(),
             tls: None,
             metrics: metrics.clone(),
+            counters: Default::default(),
         }
     }
 

@@ -41,6 +41,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             pool: Arc::new(Pool::default()),
             tls: None,
             metrics: Arc::new(Metrics::new()),
+            counters: Default::default(),
         });
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let (_stop, shutdown) = tokio::sync::watch::channel(false);

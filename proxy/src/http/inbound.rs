@@ -251,9 +251,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
                 crate::tcp::connect(app_addr, Direction::Inbound, &self.metrics).await
             else {
                 self.counters.request();
-                let unreachable = std::time::Duration::ZERO;
-                self.counters
-                    .response(&self.metrics, 502, true, unreachable);
+                self.counters.latency(std::time::Duration::ZERO);
+                self.counters.response(&self.metrics, 502, true);
                 self.reply(502).await;
                 return;
             };
@@ -295,8 +294,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
     /// Answers the client with `status` and closes the connection.
     async fn reply(&mut self, status: u16) {
         if let Some((_, started)) = self.pending.pop_front() {
-            self.counters
-                .response(&self.metrics, status, status >= 500, started.elapsed());
+            self.counters.latency(started.elapsed());
+            self.counters.response(&self.metrics, status, status >= 500);
         }
         let reason = match status {
             400 => "Bad Request",
@@ -478,23 +477,17 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
                         match framing::response_body(request, &head) {
                             Next::Interim => half.reader.body(Body::Length(0)),
                             Next::Final(body) => {
-                                let latency = started.elapsed();
+                                self.counters.latency(started.elapsed());
                                 self.pending.pop_front();
-                                self.counters.response(
-                                    &self.metrics,
-                                    head.status,
-                                    head.status >= 500,
-                                    latency,
-                                );
+                                let failed = head.status >= 500;
+                                self.counters.response(&self.metrics, head.status, failed);
                                 half.reader.body(body);
                                 self.paused = false;
                             }
                             Next::Tunnel => {
-                                let latency = started.elapsed();
+                                self.counters.latency(started.elapsed());
                                 self.pending.clear();
-                                let failed = false;
-                                self.counters
-                                    .response(&self.metrics, head.status, failed, latency);
+                                self.counters.response(&self.metrics, head.status, false);
                                 self.tunnel = true;
                                 self.paused = false;
                             }
