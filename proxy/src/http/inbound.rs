@@ -149,12 +149,17 @@ impl<H: framing::ParseHead> Half<H> {
         self.reader.at_boundary() && self.pos == self.filled
     }
 
-    /// Writes the ready bytes to `to`; `Ready` once none are left.
-    fn poll_write_ready<W: AsyncWrite + Unpin>(
+    /// Writes the ready bytes to `to` (in a `tunnel`, every byte read is ready);
+    /// `Ready` once none are left.
+    fn poll_drain<W: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         to: &mut W,
+        tunnel: bool,
     ) -> Poll<io::Result<()>> {
+        if tunnel {
+            self.ready = self.filled - self.pos;
+        }
         while self.ready > 0 {
             let bytes = &self.buf[self.pos..self.pos + self.ready];
             let n = ready!(Pin::new(&mut *to).poll_write(cx, bytes))?;
@@ -359,17 +364,12 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
     fn poll_requests(&mut self, cx: &mut Context<'_>, app: &mut TcpStream) -> Poll<End> {
         loop {
             let half = &mut self.requests;
-            if half.poll_write_ready(cx, app).is_ready_and_err() {
-                return Poll::Ready(End::Abort);
-            }
-            if half.ready > 0 {
-                return Poll::Pending;
+            match half.poll_drain(cx, app, self.tunnel) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(End::Abort),
+                Poll::Pending => return Poll::Pending,
             }
             if !half.unread().is_empty() {
-                if self.tunnel {
-                    half.ready = half.unread().len();
-                    continue;
-                }
                 if self.paused {
                     return Poll::Pending;
                 }
@@ -452,20 +452,12 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
     fn poll_responses(&mut self, cx: &mut Context<'_>, app: &mut TcpStream) -> Poll<End> {
         loop {
             let half = &mut self.responses;
-            if half
-                .poll_write_ready(cx, &mut self.client)
-                .is_ready_and_err()
-            {
-                return Poll::Ready(End::Abort);
-            }
-            if half.ready > 0 {
-                return Poll::Pending;
+            match half.poll_drain(cx, &mut self.client, self.tunnel) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(End::Abort),
+                Poll::Pending => return Poll::Pending,
             }
             if !half.unread().is_empty() {
-                if self.tunnel {
-                    half.ready = half.unread().len();
-                    continue;
-                }
                 match half.step() {
                     Ok(Step::Head { len, head }) => {
                         half.ready = len;
@@ -553,16 +545,5 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
             return Poll::Ready(End::Close);
         }
         Poll::Ready(End::AppClosed)
-    }
-}
-
-/// `Poll::Ready(Err(_))`, as a test.
-trait ReadyErr {
-    fn is_ready_and_err(&self) -> bool;
-}
-
-impl ReadyErr for Poll<io::Result<()>> {
-    fn is_ready_and_err(&self) -> bool {
-        matches!(self, Poll::Ready(Err(_)))
     }
 }
