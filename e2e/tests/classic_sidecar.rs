@@ -45,7 +45,11 @@ async fn a_classic_sidecar_starts_first_and_the_app_waits_for_it() {
         })
         .await;
 
-        let applied = kubectl_stdin(&["apply", "-f", "-"], &app_deployment(&ns, "classic", 1));
+        // The app says a line first, so its log can be told from the proxy's.
+        let deployment = app_deployment(&ns, "classic", 1)
+            .replace(r#"command: [sh, -c, ""#, r#"command: [sh, -c, "echo the-app-speaks; "#);
+        assert!(deployment.contains("the-app-speaks"), "{deployment}");
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &deployment);
         assert!(applied.success, "{}", applied.stderr);
         rollout_status(&ns, "classic");
         let pods = Api::<Pod>::namespaced(client.clone(), &ns)
@@ -64,13 +68,17 @@ async fn a_classic_sidecar_starts_first_and_the_app_waits_for_it() {
             .as_ref()
             .and_then(|s| s.container_statuses.clone())
             .unwrap_or_default();
+        let mut named: Vec<&str> = statuses.iter().map(|s| s.name.as_str()).collect();
+        named.sort_unstable();
+        assert_eq!(named, ["app", "weft-proxy"], "a status per container: {statuses:?}");
         assert!(
             statuses.iter().all(|s| s.ready && s.restart_count == 0),
             "the app started once, after its proxy was ready: {statuses:?}"
         );
-        // `kubectl logs` without -c still means the app.
+        // `kubectl logs` without -c still means the app, not the proxy listed first.
         let name = pod.metadata.name.as_deref().expect("a name");
-        kubectl_ok(&["logs", "-n", &ns, name]);
+        let logs = kubectl_ok(&["logs", "-n", &ns, name]);
+        assert!(logs.contains("the-app-speaks"), "kubectl logs showed: {logs}");
     })
     .await;
 }

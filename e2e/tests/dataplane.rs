@@ -292,9 +292,9 @@ async fn real_clients_reach_meshed_and_unmeshed_pods_and_a_rolling_restart_loses
         assert_eq!(echoed.trim(), "hello-plain");
 
         // Unmeshed → meshed: the server proxies take plaintext (the default policy
-        // allows it) and count it without a client identity.
-        let plaintext = [("direction", "inbound"), ("tls", "false")];
-        let before = sum_over(&ns, &web_pods, "tcp_open_total", &plaintext);
+        // allows it) and count it without a client identity. The kubelet's probes are
+        // plaintext too, so the request asks for a path no probe asks for, and only its
+        // 404 moves the counter looked at.
         let page = sh(
             &ns,
             "outsider",
@@ -302,11 +302,38 @@ async fn real_clients_reach_meshed_and_unmeshed_pods_and_a_rolling_restart_loses
         )
         .unwrap();
         assert_eq!(page.trim(), "weft testapp");
-        let after = sum_over(&ns, &web_pods, "tcp_open_total", &plaintext);
-        assert!(after > before, "no plaintext inbound connection counted");
+        let plaintext_404 = [
+            ("direction", "inbound"),
+            ("tls", "false"),
+            ("status_code", "404"),
+        ];
+        let before = sum_over(&ns, &web_pods, "response_total", &plaintext_404);
+        let status = sh(
+            &ns,
+            "outsider",
+            &format!(
+                "curl -sS -o /dev/null -w '%{{http_code}}' --max-time 10 http://{web}/no-such-page"
+            ),
+        )
+        .unwrap();
+        assert_eq!(status.trim(), "404");
+        eventually(
+            "the outsider's plaintext request counted once as inbound tls=\"false\"",
+            TIMEOUT,
+            || async {
+                let after = sum_over(&ns, &web_pods, "response_total", &plaintext_404);
+                if after == before + 1.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{before} -> {after}"))
+                }
+            },
+        )
+        .await;
 
         // A rolling restart of `web` under steady load (a request every 50 ms from
         // the meshed client, through its proxy): not one request fails.
+        sh(&ns, "client", "rm -f /tmp/ok /tmp/stop").unwrap();
         let load_ns = ns.clone();
         let load_url = format!("http://{web}/");
         let load = std::thread::spawn(move || {
@@ -314,12 +341,23 @@ async fn real_clients_reach_meshed_and_unmeshed_pods_and_a_rolling_restart_loses
                 "ok=0; failed=0; end=$(( $(date +%s) + 150 )); \
                  while [ ! -e /tmp/stop ] && [ $(date +%s) -lt $end ]; do \
                    if curl -sS -o /dev/null -f --max-time 5 {load_url}; then ok=$((ok+1)); \
-                   else failed=$((failed+1)); fi; sleep 0.05; \
+                   else failed=$((failed+1)); fi; echo $ok > /tmp/ok; sleep 0.05; \
                  done; echo ok=$ok failed=$failed"
             );
             sh(&load_ns, "client", &script)
         });
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The load is under way once it has had answers.
+        let answered = |at_least: u64| {
+            let ns = ns.clone();
+            async move {
+                let ok = sh(&ns, "client", "cat /tmp/ok 2>/dev/null || echo 0")?;
+                match ok.trim().parse::<u64>() {
+                    Ok(n) if n >= at_least => Ok(n),
+                    _ => Err(format!("{} answered", ok.trim())),
+                }
+            }
+        };
+        eventually("the load to get 20 answers", TIMEOUT, || answered(20)).await;
         kubectl_ok(&["rollout", "restart", "-n", &ns, "deployment/web"]);
         rollout_status(&ns, "web");
         eventually("the old web pods to be gone", TIMEOUT, || async {
@@ -331,7 +369,12 @@ async fn real_clients_reach_meshed_and_unmeshed_pods_and_a_rolling_restart_loses
             }
         })
         .await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // And the new pods serve it for a while.
+        let so_far = answered(0).await.unwrap();
+        eventually("20 more answers from the new pods", TIMEOUT, || {
+            answered(so_far + 20)
+        })
+        .await;
         sh(&ns, "client", "touch /tmp/stop").unwrap();
         let tally = tokio::task::spawn_blocking(move || load.join())
             .await

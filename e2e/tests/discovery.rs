@@ -372,7 +372,9 @@ spec:
         // meanwhile reaches them when it is back.
         let restore = RestoreOperator;
         scale_operator(0);
-        for pod in web_pods(&ns) {
+        let pods = web_pods(&ns);
+        assert_eq!(pods.len(), 2, "two web pods to look at: {pods:?}");
+        for pod in pods {
             let config = proxy_config(&ns, &pod);
             assert_eq!(config["streams"], 0, "{pod}: {config:#}");
             assert_eq!(

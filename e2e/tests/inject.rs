@@ -68,8 +68,13 @@ fn http_get(ip: &str, port: u16, path: &str) -> String {
         .expect("a timeout");
     write!(conn, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").expect("the request is sent");
     let mut answer = String::new();
-    let _ = conn.read_to_string(&mut answer);
-    answer.lines().next().unwrap_or_default().to_string()
+    conn.read_to_string(&mut answer)
+        .unwrap_or_else(|e| panic!("no whole answer from {ip}:{port} ({e}): {answer:?}"));
+    answer
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("an empty answer from {ip}:{port}"))
+        .to_string()
 }
 
 /// `wget` from the `app` container of `pod`: the body, or the error.
@@ -82,10 +87,6 @@ fn wget_from(ns: &str, pod: &str, url: &str) -> Result<String, String> {
     } else {
         Err(format!("{}{}", out.stdout, out.stderr))
     }
-}
-
-fn tcp_counter(ns: &str, pod: &str, name: &str, direction: &str) -> f64 {
-    metric_sum(&proxy_metrics(ns, pod), name, &[("direction", direction)])
 }
 
 #[tokio::test]
@@ -124,16 +125,37 @@ async fn a_deployment_is_meshed_and_its_tcp_goes_through_the_proxy() {
             );
             let notes = pod.metadata.annotations.clone().unwrap_or_default();
             assert!(notes.contains_key("weft.dev/config-version"), "{notes:?}");
-            let statuses = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.clone());
+            // Every container, the native sidecar among the init containers included,
+            // is ready and at its first start: the app started after its proxy.
+            let status = pod.status.as_ref().expect("a status");
+            let apps = status.container_statuses.as_deref().unwrap_or_default();
+            assert_eq!(apps.len(), 1, "one app status: {apps:?}");
             assert!(
-                statuses
+                apps.iter()
+                    .all(|s| s.name == "app" && s.ready && s.restart_count == 0),
+                "the app ready at its first start: {apps:?}"
+            );
+            let inits = status
+                .init_container_statuses
+                .as_deref()
+                .unwrap_or_default();
+            let of = |name: &str| {
+                inits
                     .iter()
-                    .flatten()
-                    .all(|s| s.ready && s.restart_count == 0),
-                "every container ready, the app at its first start: {statuses:?}"
+                    .find(|s| s.name == name)
+                    .unwrap_or_else(|| panic!("no status for {name}: {inits:?}"))
+            };
+            let init = of("weft-init");
+            let exit = init
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(|t| t.exit_code);
+            assert_eq!(exit, Some(0), "weft-init ran to success: {init:?}");
+            let sidecar = of("weft-proxy");
+            assert!(
+                sidecar.ready && sidecar.started == Some(true) && sidecar.restart_count == 0,
+                "the native sidecar ready at its first start: {sidecar:?}"
             );
         }
         let target = pods.get("target").await.expect("the target pod");
@@ -153,33 +175,46 @@ async fn a_deployment_is_meshed_and_its_tcp_goes_through_the_proxy() {
             .and_then(|s| s.pod_ip.clone())
             .expect("the pod's address");
 
-        // Inbound: a connection from outside the pod reaches the app through the proxy.
-        let before = tcp_counter(&ns, &pod, "tcp_open_total", "inbound");
-        assert!(http_get(&ip, 8080, "/hostname").contains("200"));
-        let after = eventually(
-            "the inbound counter to move",
+        // Inbound: a request from outside the pod reaches the app through the proxy.
+        // The kubelet's tcpSocket probe opens connections too, so the request asks for
+        // a page that is not there, and only its 404 moves the counter looked at.
+        let not_found = [
+            ("direction", "inbound"),
+            ("tls", "false"),
+            ("status_code", "404"),
+        ];
+        let counted = || metric_sum(&proxy_metrics(&ns, &pod), "response_total", &not_found);
+        let before = counted();
+        let status = http_get(&ip, 8080, "/no-such-page");
+        assert!(
+            status.starts_with("HTTP/1.") && status.contains(" 404 "),
+            "{status}"
+        );
+        eventually(
+            "the inbound 404 to be counted once",
             Duration::from_secs(10),
-            || {
-                let (ns, pod) = (ns.clone(), pod.clone());
-                async move {
-                    let now = tcp_counter(&ns, &pod, "tcp_close_total", "inbound");
-                    if now >= before + 1.0 {
-                        Ok(now)
-                    } else {
-                        Err(format!("{now}"))
-                    }
+            || async {
+                let now = counted();
+                if now == before + 1.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{before} -> {now}"))
                 }
             },
         )
         .await;
-        assert!(after >= before + 1.0);
 
         // Outbound: the app's connection to another pod goes through the proxy.
         let url = format!("http://{target_ip}:8080/hostname");
-        let before = tcp_counter(&ns, &pod, "tcp_open_total", "outbound");
+        let to_target = [
+            ("direction", "outbound"),
+            ("authority", &format!("{target_ip}:8080")),
+        ];
+        let opened = || metric_sum(&proxy_metrics(&ns, &pod), "tcp_open_total", &to_target);
+        let before = opened();
         let body = wget_from(&ns, &pod, &url).expect("the app reaches the target");
         assert_eq!(body.trim(), "target");
-        let after = tcp_counter(&ns, &pod, "tcp_open_total", "outbound");
+        let after = opened();
         assert!(after >= before + 1.0, "outbound opens {before} -> {after}");
 
         // With the proxy's outbound port closed, the app cannot connect anywhere; once
@@ -349,6 +384,93 @@ spec:
         })
         .await;
         assert!(note.contains("hostNetwork: true"), "{note}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bad_annotation_leaves_the_pod_unmeshed_and_says_why() {
+    with_temp_ns("inject-bad", |client, ns| async move {
+        mesh_namespace(&client, &ns).await;
+        const BAD: &str = "config.weft.dev/proxy-cpu-limit";
+        // A bare pod: the API server hands the webhook's warning to kubectl.
+        let pod = format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: bare
+  namespace: {ns}
+  labels: {{weft.dev/e2e-app: bare}}
+  annotations: {{"{BAD}": lots}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: app, image: weft.local/testapp:dev, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}
+"#
+        );
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &pod);
+        assert!(applied.success, "{}", applied.stderr);
+        assert!(
+            applied.stderr.contains("Warning") && applied.stderr.contains(BAD),
+            "kubectl shows the warning naming the annotation: {:?}",
+            applied.stderr
+        );
+        let bare = Api::<Pod>::namespaced(client.clone(), &ns)
+            .get("bare")
+            .await
+            .expect("the bare pod");
+        assert!(!is_injected(&bare), "a pod with a bad annotation was meshed");
+
+        // A Deployment's pod: the Event lands on its owner, the ReplicaSet.
+        let deployment = format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: odd, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: odd}}}}
+  template:
+    metadata:
+      labels: {{app: odd, weft.dev/e2e-app: odd}}
+      annotations: {{"{BAD}": lots}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {{name: app, image: weft.local/testapp:dev, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}
+"#
+        );
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &deployment);
+        assert!(applied.success, "{}", applied.stderr);
+        rollout_status(&ns, "odd");
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default().labels("app=odd"))
+            .await
+            .expect("the odd pods");
+        assert_eq!(pods.items.len(), 1, "one odd pod");
+        assert!(!is_injected(&pods.items[0]), "the Deployment's pod was meshed");
+        let owner = pods.items[0]
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.name.clone())
+            .expect("the pod's ReplicaSet");
+        let note = eventually("the InjectionSkipped Event on the ReplicaSet", Duration::from_secs(30), || {
+            let (ns, owner) = (ns.clone(), owner.clone());
+            async move {
+                let out = kubectl_ok(&[
+                    "get", "events", "-n", &ns, "--field-selector",
+                    &format!("reason=InjectionSkipped,involvedObject.kind=ReplicaSet,involvedObject.name={owner}"),
+                    "-o", "jsonpath={.items[*].message}",
+                ]);
+                if out.contains(BAD) { Ok(out) } else { Err(out) }
+            }
+        })
+        .await;
+        assert!(note.contains("InvalidAnnotation"), "{note}");
     })
     .await;
 }
