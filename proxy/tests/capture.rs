@@ -2,18 +2,18 @@
 //! network namespace, and that a rerun replaces them instead of adding more.
 //! Needs root and iptables (the cluster scripts install it); fails loudly without.
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 /// A network namespace for one test, deleted on drop.
 struct Netns(String);
 
 impl Netns {
     fn new() -> Self {
-        let name = format!("weft-e2e-init-{}", std::process::id());
+        let name = format!("weft-proxy-init-{}", std::process::id());
         let made = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
-            .expect("ip runs");
+            .expect("ip runs (the test needs iproute2)");
         assert!(
             made.success(),
             "cannot create network namespace {name}: the test needs root"
@@ -33,24 +33,16 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Cleanup only: a namespace left behind does not change what the test saw.
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
-}
-
-fn proxy_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| weft_e2e::repo_root().join("target"));
-    let bin = target.join("debug/weft-proxy");
-    assert!(bin.exists(), "{} is not built (make build)", bin.display());
-    bin
 }
 
 fn nat_rules(ns: &Netns) -> Vec<String> {
     let out = ns.run("iptables-save", &["-t", "nat"], &[]);
     assert!(
         out.status.success(),
-        "iptables-save: {}",
+        "iptables-save (the test needs iptables): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout)
@@ -60,18 +52,37 @@ fn nat_rules(ns: &Netns) -> Vec<String> {
         .collect()
 }
 
+/// Every port in the `--dports` lists of `chain`'s rules.
+fn skipped_ports(rules: &[String], chain: &str) -> Vec<u16> {
+    let prefix = format!("-A {chain} ");
+    rules
+        .iter()
+        .filter(|r| r.starts_with(&prefix))
+        .filter_map(|r| r.split_once("--dports ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .flat_map(|list| list.split(','))
+        .map(|p| {
+            p.parse()
+                .unwrap_or_else(|_| panic!("a port: {p} in {rules:#?}"))
+        })
+        .collect()
+}
+
 #[test]
 fn init_writes_the_capture_rules_and_a_rerun_replaces_them() {
     let ns = Netns::new();
-    let bin = proxy_binary();
-    let bin = bin.to_str().expect("a UTF-8 path");
+    let bin = env!("CARGO_BIN_EXE_weft-proxy");
+    assert!(
+        nat_rules(&ns).is_empty(),
+        "a fresh namespace has no nat rules"
+    );
 
     let first = ns.run(
         bin,
         &["init"],
         &[
             ("WEFT_PROXY_SKIP_OUTBOUND_PORTS", "443"),
-            ("WEFT_PROXY_UID", "2102"),
+            ("WEFT_PROXY_UID", "3000"),
         ],
     );
     assert!(
@@ -86,19 +97,15 @@ fn init_writes_the_capture_rules_and_a_rerun_replaces_them() {
     );
     let rules = nat_rules(&ns);
     assert!(
-        rules
-            .iter()
-            .any(|r| r.contains("--dports 443") && r.starts_with("-A WEFT_OUTBOUND")),
+        skipped_ports(&rules, "WEFT_OUTBOUND").contains(&443),
         "{rules:#?}"
     );
     assert!(
-        rules.iter().any(|r| r.contains("--uid-owner 2102")),
-        "{rules:#?}"
+        rules.iter().any(|r| r.contains("--uid-owner 3000")),
+        "not the default uid, the one asked for: {rules:#?}"
     );
     assert!(
-        rules
-            .iter()
-            .any(|r| r.contains("--dports 4191") && r.starts_with("-A WEFT_INBOUND")),
+        skipped_ports(&rules, "WEFT_INBOUND").contains(&4191),
         "{rules:#?}"
     );
 
@@ -115,13 +122,13 @@ fn init_writes_the_capture_rules_and_a_rerun_replaces_them() {
     );
     let again = nat_rules(&ns);
     assert_eq!(again.len(), rules.len(), "{again:#?}");
+    let outbound = skipped_ports(&again, "WEFT_OUTBOUND");
+    assert!(!outbound.contains(&443), "{again:#?}");
+    assert!(outbound.contains(&8443), "{again:#?}");
     assert!(
-        !again.iter().any(|r| r.contains("--dports 443 ")),
-        "{again:#?}"
-    );
-    assert!(
-        again.iter().any(|r| r.contains("--dports 8443")),
-        "{again:#?}"
+        !again.iter().any(|r| r.contains("--uid-owner 3000"))
+            && again.iter().any(|r| r.contains("--uid-owner 2102")),
+        "the old uid is gone, the default one in its place: {again:#?}"
     );
     for jump in [
         "-A PREROUTING -j WEFT_INBOUND",
@@ -136,6 +143,11 @@ fn init_writes_the_capture_rules_and_a_rerun_replaces_them() {
         &["init"],
         &[("WEFT_PROXY_SKIP_OUTBOUND_SUBNETS", "10.0.0.0/99")],
     );
-    assert_eq!(bad.status.code(), Some(64));
+    assert_eq!(
+        bad.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     assert_eq!(nat_rules(&ns), again);
 }
