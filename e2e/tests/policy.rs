@@ -1,0 +1,291 @@
+//! Inbound policy on the real cluster, with real clients:
+//!
+//! - a pod whose default policy is `deny` still becomes Ready, because its proxy lets
+//!   the kubelet's probes in (they come from the node's address, which the injector
+//!   hands the proxy as `WEFT_PROXY_HOST_IP`), while a meshed client is refused;
+//! - a ServerAuthorization that allows one ServiceAccount: a meshed client running as
+//!   that ServiceAccount gets 200, a meshed client of another ServiceAccount and an
+//!   unmeshed pod get 403 from the server's proxy, and each refusal is counted.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, api::ListParams};
+use weft_e2e::{
+    eventually, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, metric_sum, proxy_metrics,
+    rollout_status, with_temp_ns,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A Deployment `name` serving HTTP on 8080 (port `http`) once its proxy is ready, with
+/// an `httpGet` readiness probe through the proxy, and the pod annotations given.
+fn server(ns: &str, name: &str, annotations: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata:
+      labels: {{app: {name}, weft.dev/e2e-app: {name}}}
+      annotations: {{{annotations}}}
+    spec:
+      containers:
+      - name: app
+        image: weft.local/testapp:dev
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, "{serve}"]
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#,
+        serve = weft_e2e::APP_AFTER_PROXY,
+    )
+}
+
+/// A pod `name` running as ServiceAccount `sa` that only waits to run clients.
+fn client_pod(ns: &str, name: &str, sa: &str, annotations: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {sa}, namespace: {ns}}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels: {{weft.dev/e2e-app: {name}}}
+  annotations: {{{annotations}}}
+spec:
+  serviceAccountName: {sa}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: weft.local/testapp:dev
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+"#
+    )
+}
+
+/// The HTTP status `curl` gets for `url` from pod `pod` (`000` when no response came,
+/// with curl's error), or the failure of `kubectl exec` itself.
+fn status_from(ns: &str, pod: &str, url: &str) -> Result<String, String> {
+    let out = kubectl(&[
+        "exec",
+        "-n",
+        ns,
+        pod,
+        "-c",
+        "app",
+        "--",
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+        url,
+    ]);
+    if out.success {
+        Ok(out.stdout.trim().to_string())
+    } else {
+        Err(format!("{}{}", out.stdout, out.stderr))
+    }
+}
+
+/// Waits until `pod` gets `want` for `url`.
+async fn until_status(ns: &str, pod: &str, url: &str, want: &str) {
+    eventually(
+        &format!("{pod} to get {want} from {url}"),
+        TIMEOUT,
+        || async {
+            match status_from(ns, pod, url)? {
+                got if got == want => Ok(()),
+                got => Err(got),
+            }
+        },
+    )
+    .await
+}
+
+/// The names of the pods labelled `app=<app>`.
+async fn pods_of(client: &kube::Client, ns: &str, app: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .expect("the pods")
+        .items
+}
+
+#[tokio::test]
+async fn a_pod_under_a_deny_policy_is_ready_through_the_kubelets_probes_and_refuses_clients() {
+    with_temp_ns("policy-deny", |client, ns| async move {
+        mesh_namespace(&client, &ns).await;
+        let workloads = server(
+            &ns,
+            "locked",
+            r#""config.weft.dev/default-inbound-policy": deny"#,
+        ) + "\n---\n"
+            + &client_pod(&ns, "caller", "caller", "");
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &workloads);
+        assert!(applied.success, "{}", applied.stderr);
+        // Ready only if the kubelet's httpGet probe reached the app through the proxy.
+        rollout_status(&ns, "locked");
+        kubectl_ok(&[
+            "wait",
+            "-n",
+            &ns,
+            "--for=condition=Ready",
+            "pod/caller",
+            "--timeout=180s",
+        ]);
+
+        let pods = pods_of(&client, &ns, "locked").await;
+        assert_eq!(pods.len(), 1, "one locked pod");
+        let pod = &pods[0];
+        let name = pod.metadata.name.clone().expect("a name");
+        // The injector told the proxy which address the kubelet's probes come from.
+        let spec = pod.spec.as_ref().expect("a spec");
+        let proxy = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .find(|c| c.name == "weft-proxy")
+            .expect("the proxy container");
+        let host_ip = proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "WEFT_PROXY_HOST_IP")
+            .unwrap_or_else(|| panic!("no WEFT_PROXY_HOST_IP in {:?}", proxy.env));
+        let field = host_ip
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(field, Some("status.hostIP"), "{host_ip:?}");
+        let metrics = proxy_metrics(&ns, &name);
+        let kubelet = metric_sum(
+            &metrics,
+            "inbound_tcp_authz_allow_total",
+            &[("authz", "default:kubelet")],
+        );
+        assert!(
+            kubelet >= 1.0,
+            "the kubelet's probes were not let in as such:\n{metrics}"
+        );
+
+        // Anyone else is refused: a meshed client gets 403 from the server's proxy.
+        let url = format!("http://locked.{ns}.svc.cluster.local/");
+        let denied_before = metric_sum(&metrics, "inbound_tcp_authz_deny_total", &[]);
+        assert_eq!(
+            status_from(&ns, "caller", &url).expect("curl runs"),
+            "403",
+            "the deny policy let a meshed client in"
+        );
+        let denied_after = metric_sum(
+            &proxy_metrics(&ns, &name),
+            "inbound_tcp_authz_deny_total",
+            &[],
+        );
+        assert!(
+            denied_after > denied_before,
+            "the refusal was not counted: {denied_before} -> {denied_after}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_server_authorization_admits_its_service_account_and_refuses_everyone_else() {
+    with_temp_ns("policy-saz", |client, ns| async move {
+        mesh_namespace(&client, &ns).await;
+        let unmeshed = "weft.dev/inject: disabled";
+        let workloads = [
+            server(&ns, "web", ""),
+            client_pod(&ns, "friend", "friend", ""),
+            client_pod(&ns, "stranger", "stranger", ""),
+            client_pod(&ns, "outsider", "outsider", unmeshed),
+        ]
+        .join("\n---\n");
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &workloads);
+        assert!(applied.success, "{}", applied.stderr);
+        rollout_status(&ns, "web");
+        kubectl_ok(&[
+            "wait",
+            "-n",
+            &ns,
+            "--for=condition=Ready",
+            "pod/friend",
+            "pod/stranger",
+            "pod/outsider",
+            "--timeout=180s",
+        ]);
+        let url = format!("http://web.{ns}.svc.cluster.local/");
+        // Before any authorization, the default policy lets everyone in.
+        until_status(&ns, "stranger", &url, "200").await;
+
+        let authorization = format!(
+            r#"
+apiVersion: weft.dev/v1alpha1
+kind: ServerAuthorization
+metadata: {{name: web-friends, namespace: {ns}}}
+spec:
+  server: {{podSelector: {{matchLabels: {{app: web}}}}, port: http}}
+  client: {{meshTLS: {{serviceAccounts: [{{name: friend}}]}}}}
+"#
+        );
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &authorization);
+        assert!(applied.success, "{}", applied.stderr);
+        // Once the web proxy applies it, the other ServiceAccount is refused...
+        until_status(&ns, "stranger", &url, "403").await;
+        // ...the ServiceAccount it names is served...
+        assert_eq!(status_from(&ns, "friend", &url).expect("curl runs"), "200");
+        let web = pods_of(&client, &ns, "web").await;
+        assert_eq!(web.len(), 1, "one web pod");
+        let web = web[0].metadata.name.clone().expect("a name");
+        let metrics = proxy_metrics(&ns, &web);
+        let allowed = metric_sum(
+            &metrics,
+            "inbound_tcp_authz_allow_total",
+            &[("authz", "serverauthorization/web-friends")],
+        );
+        assert!(
+            allowed >= 1.0,
+            "the friend's connection was not counted as allowed by web-friends:\n{metrics}"
+        );
+        // ...and a pod outside the mesh (plaintext, no identity) is refused too, and
+        // counted.
+        let denied_before = metric_sum(&metrics, "inbound_tcp_authz_deny_total", &[]);
+        assert_eq!(
+            status_from(&ns, "outsider", &url).expect("curl runs"),
+            "403"
+        );
+        let denied_after = metric_sum(
+            &proxy_metrics(&ns, &web),
+            "inbound_tcp_authz_deny_total",
+            &[],
+        );
+        assert!(
+            denied_after > denied_before,
+            "the outsider's refusal was not counted: {denied_before} -> {denied_after}"
+        );
+    })
+    .await;
+}
