@@ -276,3 +276,103 @@ pub fn has_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> bool {
             && !line.ends_with(" 0")
     })
 }
+
+/// How long a test waits for something that should happen at once on loopback
+/// before it fails, naming what it waited for.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How a connection ended, as its peer ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// A close (FIN): the read saw the end.
+    Closed,
+    /// A reset (RST): the read failed with a reset or an abort.
+    Reset,
+}
+
+/// Reads `conn` until its peer ends it: what came before, and how it ended. A peer
+/// that neither ends it nor sends within [`PATIENCE`] fails the test, so a hang
+/// never reads as a refusal.
+pub async fn read_to_end_of(conn: &mut tokio::net::TcpStream) -> (Vec<u8>, Ending) {
+    use std::io::ErrorKind;
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let read = tokio::time::timeout(PATIENCE, conn.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the connection was neither answered nor ended within {PATIENCE:?}; got {:?}",
+                    String::from_utf8_lossy(&got)
+                )
+            });
+        match read {
+            Ok(0) => return (got, Ending::Closed),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return (got, Ending::Reset);
+            }
+            Err(e) => panic!("reading the connection failed: {e}"),
+        }
+    }
+}
+
+/// Waits until `check` holds, polling; fails the test with `what` once [`PATIENCE`]
+/// has passed without it.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {PATIENCE:?}: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A server that presents the certificate of `identity` (one the CA really issued)
+/// whatever name the client asks for, then relays to `app`: a pod that took over
+/// another's address, say. Only the client's own check of the identity can refuse it.
+pub struct Impostor {
+    pub addr: SocketAddr,
+    /// Handshakes begun, and those the client completed.
+    pub begun: Arc<std::sync::atomic::AtomicUsize>,
+    pub completed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+pub async fn impostor(ca: &Ca, identity: &str, app: SocketAddr) -> Impostor {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let tls = Tls::new(watch::channel(Some(ca.credentials(identity))).1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (begun, completed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counts = (begun.clone(), completed.clone());
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let (tls, (begun, completed)) = (tls.clone(), counts.clone());
+            tokio::spawn(async move {
+                begun.fetch_add(1, Ordering::SeqCst);
+                let Ok(accepted) = tls.accept(conn).await else {
+                    return;
+                };
+                completed.fetch_add(1, Ordering::SeqCst);
+                let Ok(mut server) = tokio::net::TcpStream::connect(app).await else {
+                    return;
+                };
+                let mut stream = accepted.stream;
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut server).await;
+            });
+        }
+    });
+    Impostor {
+        addr,
+        begun,
+        completed,
+    }
+}
