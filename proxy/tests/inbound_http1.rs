@@ -13,7 +13,6 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
 use support::*;
@@ -24,18 +23,25 @@ use tokio::{
 use weft_proxy::tcp::InboundSettings;
 
 /// A scripted HTTP/1 application: each request head (bodies are not sent here) is
-/// answered by its path — `/close` answers, then closes the connection; `/drop`
+/// answered by its path — `/close` answers, then closes its side of the connection
+/// and counts, in `closed`, the proxy closing the other once it noticed; `/drop`
 /// closes it unanswered; `/early` answers 413 and closes its side without reading the
 /// body; any other path is answered with itself as the body (a
 /// `HEAD` with the length only). It counts the request heads it got.
-async fn app() -> (SocketAddr, Arc<AtomicUsize>) {
+struct App {
+    addr: SocketAddr,
+    seen: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+async fn app() -> App {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
+    let (seen, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counters = (seen.clone(), closed.clone());
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
-            let seen = counter.clone();
+            let (seen, closed) = counters.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -71,34 +77,44 @@ async fn app() -> (SocketAddr, Arc<AtomicUsize>) {
                     );
                     conn.write_all(answer.as_bytes()).await.unwrap();
                     if path == "/close" {
+                        let _ = conn.shutdown().await;
+                        let _ = tokio::io::copy(&mut conn, &mut tokio::io::sink()).await;
+                        closed.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
                 }
             });
         }
     });
-    (addr, seen)
+    App { addr, seen, closed }
 }
 
-/// A server proxy in front of a scripted [`app`], and the app's request count.
-async fn proxied_app() -> (Server, Arc<AtomicUsize>) {
-    let (app, seen) = app().await;
-    let server = server(&Ca::new(), SERVER_ID, app, InboundSettings::default()).await;
-    (server, seen)
+/// A server proxy in front of a scripted [`app`], and the app.
+async fn proxied_app() -> (Server, App) {
+    let app = app().await;
+    let server = server(&Ca::new(), SERVER_ID, app.addr, InboundSettings::default()).await;
+    (server, app)
 }
 
-/// Reads from `conn` until `answers` whole answers (each ending in its body, the
-/// path it named) arrived, or the connection ended, or 5 s passed.
+/// Reads from `conn` until each of `ends` arrived; the connection ending first, or
+/// nothing for [`PATIENCE`], fails the test.
 async fn read_answers(conn: &mut TcpStream, ends: &[&str]) -> String {
     let mut got = String::new();
     let mut buf = [0u8; 4096];
     while !ends.iter().all(|end| got.contains(end)) {
-        match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.push_str(&String::from_utf8_lossy(&buf[..n])),
-            _ => break,
-        }
+        let n = tokio::time::timeout(PATIENCE, conn.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{ends:?} not within {PATIENCE:?}; got {got:?}"))
+            .unwrap();
+        assert!(n > 0, "the connection ended before {ends:?}; got {got:?}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     got
+}
+
+/// Waits until `count` reads `expected` (counters move once an answer is through).
+async fn counted(what: &str, count: impl Fn() -> f64, expected: f64) {
+    eventually(&format!("{what} = {expected}"), || count() == expected).await;
 }
 
 fn inbound_count(server: &Server, name: &str, extra: &[(&str, &str)]) -> f64 {
@@ -111,7 +127,7 @@ fn inbound_count(server: &Server, name: &str, extra: &[(&str, &str)]) -> f64 {
 
 #[tokio::test]
 async fn pipelined_requests_and_a_bodiless_head_answer_are_framed_and_counted() {
-    let (server, seen) = proxied_app().await;
+    let (server, app) = proxied_app().await;
     let mut conn = TcpStream::connect(server.addr).await.unwrap();
     // A HEAD answer says content-length: 5 and has no body: were it read as having
     // one, the next answer would be swallowed as its body.
@@ -123,19 +139,18 @@ async fn pipelined_requests_and_a_bodiless_head_answer_are_framed_and_counted() 
     let got = read_answers(&mut conn, &["/next"]).await;
     assert_eq!(got.matches("HTTP/1.1 200 OK").count(), 2, "{got}");
     assert!(got.ends_with("\r\n\r\n/next"), "{got}");
-    assert_eq!(seen.load(Ordering::SeqCst), 2);
-    assert_eq!(inbound_count(&server, "request_total", &[]), 2.0);
-    let ok = [("status_code", "200"), ("classification", "success")];
-    assert_eq!(inbound_count(&server, "response_total", &ok), 2.0);
-    assert_eq!(
-        inbound_count(&server, "response_latency_ms_count", &[]),
-        2.0
-    );
+    assert_eq!(app.seen.load(Ordering::SeqCst), 2);
+    let server = &server;
+    let count = |name, labels: &'static [(&str, &str)]| move || inbound_count(server, name, labels);
+    counted("requests", count("request_total", &[]), 2.0).await;
+    let ok = &[("status_code", "200"), ("classification", "success")];
+    counted("responses", count("response_total", ok), 2.0).await;
+    counted("latencies", count("response_latency_ms_count", &[]), 2.0).await;
 }
 
 #[tokio::test]
 async fn the_application_closing_an_idle_connection_leaves_the_clients_open() {
-    let (server, seen) = proxied_app().await;
+    let (server, app) = proxied_app().await;
     let mut conn = TcpStream::connect(server.addr).await.unwrap();
     conn.write_all(b"GET /close HTTP/1.1\r\n\r\n")
         .await
@@ -145,37 +160,44 @@ async fn the_application_closing_an_idle_connection_leaves_the_clients_open() {
             .await
             .ends_with("/close")
     );
-    // The application's side is gone; the next request on the client's connection
-    // opens another.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The application's side is gone, and the proxy closed its own once it noticed;
+    // the next request on the client's connection opens another.
+    eventually(
+        "the proxy closes the connection the application closed",
+        || app.closed.load(Ordering::SeqCst) == 1,
+    )
+    .await;
     conn.write_all(b"GET /again HTTP/1.1\r\n\r\n")
         .await
         .unwrap();
     let got = read_answers(&mut conn, &["/again"]).await;
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
-    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    assert_eq!(app.seen.load(Ordering::SeqCst), 2);
     assert_eq!(inbound_count(&server, "tcp_open_total", &[]), 1.0);
 }
 
 #[tokio::test]
 async fn a_request_the_application_drops_unanswered_is_a_502() {
-    let (server, _seen) = proxied_app().await;
+    let (server, _app) = proxied_app().await;
     let mut conn = TcpStream::connect(server.addr).await.unwrap();
     conn.write_all(b"GET /drop HTTP/1.1\r\n\r\n").await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut got))
-        .await
-        .expect("the connection is closed after the 502")
-        .unwrap();
+    // The connection is closed after the 502.
+    let (got, ending) = read_to_end_of(&mut conn).await;
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("HTTP/1.1 502"), "{got}");
-    let failed = [("status_code", "502"), ("classification", "failure")];
-    assert_eq!(inbound_count(&server, "response_total", &failed), 1.0);
+    assert_eq!(ending, Ending::Closed);
+    let failed = &[("status_code", "502"), ("classification", "failure")];
+    counted(
+        "failed responses",
+        || inbound_count(&server, "response_total", failed),
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_malformed_or_ambiguous_request_is_refused_before_the_application_sees_it() {
-    let (server, seen) = proxied_app().await;
+    let (server, app) = proxied_app().await;
     for (request, status) in [
         (&b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"[..], "400"),
         (
@@ -189,8 +211,7 @@ async fn a_malformed_or_ambiguous_request_is_refused_before_the_application_sees
     ] {
         let mut conn = TcpStream::connect(server.addr).await.unwrap();
         conn.write_all(request).await.unwrap();
-        let mut got = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut got)).await;
+        let (got, _) = read_to_end_of(&mut conn).await;
         let got = String::from_utf8_lossy(&got);
         assert!(got.starts_with(&format!("HTTP/1.1 {status}")), "{got}");
     }
@@ -204,13 +225,19 @@ async fn a_malformed_or_ambiguous_request_is_refused_before_the_application_sees
     let got = read_answers(&mut conn, &["\r\n\r\n"]).await;
     assert!(got.starts_with("HTTP/1.1 431"), "{got}");
 
-    assert_eq!(seen.load(Ordering::SeqCst), 0, "the application saw none");
-    let errors = sample_sum(
-        &server.metrics.encode(),
-        "http_client_errors_total",
-        &[("direction", "inbound")],
+    assert_eq!(
+        app.seen.load(Ordering::SeqCst),
+        0,
+        "the application saw none"
     );
-    assert_eq!(errors, 4.0);
+    let errors = || {
+        sample_sum(
+            &server.metrics.encode(),
+            "http_client_errors_total",
+            &[("direction", "inbound")],
+        )
+    };
+    counted("client errors", errors, 4.0).await;
     // Everyone else is still served.
     let mut conn = TcpStream::connect(server.addr).await.unwrap();
     conn.write_all(b"GET /fine HTTP/1.1\r\n\r\n").await.unwrap();
@@ -223,7 +250,7 @@ async fn a_malformed_or_ambiguous_request_is_refused_before_the_application_sees
 
 #[tokio::test]
 async fn an_answer_before_the_request_body_ends_the_connection_when_the_application_closes() {
-    let (server, seen) = proxied_app().await;
+    let (server, app) = proxied_app().await;
     let mut conn = TcpStream::connect(server.addr).await.unwrap();
     conn.write_all(b"POST /early HTTP/1.1\r\ncontent-length: 100000\r\n\r\nfirst part")
         .await
@@ -232,9 +259,8 @@ async fn an_answer_before_the_request_body_ends_the_connection_when_the_applicat
     assert!(got.starts_with("HTTP/1.1 413"), "{got}");
     // The rest of the body has nowhere to go: it must not reach a new application
     // connection as if it were a request. The client's connection ends instead.
+    // (The write may meet the close already.)
     let _ = conn.write_all(&[b'x'; 1000]).await;
-    let mut rest = Vec::new();
-    let ended = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest)).await;
-    assert!(ended.is_ok(), "the connection was kept open");
-    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    read_to_end_of(&mut conn).await;
+    assert_eq!(app.seen.load(Ordering::SeqCst), 1);
 }
