@@ -914,12 +914,34 @@ mod tests {
         forwarder.spawn(metrics.clone(), shutdown);
         let mut conn = TcpStream::connect(addr).await.unwrap();
         let mut buf = [0u8; 1];
-        let read = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await;
-        assert!(matches!(read, Ok(0) | Err(_)), "closed, got {read:?}");
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut conn, &mut buf),
+        )
+        .await
+        .expect("the connection closed, not left open");
         assert!(
-            !metrics
-                .encode()
-                .contains("tcp_open_total{direction=\"outbound\"} 1")
+            matches!(&read, Ok(0))
+                || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "closed, got {read:?}"
         );
+        // Nothing was forwarded: no connection was opened or even tried, whatever
+        // labels it would have carried.
+        let text = metrics.encode();
+        for family in ["tcp_open_total", "tcp_connect_errors_total"] {
+            assert_eq!(samples_sum(&text, family), 0.0, "{family} in\n{text}");
+        }
+    }
+
+    /// The sum of every sample of the metric family `family` in `text`, whatever its
+    /// labels.
+    fn samples_sum(text: &str, family: &str) -> f64 {
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(family)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 }
