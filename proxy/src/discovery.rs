@@ -39,7 +39,37 @@ use crate::{config::ControlAddr, identity::Credentials};
 pub const MAX_ON_DEMAND_PORTS: usize = 64;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest wait between two attempts to reach the operator, jitter included.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The waits between attempts to reach the operator: from [`MIN_BACKOFF`], doubling,
+/// each with up to half again of jitter (so restarted proxies spread out), and never
+/// over [`MAX_BACKOFF`] once the jitter is added.
+#[derive(Debug)]
+struct Backoff {
+    base: Duration,
+}
+
+impl Backoff {
+    /// The largest base: with half again of jitter, it reaches [`MAX_BACKOFF`].
+    const MAX_BASE: Duration = Duration::from_millis(MAX_BACKOFF.as_millis() as u64 * 2 / 3);
+
+    fn new() -> Self {
+        Self { base: MIN_BACKOFF }
+    }
+
+    /// Back to the shortest wait, after a success.
+    fn reset(&mut self) {
+        self.base = MIN_BACKOFF;
+    }
+
+    /// The wait before the next attempt.
+    fn next_delay(&mut self) -> Duration {
+        let delay = crate::identity::jitter(self.base).min(MAX_BACKOFF);
+        self.base = (self.base * 2).min(Self::MAX_BASE);
+        delay
+    }
+}
 
 /// What discovery needs.
 #[derive(Clone, Debug)]
@@ -306,7 +336,7 @@ impl Discovery {
         F: Fn(DestinationClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Streaming<U>>, Status>>,
     {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new();
         loop {
             let (generation, channel) = self.channel().await;
             let mut client = DestinationClient::new(channel);
@@ -317,7 +347,7 @@ impl Discovery {
                     loop {
                         match stream.message().await {
                             Ok(Some(update)) => {
-                                backoff = MIN_BACKOFF;
+                                backoff.reset();
                                 let version = apply(&mut lock(&self.inner.applied), &update);
                                 let ack = AckRequest {
                                     pod: self.inner.settings.pod.clone(),
@@ -340,18 +370,19 @@ impl Discovery {
                     }
                 }
                 Err(status) => {
-                    tracing::warn!(stream = %name, %status, retry_in = ?backoff, "the operator refused the stream");
+                    tracing::warn!(stream = %name, %status, "the operator refused the stream");
                 }
             }
             self.drop_channel(generation);
-            tokio::time::sleep(crate::identity::jitter(backoff)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let delay = backoff.next_delay();
+            tracing::debug!(stream = %name, retry_in = ?delay, "reopening the stream");
+            tokio::time::sleep(delay).await;
         }
     }
 
     /// The shared channel, connecting it (with backoff) when there is none.
     async fn channel(&self) -> (u64, Channel) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new();
         loop {
             if let (generation, Some(channel)) = &*lock(&self.inner.channel) {
                 return (*generation, channel.clone());
@@ -385,11 +416,11 @@ impl Discovery {
                     return (current.0, channel);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "cannot connect to the operator");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in = ?delay, "cannot connect to the operator");
+                    tokio::time::sleep(delay).await;
                 }
             }
-            tokio::time::sleep(crate::identity::jitter(backoff)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -461,4 +492,32 @@ impl Drop for OpenStream<'_> {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Nothing panics while holding these locks; a poisoned one still holds valid data.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnections_to_the_operator_are_at_most_ten_seconds_apart_jitter_included() {
+        let bound = Duration::from_secs(10);
+        let mut backoff = Backoff::new();
+        let delays: Vec<Duration> = (0..200).map(|_| backoff.next_delay()).collect();
+        assert!(
+            delays.iter().all(|delay| *delay <= bound),
+            "over {bound:?}: {delays:?}"
+        );
+        // It does back off: from half a second (and its jitter) to near the bound.
+        assert!(delays[0] >= MIN_BACKOFF && delays[0] <= MIN_BACKOFF * 3 / 2);
+        assert!(delays.windows(2).take(4).all(|w| w[1] > w[0]), "{delays:?}");
+        assert!(
+            delays[10..].iter().all(|d| *d >= bound * 2 / 3),
+            "{delays:?}"
+        );
+        // Still spread out at the bound, not all equal.
+        assert!(delays[10..].iter().any(|d| *d != delays[10]), "{delays:?}");
+        // A success starts again from the shortest wait.
+        backoff.reset();
+        assert!(backoff.next_delay() <= MIN_BACKOFF * 3 / 2);
+    }
 }
