@@ -426,3 +426,37 @@ async fn garbage_and_foreign_tls_cost_one_connection_only() {
         "web:\u{0}\u{1}noise"
     );
 }
+
+#[tokio::test]
+async fn a_tcp_connection_lives_through_a_shutdown_until_it_ends() {
+    let ca = Ca::new();
+    let app = app("web", None).await;
+    let (server, mut client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    let mut open = TcpStream::connect(client.addr).await.unwrap();
+    // Not a request line in the making: detected as TCP at once.
+    open.write_all(b"before;").await.unwrap();
+    eventually("the connection is relayed to the server proxy", || {
+        has_sample(
+            &server.metrics.encode(),
+            "tcp_open_connections",
+            &[("direction", "inbound")],
+        )
+    })
+    .await;
+
+    client.stop.send_replace(true);
+    // No new connection is taken...
+    eventually("the listener is closed", || {
+        std::net::TcpStream::connect(client.addr).is_err()
+    })
+    .await;
+    // ...while the open one holds the proxy (that it does not end is only seen by
+    // waiting a while), then carries on both ways.
+    let still_open = tokio::time::timeout(Duration::from_millis(300), &mut client.task).await;
+    assert!(still_open.is_err(), "drained with a connection open");
+    assert_eq!(finish(open, b"after").await, "web:before;after");
+    tokio::time::timeout(PATIENCE, client.task)
+        .await
+        .expect("drained once its connection ended")
+        .unwrap();
+}
