@@ -18,8 +18,9 @@ use weft_e2e::{
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A Deployment `name` serving HTTP on 8080 (port `http`) once its proxy is ready, with
-/// an `httpGet` readiness probe through the proxy, and the pod annotations given.
+/// A Deployment `name` serving HTTP on 8080 (port `http`, files from `/etc`) once its
+/// proxy is ready, with an `httpGet` readiness probe through the proxy, and the pod
+/// annotations given.
 fn server(ns: &str, name: &str, annotations: &str) -> String {
     format!(
         r#"
@@ -40,7 +41,7 @@ spec:
         imagePullPolicy: IfNotPresent
         command: [sh, -c, "{serve}"]
         ports: [{{name: http, containerPort: 8080}}]
-        readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+        readinessProbe: {{httpGet: {{path: /hostname, port: 8080}}, periodSeconds: 1}}
 ---
 apiVersion: v1
 kind: Service
@@ -192,7 +193,7 @@ async fn a_pod_under_a_deny_policy_is_ready_through_the_kubelets_probes_and_refu
         );
 
         // Anyone else is refused: a meshed client gets 403 from the server's proxy.
-        let url = format!("http://locked.{ns}.svc.cluster.local/");
+        let url = format!("http://locked.{ns}.svc.cluster.local/hostname");
         let denied_before = metric_sum(&metrics, "inbound_tcp_authz_deny_total", &[]);
         assert_eq!(
             status_from(&ns, "caller", &url).expect("curl runs"),
@@ -237,7 +238,7 @@ async fn a_server_authorization_admits_its_service_account_and_refuses_everyone_
             "pod/outsider",
             "--timeout=180s",
         ]);
-        let url = format!("http://web.{ns}.svc.cluster.local/");
+        let url = format!("http://web.{ns}.svc.cluster.local/hostname");
         // Before any authorization, the default policy lets everyone in.
         until_status(&ns, "stranger", &url, "200").await;
 
