@@ -311,6 +311,21 @@ evictionHard:
 maxPods: 110
 EOF
 
+  # The API server records every write to Weft's own objects (who, from which
+  # address, which subresource) in $CLUSTER_STATE/audit.log, so the e2e tests can
+  # count the operator's status writes and see which replica made them.
+  write_if_changed "$CONF/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete]
+  resources:
+  - group: weft.dev
+- level: None
+EOF
+
   write_if_changed "$CONF/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -429,6 +444,8 @@ start_control_plane() {
     --requestheader-extra-headers-prefix X-Remote-Extra- \
     --proxy-client-cert-file "$PKI/front-proxy-client.crt" \
     --proxy-client-key-file "$PKI/front-proxy-client.key" \
+    --audit-policy-file "$CONF/audit-policy.yaml" \
+    --audit-log-path "$CLUSTER_STATE/audit.log" --audit-log-maxsize 100 --audit-log-maxbackup 1 \
     --profiling=false
   wait_for kube-apiserver kubectl_ get --raw /readyz
 
