@@ -1,6 +1,9 @@
 //! The real `weft-proxy` binary, run as a process: configuration errors, the admin
 //! server, and graceful shutdown.
 
+// Helpers outside `#[test]` functions too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
