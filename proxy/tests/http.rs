@@ -801,6 +801,9 @@ async fn a_server_with_the_wrong_identity_is_refused_on_the_http_path(version: V
     );
 }
 
+/// Requests on a connection whose Service has lost its endpoints are answered 503. (A
+/// connection opened while the Service has none is not read as HTTP at all: the
+/// outbound side fails it fast as TCP, with a reset.)
 async fn a_destination_left_without_endpoints_answers_503(version: Version) {
     let (server, client, mut http) = web_pair(version).await;
     assert_eq!(http.call("GET", Vec::new()).await, (200, "web:0".into()));
