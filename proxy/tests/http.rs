@@ -279,17 +279,23 @@ impl HttpClient {
         }
     }
 
+    /// Sends `request`; its response's head, within [`PATIENCE`].
     async fn send(&mut self, request: Request<Channel>) -> Response<Incoming> {
-        match self {
-            Self::Http1(sender) => {
-                sender.ready().await.unwrap();
-                sender.send_request(request).await.unwrap()
+        let sent = async {
+            match self {
+                Self::Http1(sender) => {
+                    sender.ready().await.unwrap();
+                    sender.send_request(request).await.unwrap()
+                }
+                Self::Http2(sender) => {
+                    sender.ready().await.unwrap();
+                    sender.send_request(request).await.unwrap()
+                }
             }
-            Self::Http2(sender) => {
-                sender.ready().await.unwrap();
-                sender.send_request(request).await.unwrap()
-            }
-        }
+        };
+        tokio::time::timeout(PATIENCE, sent)
+            .await
+            .unwrap_or_else(|_| panic!("no response within {PATIENCE:?}"))
     }
 
     /// Sends `body` with `method`; the status and the answer.
@@ -300,7 +306,11 @@ impl HttpClient {
             .unwrap();
         let response = self.send(request).await;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+            .await
+            .unwrap_or_else(|_| panic!("the body did not end within {PATIENCE:?}"))
+            .unwrap()
+            .to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 }
@@ -426,7 +436,11 @@ async fn a_request_expecting_100_continue_goes_through(version: Version) {
         .unwrap();
     let response = http.send(request).await;
     assert_eq!(response.status(), 200);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .unwrap_or_else(|_| panic!("the body did not end within {PATIENCE:?}"))
+        .unwrap()
+        .to_bytes();
     assert_eq!(body, "web:65536");
 }
 
@@ -1078,7 +1092,10 @@ async fn grpc_unary_and_streaming_calls_keep_their_status_and_trailers() {
         .await
         .unwrap();
     let mut grpc = destination_client::DestinationClient::new(channel);
-    check_calls(&mut grpc).await.unwrap();
+    tokio::time::timeout(PATIENCE, check_calls(&mut grpc))
+        .await
+        .unwrap_or_else(|_| panic!("the calls not answered within {PATIENCE:?}"))
+        .unwrap();
     drop(grpc);
 
     // Classified by gRPC status, as the application saw it, on both sides: the call
