@@ -5,27 +5,23 @@
 //!   a proxy keeps a valid certificate and stays Ready the whole time. It changes the
 //!   cluster's Mesh and replaces its trust anchor, then puts both back; no other test
 //!   binary runs beside it.
-//! - an expired ServiceAccount token is refused (the shortest token lives 10 minutes).
+//! - a ServiceAccount token is accepted by the installed operator's Certify just before
+//!   it expires and refused just after (the shortest token lives 10 minutes).
+
+mod proxy_api;
 
 use std::{
     collections::BTreeSet,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use tonic::{Code, Request};
+use tonic::{Code, Status};
 use weft_e2e::{
     kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, metric, patch_mesh, patch_mesh_ok,
     proxy_metrics, proxy_pod, with_temp_ns,
 };
-use weft_operator::{
-    identity::{
-        certify::{Certify, KubeTokenReviewer},
-        test_util,
-    },
-    metrics::Metrics,
-};
-use weft_proxy_api::v1::{CertifyRequest, identity_server::Identity};
+use weft_operator::identity::test_util;
+use weft_proxy_api::v1::CertifyResponse;
 
 /// What `kubectl get mesh default` says of the anchors and the issuer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,62 +197,93 @@ async fn the_trust_anchor_rotates_while_a_proxy_stays_certified() {
     .await;
 }
 
-/// The shortest token the API server issues lives 10 minutes; this test waits it out.
+/// The shortest token the API server issues lives 10 minutes (it refuses a shorter
+/// `expirationSeconds`). The API server accepts a token until a minute past its `exp`
+/// (the JWT library's leeway for clock skew, `jwt.DefaultLeeway`) and caches a
+/// successful review for 10 seconds, so: accepted 30 s before `exp`, refused once
+/// `exp` + 60 s + 10 s has passed.
 #[tokio::test]
 async fn an_expired_token_is_refused() {
+    const LEEWAY: f64 = 60.0;
+    const REVIEW_CACHE: f64 = 10.0;
     with_temp_ns("expired", |client, ns| async move {
+        mesh_namespace(&client, &ns).await;
         kubectl_ok(&["create", "serviceaccount", "alpha", "-n", &ns]);
-        let token = kubectl_ok(&[
-            "create",
-            "token",
-            "alpha",
-            "-n",
+        let token = proxy_api::token(
             &ns,
-            "--audience",
-            "weft.dev/identity",
-            "--duration",
-            "10m",
-        ]);
-        let token = token.trim().to_string();
-        let issued = Instant::now();
-        let (_anchor, authority) = test_util::authority();
-        let (_tx, rx) = tokio::sync::watch::channel(Some(authority));
-        let svc = Certify::new(rx, KubeTokenReviewer::new(client), Arc::new(Metrics::new()));
-        let identity = format!("spiffe://cluster.local/ns/{ns}/sa/alpha");
-        let ask = |token: String| {
-            let req = CertifyRequest {
-                identity: identity.clone(),
-                token,
-                csr: test_util::csr(&identity),
-            };
-            let svc = &svc;
-            async move { Identity::certify(svc, Request::new(req)).await }
+            "alpha",
+            &["--audience", "weft.dev/identity", "--duration", "10m"],
+        );
+        let claims = proxy_api::jwt_claims(&token);
+        let (iat, exp) = (claims["iat"].as_f64(), claims["exp"].as_f64());
+        let (Some(iat), Some(exp)) = (iat, exp) else {
+            panic!("the token has no iat or exp: {claims}");
         };
-        ask(token.clone())
+        assert_eq!(exp - iat, 600.0, "a 10-minute token: {claims}");
+        let identity = format!("spiffe://cluster.local/ns/{ns}/sa/alpha");
+        // The bundle is read before each call, as a proxy does: the rotation test beside
+        // this one changes it.
+        let ask = || async {
+            let channel = proxy_api::channel(&proxy_api::bundle(&ns), None)
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot connect: {e:?}")))?;
+            let csr = test_util::csr(&identity);
+            proxy_api::certify(&channel, &identity, &token, csr).await
+        };
+        answer(&ask, unix_now() + 60.0)
             .await
             .expect("the fresh token is accepted");
-        // The API server accepts a token up to a minute past its expiry (JWT leeway for
-        // clock skew) and caches a successful review for 10 seconds: from then on, it
-        // must be refused.
-        tokio::time::sleep(Duration::from_secs(600).saturating_sub(issued.elapsed())).await;
-        let deadline = issued + Duration::from_secs(600 + 60 + 10 + 30);
-        let err = loop {
-            match ask(token.clone()).await {
-                Err(status) => break status,
-                Ok(_) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "a token expired for over a minute was still accepted"
-                    );
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            }
-        };
-        assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+
+        sleep_until_unix(exp - 30.0).await;
+        let accepted = answer(&ask, exp - 5.0).await;
+        let at = unix_now();
+        accepted.unwrap_or_else(|e| {
+            panic!(
+                "the token was refused {:.0} s before its expiry: {e:?}",
+                exp - at
+            )
+        });
+
+        sleep_until_unix(exp + LEEWAY + REVIEW_CACHE + 5.0).await;
+        let refused = answer(&ask, exp + LEEWAY + REVIEW_CACHE + 60.0)
+            .await
+            .expect_err("a token expired for over a minute is refused");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
         assert!(
-            issued.elapsed() >= Duration::from_secs(600),
-            "refused only once expired"
+            refused.message().contains("expired"),
+            "refused because it expired: {refused:?}"
         );
     })
     .await;
+}
+
+/// Sleeps until `unix` (seconds since the epoch).
+async fn sleep_until_unix(unix: f64) {
+    let left = unix - unix_now();
+    if left > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(left)).await;
+    }
+}
+
+/// The answer of `ask` about the token: asks again while the answer says nothing about
+/// it (the operator has no issuer for a moment, or the bundle is changing under the
+/// TLS handshake, while the rotation test beside replaces the anchor: both come as
+/// UNAVAILABLE), until `by` (seconds since the epoch), when the test fails.
+async fn answer<F, Fut>(ask: &F, by: f64) -> Result<CertifyResponse, Status>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<CertifyResponse, Status>>,
+{
+    loop {
+        match ask().await {
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(
+                    unix_now() < by,
+                    "no answer about the token in time; last: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            answer => return answer,
+        }
+    }
 }
