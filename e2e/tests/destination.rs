@@ -3,8 +3,9 @@
 //! operator's `Certify`, a Resolve stream for a Service, and an Ack for each update.
 //! The subscriber gets the initial state and every change made with kubectl; the
 //! operator's pod is deleted (a real restart: a new pod, a fresh index from the API
-//! server) and the stream resumes there with a change made while it was away; and a
-//! client without a workload certificate is refused.
+//! server), its stream ends with UNAVAILABLE, and a new stream to the new pod carries
+//! the changes made while the subscriber was cut off; and a client without a workload
+//! certificate is refused.
 //!
 //! It restarts the cluster's operator: no other test binary runs beside it.
 
@@ -207,7 +208,8 @@ async fn streams_follow_the_api_server_and_survive_an_operator_restart() {
         let status = ended.expect_err("the stream ends with a status");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
-        // Changes while it is away: an endpoint comes, a ServiceProfile appears.
+        // Changes while the subscriber is cut off (the old pod shutting down, a new one
+        // starting): an endpoint comes, a ServiceProfile appears.
         apply(&objects(&ns, &["198.18.250.2", "198.18.250.3"]));
         let profile = format!(
             "apiVersion: weft.dev/v1alpha1\nkind: ServiceProfile\n\
