@@ -77,6 +77,10 @@ pub mod conditions {
     )
 )]
 #[serde(rename_all = "camelCase")]
+// Every field has a default, so the spec has one too: an apply that leaves the spec
+// null (a server-side apply over a client-side one merges `spec: {}` into null) or a
+// Mesh without a spec is stored with the empty spec, and so with every default.
+#[schemars(extend("default" = {}))]
 pub struct MeshSpec {
     /// The trust domain of mesh identities: every workload is
     /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceaccount>`. A DNS name.

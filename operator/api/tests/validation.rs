@@ -396,3 +396,71 @@ fn mesh_status_good_example_is_valid() {
         "kind",
     );
 }
+
+/// `object` as the API server stores it: a null in a field that is not nullable takes
+/// the field's default, or is dropped when there is none, and every missing field with
+/// a default gets it (structural schema defaulting, which runs after an apply's merge).
+fn defaulted(crd: &CustomResourceDefinition, mut object: Value) -> Value {
+    fn default(value: &mut Value, schema: &Value) {
+        match value {
+            Value::Object(fields) => {
+                let properties = schema["properties"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                for (name, property) in &properties {
+                    let nullable = property["nullable"] == true;
+                    let null = fields.get(name).is_some_and(Value::is_null);
+                    match property.get("default") {
+                        Some(d) if !fields.contains_key(name) || (null && !nullable) => {
+                            fields.insert(name.clone(), d.clone());
+                        }
+                        None if null && !nullable => {
+                            fields.remove(name);
+                        }
+                        _ => {}
+                    }
+                }
+                for (name, field) in fields.iter_mut() {
+                    match properties.get(name) {
+                        Some(property) => default(field, property),
+                        None => default(field, &schema["additionalProperties"]),
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    default(item, &schema["items"]);
+                }
+            }
+            _ => {}
+        }
+    }
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("every Weft CRD has a schema"),
+    )
+    .expect("a schema is JSON");
+    default(&mut object, &schema);
+    object
+}
+
+/// A Mesh applied client-side (`spec: {}`) and then server-side: the merge of the two
+/// field managers leaves `spec: null` (an empty map it no longer owns fields of), which
+/// the API server must default to an empty spec, and so to every default.
+#[test]
+fn mesh_whose_spec_an_apply_left_null_is_defaulted_to_an_empty_spec() {
+    let crd = Mesh::crd();
+    let stored = defaulted(&crd, mesh(Value::Null));
+    assert_valid(&crd, stored.clone());
+    let applied: Mesh = serde_json::from_value(stored).expect("a Mesh");
+    assert_eq!(applied.spec, weft_api::MeshSpec::default());
+    // So is a Mesh with no spec at all, and the example's empty one.
+    let mut missing = mesh(Value::Null);
+    missing.as_object_mut().expect("an object").remove("spec");
+    assert_valid(&crd, defaulted(&crd, missing));
+    assert_valid(&crd, defaulted(&crd, mesh(json!({}))));
+}
