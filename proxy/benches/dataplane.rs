@@ -46,9 +46,10 @@ use support::{
 };
 use tokio::sync::watch;
 use weft_proxy::{
+    accept::Forwarder,
     identity::Credentials,
+    inbound::InboundSettings,
     metrics::{Direction, Metrics},
-    tcp::{Forwarder, InboundSettings},
     tls::{Tls, sni_of},
 };
 

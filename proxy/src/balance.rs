@@ -11,6 +11,10 @@
 //!
 //! Loads are kept per address for as long as a resolution names it; the caller
 //! [`Balancer::retain`]s the current endpoints when a resolution changes.
+//!
+//! The endpoints it picks among come prepared from a resolution (`endpoints`).
+
+mod endpoints;
 
 use std::{
     collections::HashMap,
@@ -21,6 +25,9 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+pub(crate) use self::endpoints::label_endpoint;
+pub use self::endpoints::{Prepared, PreparedCache};
 
 /// The latency assumed for an endpoint before it is observed.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(10);

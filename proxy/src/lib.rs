@@ -3,7 +3,7 @@
 //!
 //! It keeps its identity (a certificate from the operator), streams its configuration
 //! from the operator ([`discovery`]), forwards the pod's captured TCP connections
-//! ([`tcp`]: inbound 4143, outbound 4140) — balanced over the destination's endpoints,
+//! ([`accept`], then [`inbound`] 4143 or [`outbound`] 4140) — balanced over the destination's endpoints,
 //! mTLS between meshed pods, inbound policy enforced — and runs its admin server;
 //! `/ready` turns true once it holds a valid certificate.
 //!
@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod authz;
 pub mod balance;
@@ -20,12 +21,15 @@ pub mod detect;
 pub mod discovery;
 pub mod http;
 pub mod identity;
+pub mod inbound;
 pub mod init;
 pub mod metrics;
+pub mod outbound;
 pub mod profile;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 
 use std::sync::Arc;
 
@@ -95,17 +99,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
         (Direction::Inbound, config.inbound_addr, "inbound"),
         (Direction::Outbound, config.outbound_addr, "outbound"),
     ] {
-        let forwarder = tcp::Forwarder::bind(direction, addr)
+        let forwarder = accept::Forwarder::bind(direction, addr)
             .await
             .map_err(bind_error(what, addr))?
             .with_discovery(discovery.clone())
             .with_tls(tls.clone())
-            .with_inbound_settings(tcp::InboundSettings {
+            .with_inbound_settings(inbound::InboundSettings {
                 detect_timeout: config.detect_timeout,
                 opaque_ports: config.inbound_opaque_ports.clone(),
                 default_policy: Some(config.default_inbound_policy.to_policy()),
                 host_ip: config.host_ip,
-                ..tcp::InboundSettings::default()
+                ..inbound::InboundSettings::default()
             });
         tracing::info!(%addr, "{what} listener ready");
         forwarders.push(forwarder.spawn(metrics.clone(), shutdown_rx.clone()));

@@ -24,8 +24,9 @@ use tokio::{
     sync::watch,
 };
 use weft_proxy::{
+    accept::Forwarder,
+    inbound::InboundSettings,
     metrics::{Direction, Metrics},
-    tcp::{Forwarder, InboundSettings},
     tls::Tls,
 };
 use weft_proxy_api::v1::{ProtocolHint, Resolution};

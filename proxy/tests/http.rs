@@ -33,7 +33,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
 };
-use weft_proxy::{http::Version, tcp::InboundSettings};
+use weft_proxy::{http::Version, inbound::InboundSettings};
 use weft_proxy_api::{
     testing::{ScriptedDestination, check_calls},
     v1::{destination_client, destination_server},

@@ -1,4 +1,4 @@
-//! Inbound HTTP/1 relayed to the application byte for byte (`weft_proxy::http::inbound`),
+//! Inbound HTTP/1 relayed to the application byte for byte (`weft_proxy::http::relay`),
 //! in-process over real sockets: an unmeshed client speaks raw HTTP/1 to a server
 //! proxy in front of a scripted application, so what each side sends and sees is
 //! exact. The meshed cases (through a client proxy, with mTLS) run in `http.rs`.
@@ -20,7 +20,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use weft_proxy::tcp::InboundSettings;
+use weft_proxy::inbound::InboundSettings;
 
 /// A scripted HTTP/1 application: each request head (bodies are not sent here) is
 /// answered by its path — `/close` answers, then closes its side of the connection

@@ -18,9 +18,11 @@ use rcgen::{
 };
 use tokio::sync::watch;
 use weft_proxy::{
+    accept::Forwarder,
     identity::Credentials,
+    inbound::{InboundSettings, Policies},
     metrics::{Direction, Metrics},
-    tcp::{Forwarder, InboundSettings, Policies, Resolve},
+    outbound::Resolve,
     tls::Tls,
 };
 use weft_proxy_api::v1::{Authorization, Endpoint, InboundPolicyUpdate, ProtocolHint, Resolution};

@@ -253,7 +253,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
                 break;
             }
             let Some(mut app) =
-                crate::tcp::connect(app_addr, Direction::Inbound, &self.metrics).await
+                crate::transport::connect(app_addr, Direction::Inbound, &self.metrics).await
             else {
                 self.counters.request();
                 self.counters.latency(std::time::Duration::ZERO);
