@@ -37,6 +37,19 @@ pub async fn serve<R: TokenReviewer>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
+    serve_on(listener, authority, serving, certify, destination, shutdown)
+}
+
+/// Serves the proxy API on a listener already bound (tests bind port 0 once and keep
+/// the port), until `shutdown` resolves; then the listener is closed.
+pub fn serve_on<R: TokenReviewer>(
+    listener: TcpListener,
+    authority: CurrentAuthority,
+    serving: ServingIdentity,
+    certify: Certify<R>,
+    destination: DestinationService,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
     let cert = Arc::new(ServingCert::default());
     tokio::spawn(keep_issued(
         cert.clone(),

@@ -2,7 +2,7 @@
 //! proxy takes, a client that does not trust the operator, and malformed gRPC that must
 //! be refused without disturbing anyone else.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -12,7 +12,7 @@ use weft_operator::identity::{
     Ca,
     test_util::{TestProxyApi, csr, proxy_api},
 };
-use weft_proxy::config::ControlAddr;
+use weft_proxy::{config::ControlAddr, identity::CertifyError};
 use weft_proxy_api::v1::{CertifyRequest, identity_client::IdentityClient};
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -32,22 +32,36 @@ async fn start() -> Server {
     }
 }
 
+/// `what`, failing the test if it takes longer than 10 s.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung"))
+}
+
 async fn certify(server: &Server, token: &str) -> Result<(), tonic::Status> {
-    let channel = weft_proxy::identity::connect(&server.control, &server.bundle)
-        .await
-        .expect("a channel to the proxy API");
-    IdentityClient::new(channel)
-        .certify(CertifyRequest {
-            identity: WEB.into(),
-            token: token.into(),
-            csr: csr(WEB),
-        })
-        .await
-        .map(|_| ())
+    within("Certify", async {
+        let channel = weft_proxy::identity::connect(&server.control, &server.bundle)
+            .await
+            .expect("a channel to the proxy API");
+        IdentityClient::new(channel)
+            .certify(CertifyRequest {
+                identity: WEB.into(),
+                token: token.into(),
+                csr: csr(WEB),
+            })
+            .await
+            .map(|_| ())
+    })
+    .await
 }
 
 /// Sends `body` as a raw gRPC request to Certify and returns its grpc-status.
 async fn raw_certify(server: &Server, body: &'static [u8]) -> String {
+    within("a raw Certify call", raw_certify_unbounded(server, body)).await
+}
+
+async fn raw_certify_unbounded(server: &Server, body: &'static [u8]) -> String {
     let channel = weft_proxy::identity::connect(&server.control, &server.bundle)
         .await
         .expect("a channel to the proxy API");
@@ -99,11 +113,68 @@ async fn a_client_that_does_not_trust_the_anchor_cannot_connect() {
         OffsetDateTime::now_utc(),
     )
     .unwrap();
+    let refused = within(
+        "a connection trusting another anchor",
+        weft_proxy::identity::connect(&server.control, stranger.cert_pem()),
+    )
+    .await
+    .expect_err("a client trusting another anchor connects");
+    // Refused by the client's verification of the server's certificate, not by a
+    // server that is not there: the proxy's error carries the TLS cause. The stranger
+    // anchor has the mesh anchor's name, so the verifier takes it for the issuer and
+    // the signature does not verify...
     assert!(
-        weft_proxy::identity::connect(&server.control, stranger.cert_pem())
-            .await
-            .is_err()
+        matches!(&refused, CertifyError::Connect { reason, .. }
+            if reason.contains("invalid peer certificate: BadSignature")),
+        "{refused}"
     );
+    // ...which a bare handshake shows as the typed rustls error...
+    let failed = handshake(&server, stranger.cert_pem())
+        .await
+        .expect_err("a handshake trusting another anchor succeeds");
+    assert_eq!(
+        failed
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(&rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadSignature
+        )),
+        "{failed}"
+    );
+    // ...while a client trusting the anchor connects to the same server.
+    handshake(&server, &server.bundle)
+        .await
+        .expect("a handshake trusting the anchor");
+    within(
+        "a connection trusting the anchor",
+        weft_proxy::identity::connect(&server.control, &server.bundle),
+    )
+    .await
+    .expect("a client trusting the anchor connects");
+}
+
+/// A TLS 1.3 handshake with the server as `localhost`, trusting `bundle` only.
+async fn handshake(server: &Server, bundle: &str) -> std::io::Result<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in weft_operator::identity::ca::pem_blocks(bundle, "CERTIFICATE") {
+        roots.add(der.into()).expect("a trust anchor");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.control.port))
+        .await
+        .expect("the server accepts");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+    within(
+        "a TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .map(drop)
 }
 
 #[tokio::test]

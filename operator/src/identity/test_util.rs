@@ -50,11 +50,14 @@ impl super::certify::TokenReviewer for SlashTokens {
     }
 }
 
-/// A proxy API server on a free loopback port, with a fresh [`authority`] and
+/// A proxy API server on a loopback port of its own, with a fresh [`authority`] and
 /// [`SlashTokens`], serving `localhost`. It stops when dropped.
 #[derive(Debug)]
 pub struct TestProxyApi {
     pub port: u16,
+    /// Bound once, for the server's whole life: each start serves on it, so the port
+    /// stays this server's while it is stopped, and no other test can take it.
+    listener: std::net::TcpListener,
     /// The trust bundle (PEM) clients verify the server with.
     pub bundle: String,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
@@ -64,7 +67,11 @@ pub struct TestProxyApi {
     pub proxies: crate::discovery::proxies::Proxies,
     authority: tokio::sync::watch::Sender<Option<std::sync::Arc<super::Authority>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// How long a test waits for the server to be ready or to stop.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl TestProxyApi {
     /// Where clients dial it.
@@ -75,18 +82,26 @@ impl TestProxyApi {
         }
     }
 
-    /// Waits (up to 5 s) until its serving certificate is issued and a client connects.
+    /// Waits until its serving certificate is issued and a client that trusts the
+    /// bundle connects; panics with the last failure if that takes longer than 10 s.
     pub async fn ready(self) -> Self {
-        for _ in 0..50 {
-            if weft_proxy::identity::connect(&self.control(), &self.bundle)
-                .await
-                .is_ok()
-            {
-                break;
-            }
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let control = self.control();
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            let connect = weft_proxy::identity::connect(&control, &self.bundle);
+            last = match tokio::time::timeout_at(deadline, connect).await {
+                Ok(Ok(_)) => return self,
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "the last attempt hung".to_string(),
+            };
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        self
+        panic!(
+            "the proxy API on port {} did not accept a client trusting its bundle within \
+             {PATIENCE:?}: {last}",
+            self.port
+        );
     }
 }
 
@@ -95,11 +110,14 @@ impl TestProxyApi {
 pub async fn proxy_api() -> TestProxyApi {
     let (anchor, authority) = authority();
     let (authority, _) = tokio::sync::watch::channel(Some(authority));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
     let port = listener.local_addr().expect("a bound address").port();
-    drop(listener);
     let mut api = TestProxyApi {
         port,
+        listener,
         bundle: anchor.cert_pem().to_string(),
         metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
         index: std::sync::Arc::new(std::sync::Mutex::new(crate::discovery::index::Index::new(
@@ -109,15 +127,16 @@ pub async fn proxy_api() -> TestProxyApi {
         proxies: Default::default(),
         authority,
         stop: None,
+        serving: None,
     };
-    api.start().await;
+    api.start();
     api
 }
 
 impl TestProxyApi {
     /// Serves on its port: the same CA and index, and a fresh set of connected proxies,
     /// as an operator restarted over the same cluster has.
-    async fn start(&mut self) {
+    fn start(&mut self) {
         let serving = crate::serving::ServingIdentity {
             namespace: "weft-system".into(),
             service_account: "weft-operator".into(),
@@ -134,41 +153,49 @@ impl TestProxyApi {
             self.metrics.clone(),
         );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        crate::proxy_api::serve(
-            addr,
+        let listener = self
+            .listener
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+            .expect("the proxy API's listener");
+        let serving = crate::proxy_api::serve_on(
+            listener,
             self.authority.subscribe(),
             serving,
             certify,
             destination,
             async move {
+                // Dropping the sender is the signal too.
                 let _ = stopped.await;
             },
         )
-        .await
-        .expect("the proxy API listens");
+        .expect("the proxy API serves");
         self.stop = Some(stop);
+        self.serving = Some(serving);
     }
 
-    /// Stops serving: every stream ends and every connection closes.
+    /// Stops serving: every stream ends and every connection closes. The port stays
+    /// bound to this server, so a client that connects meanwhile waits (unanswered)
+    /// until [`TestProxyApi::restart`]. Panics if the server has not stopped in 10 s.
     pub async fn stop(&mut self) {
         self.stop.take();
-        // Let the server's tasks see the signal and release the port.
-        for _ in 0..50 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let serving = self.serving.take().expect("the proxy API is serving");
+        tokio::time::timeout(PATIENCE, serving)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the proxy API on port {} did not stop within {PATIENCE:?}: a stream \
+                     or a connection is still open",
+                    self.port
+                )
+            })
+            .expect("the proxy API's task ends without panicking");
         self.proxies = Default::default();
     }
 
-    /// Serves again after [`TestProxyApi::stop`].
+    /// Serves again after [`TestProxyApi::stop`], on the same port.
     pub async fn restart(&mut self) {
-        self.start().await;
+        self.start();
     }
 
     /// A workload certificate for `namespace/service_account`, obtained with Certify
