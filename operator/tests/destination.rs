@@ -83,6 +83,16 @@ fn feed_web(server: &Server, endpoints: &[&str]) {
     );
 }
 
+/// The next message of `stream`; a stream that ends, fails or is silent for 10 s fails
+/// the test.
+async fn next<T>(stream: &mut tonic::Streaming<T>, what: &str) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not arrive within 10 s"))
+        .unwrap_or_else(|status| panic!("the stream failed before {what}: {status}"))
+        .unwrap_or_else(|| panic!("the stream ended before {what}"))
+}
+
 fn request(authority: &str) -> ResolveRequest {
     ResolveRequest {
         authority: authority.into(),
@@ -100,14 +110,14 @@ async fn a_subscriber_gets_the_initial_state_and_every_change() {
         .await
         .expect("a stream")
         .into_inner();
-    let first = stream.message().await.unwrap().expect("the initial state");
+    let first = next(&mut stream, "the initial state").await;
     assert!(first.known);
     assert_eq!(first.service, "web.shop");
     let addresses: Vec<_> = first.endpoints.iter().map(|e| e.address.as_str()).collect();
     assert_eq!(addresses, ["198.18.0.5:8080"]);
 
     feed_web(&server, &["198.18.0.5", "198.18.0.6"]);
-    let second = stream.message().await.unwrap().expect("the change");
+    let second = next(&mut stream, "the change").await;
     assert_eq!(second.endpoints.len(), 2);
     assert_ne!(second.config_version, first.config_version);
 
@@ -138,7 +148,7 @@ async fn a_subscriber_gets_the_initial_state_and_every_change() {
         .await
         .expect("a stream")
         .into_inner();
-    assert!(!unknown.message().await.unwrap().expect("an answer").known);
+    assert!(!next(&mut unknown, "an answer").await.known);
 }
 
 #[tokio::test]
@@ -187,7 +197,7 @@ async fn inbound_policy_streams_follow_server_authorizations_and_acks_make_a_pro
         .await
         .expect("a stream")
         .into_inner();
-    let first = stream.message().await.unwrap().expect("the initial policy");
+    let first = next(&mut stream, "the initial policy").await;
     assert_eq!(first.protocol, "detect");
     assert_eq!(first.authorizations[0].name, "default:all-unauthenticated");
     let web_1 = Key::new("shop", "web-1");
@@ -212,7 +222,7 @@ async fn inbound_policy_streams_follow_server_authorizations_and_acks_make_a_pro
         }))
         .unwrap(),
     );
-    let second = stream.message().await.unwrap().expect("the change");
+    let second = next(&mut stream, "the change").await;
     assert_eq!(
         second.authorizations[0].name,
         "serverauthorization/web-http"
@@ -226,13 +236,10 @@ async fn inbound_policy_streams_follow_server_authorizations_and_acks_make_a_pro
     assert!(server.api.proxies.report(&web_1).unwrap().in_sync);
 
     drop(stream);
-    for _ in 0..50 {
-        if server.api.proxies.report(&web_1).is_none() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(server.api.proxies.report(&web_1), None, "disconnected");
+    eventually("the closed stream to disconnect the proxy", || {
+        server.api.proxies.report(&web_1).is_none()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -274,16 +281,16 @@ async fn streams_for_unknown_or_foreign_pods_bad_ports_and_unknown_streams_are_r
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     let text = server.api.metrics.encode();
-    for reason in [
-        "UnknownPod",
-        "PodIdentityMismatch",
-        "BadPort",
-        "BadPod",
-        "UnknownStream",
+    for (reason, count) in [
+        ("UnknownPod", 1),
+        ("PodIdentityMismatch", 2),
+        ("BadPort", 1),
+        ("BadPod", 2),
+        ("UnknownStream", 1),
     ] {
         assert!(
             text.contains(&format!(
-                "weft_operator_destination_refusals_total{{reason=\"{reason}\"}}"
+                "weft_operator_destination_refusals_total{{reason=\"{reason}\"}} {count}\n"
             )),
             "{reason}: {text}"
         );
@@ -399,7 +406,8 @@ async fn an_unused_destination_is_dropped_on_both_sides() {
     feed_web(&server, &["198.18.0.5"]);
     let discovery = proxy_discovery(&server, std::time::Duration::from_millis(400)).await;
     let web_1 = Key::new("shop", "web-1");
-    let _ = discovery.resolve("198.19.0.12:80");
+    // Resolved once, then no longer watched: the destination goes idle.
+    drop(discovery.resolve("198.19.0.12:80"));
     eventually("the resolve stream", || {
         server
             .api

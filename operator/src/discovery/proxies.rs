@@ -244,6 +244,10 @@ mod tests {
             Err(AckError::NoSuchStream("resolve:b:80".into()))
         );
 
+        assert_eq!(
+            proxies.acked(&pod).get("resolve:a:80").map(String::as_str),
+            Some("r1")
+        );
         drop(resolve);
         assert!(!proxies.acked(&pod).contains_key("resolve:a:80"));
         let mut changes = proxies.changes();

@@ -123,7 +123,11 @@ async fn rejected_tokens_are_unauthenticated() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(metrics.encode().contains(r#"reason="token_rejected""#));
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"weft_operator_certificate_refusals_total{reason="token_rejected"} 1"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +135,11 @@ async fn bad_requests_get_the_right_status() {
     let (svc, metrics) = service(Some(authority()));
     let err = svc.certify(request(WEB, "", csr(WEB))).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(metrics.encode().contains(r#"reason="empty_token""#));
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"weft_operator_certificate_refusals_total{reason="empty_token"} 1"#),
+        "{text}"
+    );
     let err = svc
         .certify(request(WEB, "token-shop-web", b"garbage".to_vec()))
         .await
