@@ -1,17 +1,12 @@
-//! The admin server (port 4191): `/live`, `/ready`, `/metrics`.
+//! The admin server (port 4191): `/live`, `/ready`, `/metrics`, `/config`.
+//!
+//! It reads the proxy's [`State`] and its metrics, and writes nothing.
 //!
 //! `/ready` answers 200 only once the proxy has both its identity (a workload
 //! certificate) and its configuration from the operator; until then 503 with what is
 //! missing, so a native sidecar's startup probe holds the application back.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -19,37 +14,16 @@ use hyper::{body::Bytes, service::service_fn};
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use crate::{discovery::Discovery, metrics::Metrics};
-
-/// What the proxy still needs before it is ready. Today that is its identity; the
-/// configuration from the operator's discovery streams joins it when they land.
-#[derive(Clone, Debug, Default)]
-pub struct Readiness {
-    identity: Arc<AtomicBool>,
-}
-
-impl Readiness {
-    /// Records that the proxy holds a valid workload certificate (or lost it).
-    pub fn set_identity(&self, ok: bool) {
-        self.identity.store(ok, Ordering::Release);
-    }
-
-    /// `Ok` when ready, else what is missing.
-    pub fn check(&self) -> Result<(), String> {
-        if self.identity.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err("no identity certificate yet".to_string())
-        }
-    }
-}
+use crate::{
+    metrics::Metrics,
+    state::{AppliedConfig, State},
+};
 
 /// Binds `addr` and serves until `shutdown` turns true.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    readiness: Readiness,
-    discovery: Option<Discovery>,
+    state: State,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
@@ -66,10 +40,9 @@ pub async fn serve(
                 },
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            let (metrics, readiness, discovery) =
-                (metrics.clone(), readiness.clone(), discovery.clone());
+            let (metrics, state) = (metrics.clone(), state.clone());
             let service = service_fn(move |req| {
-                let response = respond(&req, &metrics, &readiness, discovery.as_ref());
+                let response = respond(&req, &metrics, &state);
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = graceful.watch(
@@ -86,18 +59,13 @@ pub async fn serve(
     }))
 }
 
-fn respond<B>(
-    req: &Request<B>,
-    metrics: &Metrics,
-    readiness: &Readiness,
-    discovery: Option<&Discovery>,
-) -> Response<Full<Bytes>> {
+fn respond<B>(req: &Request<B>, metrics: &Metrics, state: &State) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
     match req.uri().path() {
         "/live" => plain(StatusCode::OK, "live\n".into()),
-        "/ready" => match readiness.check() {
+        "/ready" => match state.readiness.check() {
             Ok(()) => plain(StatusCode::OK, "ready\n".into()),
             Err(missing) => plain(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -106,9 +74,9 @@ fn respond<B>(
         },
         "/metrics" => plain(StatusCode::OK, metrics.encode()),
         "/config" => {
-            let config = discovery.map_or_else(
+            let config = state.config.as_ref().map_or_else(
                 || serde_json::json!({"streams": 0, "inbound": {}, "outbound": {}}),
-                Discovery::config,
+                AppliedConfig::to_json,
             );
             let mut response = plain(StatusCode::OK, format!("{config:#}\n"));
             response.headers_mut().insert(
@@ -163,19 +131,4 @@ pub fn await_ready(admin: SocketAddr, timeout: std::time::Duration) -> Result<()
     Err(format!(
         "the proxy at {target} was not ready within {timeout:?} (last: {last})"
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ready_only_with_an_identity() {
-        let r = Readiness::default();
-        assert_eq!(r.check().unwrap_err(), "no identity certificate yet");
-        r.set_identity(true);
-        assert!(r.check().is_ok());
-        r.set_identity(false);
-        assert!(r.check().is_err());
-    }
 }

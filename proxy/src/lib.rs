@@ -17,15 +17,15 @@ pub mod admin;
 pub mod authz;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod detect;
-pub mod discovery;
 pub mod http;
-pub mod identity;
 pub mod inbound;
 pub mod init;
 pub mod metrics;
 pub mod outbound;
 pub mod profile;
+pub mod state;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;
@@ -37,7 +37,10 @@ use tokio::sync::watch;
 
 use self::metrics::Direction;
 
-pub use self::config::Config;
+pub use self::{
+    config::Config,
+    control::{discovery, identity},
+};
 
 /// Why the proxy could not run.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +57,7 @@ pub enum Error {
 /// Runs the proxy until SIGTERM or SIGINT, then drains within the grace period.
 pub async fn run(config: Config) -> Result<(), Error> {
     let metrics = Arc::new(metrics::Metrics::new());
-    let readiness = admin::Readiness::default();
+    let readiness = state::Readiness::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (credentials, credentials_rx) = watch::channel(None);
     let tls = tls::Tls::new(credentials_rx.clone());
@@ -114,15 +117,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
         tracing::info!(%addr, "{what} listener ready");
         forwarders.push(forwarder.spawn(metrics.clone(), shutdown_rx.clone()));
     }
-    let admin = admin::serve(
-        config.admin_addr,
-        metrics,
+    let state = state::State {
         readiness,
-        discovery,
-        shutdown_rx,
-    )
-    .await
-    .map_err(bind_error("admin", config.admin_addr))?;
+        config: discovery.as_ref().map(discovery::Discovery::applied),
+    };
+    let admin = admin::serve(config.admin_addr, metrics, state, shutdown_rx)
+        .await
+        .map_err(bind_error("admin", config.admin_addr))?;
     tracing::info!(addr = %config.admin_addr, "admin server listening");
 
     shutdown_signal().await;

@@ -20,12 +20,12 @@
 //! certificate once it has one.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
 use tonic::{Status, Streaming, transport::Channel};
 use weft_proxy_api::v1::{
@@ -33,7 +33,11 @@ use weft_proxy_api::v1::{
     destination_client::DestinationClient,
 };
 
-use crate::{config::ControlAddr, identity::Credentials};
+use super::identity::Credentials;
+use crate::{
+    config::ControlAddr,
+    state::{Applied, AppliedConfig},
+};
 
 /// The most undeclared ports whose policy is streamed on demand.
 pub const MAX_ON_DEMAND_PORTS: usize = 64;
@@ -65,7 +69,7 @@ impl Backoff {
 
     /// The wait before the next attempt.
     fn next_delay(&mut self) -> Duration {
-        let delay = crate::identity::jitter(self.base).min(MAX_BACKOFF);
+        let delay = super::identity::jitter(self.base).min(MAX_BACKOFF);
         self.base = (self.base * 2).min(Self::MAX_BASE);
         delay
     }
@@ -104,7 +108,7 @@ struct Inner {
     /// The shared channel and its generation.
     channel: Mutex<(u64, Option<Channel>)>,
     connecting: tokio::sync::Mutex<()>,
-    applied: Mutex<Applied>,
+    applied: AppliedConfig,
     outbound: Mutex<HashMap<String, Outbound>>,
     /// Undeclared ports whose policy stream was opened on demand.
     on_demand: Mutex<std::collections::BTreeSet<u16>>,
@@ -116,25 +120,17 @@ struct Outbound {
     task: tokio::task::AbortHandle,
 }
 
-/// What is applied now.
-#[derive(Default)]
-struct Applied {
-    inbound: BTreeMap<u16, InboundPolicyUpdate>,
-    outbound: BTreeMap<String, Resolution>,
-    /// Streams currently open to the operator.
-    streams: usize,
-}
-
 impl Discovery {
     /// Starts the inbound streams and the idle sweep.
     pub fn start(settings: Settings, credentials: watch::Receiver<Option<Credentials>>) -> Self {
+        let applied = AppliedConfig::new(&settings.pod);
         let discovery = Self {
             inner: Arc::new(Inner {
                 settings,
                 credentials,
                 channel: Mutex::new((0, None)),
                 connecting: tokio::sync::Mutex::new(()),
-                applied: Mutex::default(),
+                applied,
                 outbound: Mutex::default(),
                 on_demand: Mutex::default(),
             }),
@@ -177,13 +173,13 @@ impl Discovery {
     /// it does not declare; `None` before the operator answered.
     pub fn inbound_policy(&self, port: u16) -> Option<InboundPolicyUpdate> {
         {
-            let applied = lock(&self.inner.applied);
+            let applied = self.inner.applied.lock();
             if let Some(policy) = applied.inbound.get(&port) {
                 return Some(policy.clone());
             }
         }
         self.stream_port_on_demand(port);
-        lock(&self.inner.applied).inbound.get(&0).cloned()
+        self.inner.applied.lock().inbound.get(&0).cloned()
     }
 
     /// Opens the policy stream of an undeclared `port`, once, within the bound.
@@ -204,85 +200,12 @@ impl Discovery {
 
     /// What is applied, as `/config` shows it.
     pub fn config(&self) -> Value {
-        let applied = lock(&self.inner.applied);
-        let inbound: serde_json::Map<String, Value> = applied
-            .inbound
-            .iter()
-            .map(|(port, p)| {
-                let rules: Vec<Value> = p
-                    .authorizations
-                    .iter()
-                    .map(|a| {
-                        json!({
-                            "name": a.name,
-                            "identities": a.identities,
-                            "unauthenticated": a.unauthenticated,
-                            "networks": a.networks.iter().map(|n| json!({"cidr": n.cidr, "except": n.except})).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                (
-                    port.to_string(),
-                    json!({"protocol": p.protocol, "authorizations": rules, "version": p.config_version}),
-                )
-            })
-            .collect();
-        let outbound: serde_json::Map<String, Value> = applied
-            .outbound
-            .iter()
-            .map(|(authority, r)| {
-                let endpoints: Vec<Value> = r
-                    .endpoints
-                    .iter()
-                    .map(|e| {
-                        json!({
-                            "address": e.address,
-                            "weight": e.weight,
-                            "identity": e.identity,
-                            "protocolHint": e.protocol_hint().as_str_name(),
-                            "labels": e.labels,
-                        })
-                    })
-                    .collect();
-                let profile = r.profile.as_ref().map(|p| {
-                    let routes: Vec<Value> = p
-                        .routes
-                        .iter()
-                        .map(|route| {
-                            json!({
-                                "name": route.name,
-                                "method": route.method,
-                                "pathRegex": route.path_regex,
-                                "timeoutMs": route.timeout_ms,
-                                "retryable": route.retryable,
-                            })
-                        })
-                        .collect();
-                    let backends: Vec<String> = p
-                        .backends
-                        .iter()
-                        .map(|b| format!("{}:{}", b.service, b.weight))
-                        .collect();
-                    json!({"name": p.name, "routes": routes, "backends": backends})
-                });
-                (
-                    authority.clone(),
-                    json!({
-                        "known": r.known,
-                        "service": r.service,
-                        "endpoints": endpoints,
-                        "profile": profile,
-                        "version": r.config_version,
-                    }),
-                )
-            })
-            .collect();
-        json!({
-            "pod": self.inner.settings.pod,
-            "streams": applied.streams,
-            "inbound": inbound,
-            "outbound": outbound,
-        })
+        self.inner.applied.to_json()
+    }
+
+    /// What is applied, for the admin server to show.
+    pub fn applied(&self) -> AppliedConfig {
+        self.inner.applied.clone()
     }
 
     async fn inbound(self, port: u16) {
@@ -348,7 +271,7 @@ impl Discovery {
                         match stream.message().await {
                             Ok(Some(update)) => {
                                 backoff.reset();
-                                let version = apply(&mut lock(&self.inner.applied), &update);
+                                let version = apply(&mut self.inner.applied.lock(), &update);
                                 let ack = AckRequest {
                                     pod: self.inner.settings.pod.clone(),
                                     stream: name.clone(),
@@ -402,7 +325,7 @@ impl Discovery {
             };
             let settings = &self.inner.settings;
             let connected = match std::fs::read_to_string(&settings.trust_bundle_file) {
-                Ok(bundle) => crate::identity::connect_as(&settings.control, &bundle, Some(key))
+                Ok(bundle) => super::identity::connect_as(&settings.control, &bundle, Some(key))
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(format!("cannot read {}: {e}", settings.trust_bundle_file)),
@@ -462,7 +385,7 @@ impl Discovery {
                 gone
             };
             if !gone.is_empty() {
-                let mut applied = lock(&self.inner.applied);
+                let mut applied = self.inner.applied.lock();
                 for authority in &gone {
                     applied.outbound.remove(authority);
                 }
@@ -473,18 +396,18 @@ impl Discovery {
 }
 
 /// Counts a stream as open while it lives.
-struct OpenStream<'a>(&'a Mutex<Applied>);
+struct OpenStream<'a>(&'a AppliedConfig);
 
 impl<'a> OpenStream<'a> {
-    fn new(applied: &'a Mutex<Applied>) -> Self {
-        lock(applied).streams += 1;
+    fn new(applied: &'a AppliedConfig) -> Self {
+        applied.lock().streams += 1;
         Self(applied)
     }
 }
 
 impl Drop for OpenStream<'_> {
     fn drop(&mut self) {
-        let mut applied = lock(self.0);
+        let mut applied = self.0.lock();
         applied.streams = applied.streams.saturating_sub(1);
     }
 }

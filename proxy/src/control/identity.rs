@@ -18,7 +18,7 @@ use rustls::{
 use tokio::sync::watch;
 use weft_proxy_api::v1::{CertifyRequest, identity_client::IdentityClient};
 
-use crate::{admin::Readiness, config::ControlAddr, metrics::Metrics};
+use crate::{config::ControlAddr, metrics::Metrics, state::Readiness};
 
 /// The first retry delay after a failed certification; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(1);

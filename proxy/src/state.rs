@@ -1,0 +1,179 @@
+//! What the proxy holds now, for the admin server to show: whether it is ready
+//! ([`Readiness`], written by the identity task) and the configuration discovery has
+//! applied ([`AppliedConfig`], written by the discovery streams).
+//!
+//! The writers hold a handle each; the admin server reads a [`State`] of both and
+//! writes nothing. Depending on this module alone, the admin server depends on
+//! nothing that depends on it.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use serde_json::{Value, json};
+use weft_proxy_api::v1::{InboundPolicyUpdate, Resolution};
+
+/// What the admin server reads: readiness, and the applied configuration when
+/// discovery runs.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    pub readiness: Readiness,
+    pub config: Option<AppliedConfig>,
+}
+
+/// What the proxy still needs before it is ready. Today that is its identity; the
+/// configuration from the operator's discovery streams joins it when they land.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    identity: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// Records that the proxy holds a valid workload certificate (or lost it).
+    pub fn set_identity(&self, ok: bool) {
+        self.identity.store(ok, Ordering::Release);
+    }
+
+    /// `Ok` when ready, else what is missing.
+    pub fn check(&self) -> Result<(), String> {
+        if self.identity.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("no identity certificate yet".to_string())
+        }
+    }
+}
+
+/// What discovery has applied now. Cheap to clone: every clone is the same.
+#[derive(Clone, Debug)]
+pub struct AppliedConfig {
+    /// This proxy's pod.
+    pod: String,
+    applied: Arc<Mutex<Applied>>,
+}
+
+/// What is applied now.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    pub(crate) inbound: BTreeMap<u16, InboundPolicyUpdate>,
+    pub(crate) outbound: BTreeMap<String, Resolution>,
+    /// Streams currently open to the operator.
+    pub(crate) streams: usize,
+}
+
+impl AppliedConfig {
+    /// Nothing applied yet, for `pod`.
+    pub(crate) fn new(pod: &str) -> Self {
+        Self {
+            pod: pod.to_string(),
+            applied: Arc::default(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Applied> {
+        // Nothing panics while holding it; a poisoned one still holds valid data.
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What is applied, as `/config` shows it.
+    pub fn to_json(&self) -> Value {
+        let applied = self.lock();
+        let inbound: serde_json::Map<String, Value> = applied
+            .inbound
+            .iter()
+            .map(|(port, p)| {
+                let rules: Vec<Value> = p
+                    .authorizations
+                    .iter()
+                    .map(|a| {
+                        json!({
+                            "name": a.name,
+                            "identities": a.identities,
+                            "unauthenticated": a.unauthenticated,
+                            "networks": a.networks.iter().map(|n| json!({"cidr": n.cidr, "except": n.except})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                (
+                    port.to_string(),
+                    json!({"protocol": p.protocol, "authorizations": rules, "version": p.config_version}),
+                )
+            })
+            .collect();
+        let outbound: serde_json::Map<String, Value> = applied
+            .outbound
+            .iter()
+            .map(|(authority, r)| {
+                let endpoints: Vec<Value> = r
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "address": e.address,
+                            "weight": e.weight,
+                            "identity": e.identity,
+                            "protocolHint": e.protocol_hint().as_str_name(),
+                            "labels": e.labels,
+                        })
+                    })
+                    .collect();
+                let profile = r.profile.as_ref().map(|p| {
+                    let routes: Vec<Value> = p
+                        .routes
+                        .iter()
+                        .map(|route| {
+                            json!({
+                                "name": route.name,
+                                "method": route.method,
+                                "pathRegex": route.path_regex,
+                                "timeoutMs": route.timeout_ms,
+                                "retryable": route.retryable,
+                            })
+                        })
+                        .collect();
+                    let backends: Vec<String> = p
+                        .backends
+                        .iter()
+                        .map(|b| format!("{}:{}", b.service, b.weight))
+                        .collect();
+                    json!({"name": p.name, "routes": routes, "backends": backends})
+                });
+                (
+                    authority.clone(),
+                    json!({
+                        "known": r.known,
+                        "service": r.service,
+                        "endpoints": endpoints,
+                        "profile": profile,
+                        "version": r.config_version,
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "pod": self.pod,
+            "streams": applied.streams,
+            "inbound": inbound,
+            "outbound": outbound,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_an_identity() {
+        let r = Readiness::default();
+        assert_eq!(r.check().unwrap_err(), "no identity certificate yet");
+        r.set_identity(true);
+        assert!(r.check().is_ok());
+        r.set_identity(false);
+        assert!(r.check().is_err());
+    }
+}
