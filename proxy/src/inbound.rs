@@ -19,7 +19,11 @@ use std::{
     time::Duration,
 };
 
-use tokio::{net::TcpStream, sync::watch};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::watch,
+};
 use weft_proxy_api::v1::{Endpoint, InboundPolicyUpdate, Resolution};
 
 use crate::{
@@ -177,42 +181,59 @@ impl Inbound {
                     return;
                 };
                 let stream = Prefixed::new(prefix, stream);
-                if allowed && version == Version::Http1 {
-                    return http::relay::serve(stream, app, &labels, metrics, shutdown).await;
-                }
-                let destination = self.to_app(app, labels, !allowed, metrics);
-                return serve_counted(stream, version, destination, shutdown).await;
+                let app = App { addr: app, allowed };
+                return self
+                    .serve_app(stream, Some(version), app, labels, metrics, shutdown)
+                    .await;
             }
-            if !allowed {
-                return;
-            }
-            let Some(server) = transport::connect(app, Direction::Inbound, metrics).await else {
-                return;
-            };
-            relay(stream, server, &labels, metrics).await;
+            let app = App { addr: app, allowed };
+            self.serve_app(stream, None, app, labels, metrics, shutdown)
+                .await;
         } else {
             let allowed = self.authorized(policy.as_ref(), None, peer, metrics);
             labels.tls = Some("false");
-            if let (Some(version), false) = (Version::detected(&protocol), opaque) {
-                if allowed && version == Version::Http1 {
-                    return http::relay::serve(client, app, &labels, metrics, shutdown).await;
-                }
-                let destination = self.to_app(app, labels, !allowed, metrics);
-                return serve_counted(client, version, destination, shutdown).await;
-            }
-            if !allowed {
-                return;
-            }
-            let Some(server) = transport::connect(app, Direction::Inbound, metrics).await else {
-                return;
-            };
-            relay(client, server, &labels, metrics).await;
+            let version = Version::detected(&protocol).filter(|_| !opaque);
+            let app = App { addr: app, allowed };
+            self.serve_app(client, version, app, labels, metrics, shutdown)
+                .await;
         }
+    }
+
+    /// Hands the client's connection `io` to the application: as HTTP in `version`
+    /// (HTTP/1 relayed as it came when the client is allowed, else served request by
+    /// request and every request refused), or without one as bytes, if the client is
+    /// allowed. A peer proxy's mTLS and a plaintext client end the same way here.
+    async fn serve_app<I>(
+        &self,
+        io: I,
+        version: Option<Version>,
+        app: App,
+        labels: TcpLabels,
+        metrics: &Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let App { addr, allowed } = app;
+        if let Some(version) = version {
+            if allowed && version == Version::Http1 {
+                return http::relay::serve(io, addr, &labels, metrics, shutdown).await;
+            }
+            let destination = self.app_destination(addr, labels, !allowed, metrics);
+            return serve_counted(io, version, destination, shutdown).await;
+        }
+        if !allowed {
+            return;
+        }
+        let Some(server) = transport::connect(addr, Direction::Inbound, metrics).await else {
+            return;
+        };
+        relay(io, server, &labels, metrics).await;
     }
 
     /// Where an inbound HTTP connection's requests go: the application at `app`,
     /// unless the client is `forbidden`.
-    fn to_app(
+    fn app_destination(
         &self,
         app: SocketAddr,
         labels: TcpLabels,
@@ -274,6 +295,14 @@ impl Inbound {
             }
         }
     }
+}
+
+/// The application a connection goes to, and whether the port's policy lets the
+/// client reach it.
+#[derive(Clone, Copy, Debug)]
+struct App {
+    addr: SocketAddr,
+    allowed: bool,
 }
 
 /// The loopback address of `ip`'s family.

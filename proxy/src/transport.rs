@@ -74,6 +74,9 @@ pub(crate) async fn connect_mtls(
 
 /// Terminates mTLS from the peer proxy at `peer` over `io`, within
 /// [`HANDSHAKE_TIMEOUT`]; a failure is counted.
+///
+/// The mirror of [`connect_mtls`], kept apart: each side logs the peer it knows (the
+/// identity it expects, the address that connected) and counts its own direction.
 pub(crate) async fn accept_mtls<I>(
     tls: &Tls,
     io: I,
