@@ -7,10 +7,81 @@
 //! whose policy has not arrived yet is governed by the pod's policy for undeclared
 //! ports; with no policy at all (the operator never answered) nothing is enforced,
 //! which the proxy logs.
+//!
+//! The rules are the proxy's own plain types ([`InboundPolicy`]), converted from the
+//! operator's messages where the stream arrives ([`crate::discovery`]).
 
 use std::net::IpAddr;
 
-use weft_proxy_api::v1::{Authorization, InboundPolicyUpdate};
+use weft_proxy_api::{ConfigVersion, v1};
+
+/// A port's inbound policy: how its connections are detected and who may connect.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InboundPolicy {
+    /// `detect`, or `opaque` (every connection relayed as bytes).
+    pub protocol: String,
+    /// The rules, in order; the first that allows a client names it.
+    pub authorizations: Vec<Authorization>,
+    pub version: ConfigVersion,
+}
+
+/// One rule (a ServerAuthorization, or the default policy's).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Authorization {
+    pub name: String,
+    /// The mesh identities it allows; `*` for any.
+    pub identities: Vec<String>,
+    /// It allows clients without a mesh identity too.
+    pub unauthenticated: bool,
+    /// The networks clients must come from; any, when empty.
+    pub networks: Vec<Network>,
+}
+
+/// A network: a CIDR, less the ones in `except`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Network {
+    pub cidr: String,
+    pub except: Vec<String>,
+}
+
+impl InboundPolicy {
+    /// Every connection to the port is relayed as bytes.
+    pub fn is_opaque(&self) -> bool {
+        self.protocol == "opaque"
+    }
+}
+
+impl From<v1::InboundPolicyUpdate> for InboundPolicy {
+    fn from(update: v1::InboundPolicyUpdate) -> Self {
+        Self {
+            protocol: update.protocol,
+            authorizations: update
+                .authorizations
+                .into_iter()
+                .map(Authorization::from)
+                .collect(),
+            version: update.config_version.into(),
+        }
+    }
+}
+
+impl From<v1::Authorization> for Authorization {
+    fn from(rule: v1::Authorization) -> Self {
+        Self {
+            name: rule.name,
+            identities: rule.identities,
+            unauthenticated: rule.unauthenticated,
+            networks: rule
+                .networks
+                .into_iter()
+                .map(|n| Network {
+                    cidr: n.cidr,
+                    except: n.except,
+                })
+                .collect(),
+        }
+    }
+}
 
 /// Who is connecting.
 #[derive(Clone, Copy, Debug)]
@@ -21,7 +92,7 @@ pub struct Client<'a> {
 }
 
 /// The first rule of `policy` that allows `client`, by name; `None`: denied.
-pub fn authorize<'p>(policy: &'p InboundPolicyUpdate, client: Client<'_>) -> Option<&'p str> {
+pub fn authorize<'p>(policy: &'p InboundPolicy, client: Client<'_>) -> Option<&'p str> {
     policy
         .authorizations
         .iter()
@@ -81,7 +152,7 @@ pub fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use weft_proxy_api::v1::Network;
+    use weft_proxy_api::v1::{self, InboundPolicyUpdate};
 
     use super::*;
 
@@ -90,14 +161,14 @@ mod tests {
         identities: &[&str],
         unauthenticated: bool,
         networks: &[(&str, &[&str])],
-    ) -> Authorization {
-        Authorization {
+    ) -> v1::Authorization {
+        v1::Authorization {
             name: name.into(),
             identities: identities.iter().map(|s| s.to_string()).collect(),
             unauthenticated,
             networks: networks
                 .iter()
-                .map(|(cidr, except)| Network {
+                .map(|(cidr, except)| v1::Network {
                     cidr: cidr.to_string(),
                     except: except.iter().map(|s| s.to_string()).collect(),
                 })
@@ -122,7 +193,7 @@ mod tests {
 
     #[test]
     fn a_client_is_allowed_by_the_first_rule_that_names_it() {
-        let policy = InboundPolicyUpdate {
+        let policy: InboundPolicy = InboundPolicyUpdate {
             protocol: "detect".into(),
             authorizations: vec![
                 rule(
@@ -139,7 +210,8 @@ mod tests {
                 ),
             ],
             config_version: String::new(),
-        };
+        }
+        .into();
         let ip = "198.18.1.1".parse().unwrap();
         let web = Some("spiffe://cluster.local/ns/shop/sa/web");
         assert_eq!(
@@ -172,12 +244,12 @@ mod tests {
             ),
             None
         );
-        let deny = InboundPolicyUpdate::default();
+        let deny = InboundPolicy::from(InboundPolicyUpdate::default());
         assert_eq!(authorize(&deny, Client { identity: web, ip }), None);
-        let any = InboundPolicyUpdate {
+        let any = InboundPolicy::from(InboundPolicyUpdate {
             authorizations: vec![rule("default:all-authenticated", &["*"], false, &[])],
             ..Default::default()
-        };
+        });
         assert!(authorize(&any, Client { identity: web, ip }).is_some());
         assert!(authorize(&any, Client { identity: None, ip }).is_none());
     }

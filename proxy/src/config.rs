@@ -396,19 +396,7 @@ fn parse_identity(s: &str) -> Result<Option<String>, String> {
     if s.is_empty() {
         return Ok(None);
     }
-    let path = s
-        .strip_prefix("spiffe://")
-        .and_then(|rest| rest.split_once('/'));
-    let valid = path.is_some_and(|(domain, path)| {
-        let parts: Vec<&str> = path.split('/').collect();
-        !domain.is_empty()
-            && parts.len() == 4
-            && parts[0] == "ns"
-            && parts[2] == "sa"
-            && !parts[1].is_empty()
-            && !parts[3].is_empty()
-    });
-    if valid {
+    if s.parse::<weft_proxy_api::SpiffeId>().is_ok() {
         Ok(Some(s.to_string()))
     } else {
         Err("expected spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>".into())
@@ -495,21 +483,21 @@ impl DefaultPolicy {
     /// The inbound policy it stands for, as the operator would stream it: any mesh
     /// identity, and unauthenticated clients too for `all-unauthenticated`; nobody
     /// for `deny`.
-    pub fn to_policy(self) -> weft_proxy_api::v1::InboundPolicyUpdate {
-        let rule = |unauthenticated| weft_proxy_api::v1::Authorization {
+    pub fn to_policy(self) -> crate::authz::InboundPolicy {
+        let rule = |unauthenticated| crate::authz::Authorization {
             name: format!("default:{}", self.name()),
             identities: vec!["*".into()],
             unauthenticated,
             networks: Vec::new(),
         };
-        weft_proxy_api::v1::InboundPolicyUpdate {
+        crate::authz::InboundPolicy {
             protocol: "detect".into(),
             authorizations: match self {
                 Self::AllUnauthenticated => vec![rule(true)],
                 Self::AllAuthenticated | Self::ClusterAuthenticated => vec![rule(false)],
                 Self::Deny => Vec::new(),
             },
-            config_version: String::new(),
+            version: weft_proxy_api::ConfigVersion::default(),
         }
     }
 }

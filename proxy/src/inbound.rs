@@ -24,10 +24,10 @@ use tokio::{
     net::TcpStream,
     sync::watch,
 };
-use weft_proxy_api::v1::{Endpoint, InboundPolicyUpdate, Resolution};
+use weft_proxy_api::v1::{Endpoint, Resolution};
 
 use crate::{
-    authz,
+    authz::{self, InboundPolicy},
     detect::{self, Prefixed, Protocol},
     discovery::Discovery,
     http::{self, Destination, Pool, Version, server::serve_counted},
@@ -49,11 +49,11 @@ pub const OPAQUE_DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Where inbound policies come from: discovery, or a test's stand-in.
 pub trait Policies: Send + Sync + 'static {
     /// The policy of `port`, or `None` while none is known.
-    fn inbound_policy(&self, port: u16) -> Option<InboundPolicyUpdate>;
+    fn inbound_policy(&self, port: u16) -> Option<InboundPolicy>;
 }
 
 impl Policies for Discovery {
-    fn inbound_policy(&self, port: u16) -> Option<InboundPolicyUpdate> {
+    fn inbound_policy(&self, port: u16) -> Option<InboundPolicy> {
         Discovery::inbound_policy(self, port)
     }
 }
@@ -68,7 +68,7 @@ pub struct InboundSettings {
     /// Ports treated as opaque whatever the policy says (the Mesh's and the pod's).
     pub opaque_ports: Vec<u16>,
     /// The policy in force until the operator's arrives.
-    pub default_policy: Option<InboundPolicyUpdate>,
+    pub default_policy: Option<InboundPolicy>,
     /// The node's IP: plaintext connections from it (kubelet probes) are allowed.
     pub host_ip: Option<IpAddr>,
 }
@@ -132,7 +132,7 @@ impl Inbound {
             .and_then(|p| p.inbound_policy(port))
             .or_else(|| self.settings.default_policy.clone());
         let opaque = self.settings.opaque_ports.contains(&port)
-            || policy.as_ref().is_some_and(|p| p.protocol == "opaque");
+            || policy.as_ref().is_some_and(InboundPolicy::is_opaque);
         let timeout = if opaque {
             self.settings.opaque_detect_timeout
         } else {
@@ -265,7 +265,7 @@ impl Inbound {
     /// Whether the port's policy lets the client in; counted either way.
     fn authorized(
         &self,
-        policy: Option<&InboundPolicyUpdate>,
+        policy: Option<&InboundPolicy>,
         identity: Option<&str>,
         peer: SocketAddr,
         metrics: &Metrics,

@@ -15,7 +15,9 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use weft_proxy_api::v1::{InboundPolicyUpdate, Resolution};
+use weft_proxy_api::v1::Resolution;
+
+use crate::authz::InboundPolicy;
 
 /// What the admin server reads: readiness, and the applied configuration when
 /// discovery runs.
@@ -59,7 +61,7 @@ pub struct AppliedConfig {
 /// What is applied now.
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
-    pub(crate) inbound: BTreeMap<u16, InboundPolicyUpdate>,
+    pub(crate) inbound: BTreeMap<u16, InboundPolicy>,
     pub(crate) outbound: BTreeMap<String, Resolution>,
     /// Streams currently open to the operator.
     pub(crate) streams: usize,
@@ -100,7 +102,7 @@ impl AppliedConfig {
                     .collect();
                 (
                     port.to_string(),
-                    json!({"protocol": p.protocol, "authorizations": rules, "version": p.config_version}),
+                    json!({"protocol": p.protocol, "authorizations": rules, "version": p.version.as_str()}),
                 )
             })
             .collect();

@@ -27,6 +27,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 use tokio::{io::AsyncRead, io::AsyncWrite, sync::watch};
+use weft_proxy_api::SpiffeId;
 
 use crate::identity::Credentials;
 
@@ -55,7 +56,7 @@ pub fn identity_of_sni(sni: &str) -> Option<String> {
     let (left, trust_domain) = sni.split_once(".serviceaccount.identity.weft.")?;
     // A namespace has no dots; a ServiceAccount name may.
     let (sa, namespace) = left.rsplit_once('.')?;
-    Some(format!("spiffe://{trust_domain}/ns/{namespace}/sa/{sa}"))
+    Some(SpiffeId::new(trust_domain, namespace, sa).to_string())
 }
 
 /// The SPIFFE id (URI SAN) of a DER certificate.

@@ -28,13 +28,17 @@ use std::{
 use serde_json::Value;
 use tokio::sync::watch;
 use tonic::{Status, Streaming, transport::Channel};
-use weft_proxy_api::v1::{
-    AckRequest, InboundPolicyRequest, InboundPolicyUpdate, Resolution, ResolveRequest,
-    destination_client::DestinationClient,
+use weft_proxy_api::{
+    ConfigVersion,
+    v1::{
+        AckRequest, InboundPolicyRequest, InboundPolicyUpdate, Resolution, ResolveRequest,
+        destination_client::DestinationClient,
+    },
 };
 
 use super::identity::Credentials;
 use crate::{
+    authz::InboundPolicy,
     config::ControlAddr,
     state::{Applied, AppliedConfig},
 };
@@ -171,7 +175,7 @@ impl Discovery {
 
     /// The applied policy of inbound `port`: its own, else the pod's policy for ports
     /// it does not declare; `None` before the operator answered.
-    pub fn inbound_policy(&self, port: u16) -> Option<InboundPolicyUpdate> {
+    pub fn inbound_policy(&self, port: u16) -> Option<InboundPolicy> {
         {
             let applied = self.inner.applied.lock();
             if let Some(policy) = applied.inbound.get(&port) {
@@ -219,9 +223,12 @@ impl Discovery {
                 };
                 async move { client.inbound_policy(request).await }
             },
-            |applied, update: &InboundPolicyUpdate| {
-                applied.inbound.insert(port, update.clone());
-                update.config_version.clone()
+            |applied, update: InboundPolicyUpdate| {
+                // The proxy's own policy from here on.
+                let policy = InboundPolicy::from(update);
+                let version = policy.version.clone();
+                applied.inbound.insert(port, policy);
+                version
             },
         )
         .await;
@@ -239,10 +246,11 @@ impl Discovery {
                 };
                 async move { client.resolve(request).await }
             },
-            move |applied, update: &Resolution| {
+            move |applied, update: Resolution| {
+                let version = ConfigVersion::from(update.config_version.clone());
                 applied.outbound.insert(key.clone(), update.clone());
-                tx.send_replace(Some(Arc::new(update.clone())));
-                update.config_version.clone()
+                tx.send_replace(Some(Arc::new(update)));
+                version
             },
         )
         .await;
@@ -254,7 +262,7 @@ impl Discovery {
         &self,
         name: String,
         open: F,
-        apply: impl Fn(&mut Applied, &U) -> String,
+        apply: impl Fn(&mut Applied, U) -> ConfigVersion,
     ) where
         F: Fn(DestinationClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Streaming<U>>, Status>>,
@@ -271,11 +279,11 @@ impl Discovery {
                         match stream.message().await {
                             Ok(Some(update)) => {
                                 backoff.reset();
-                                let version = apply(&mut self.inner.applied.lock(), &update);
+                                let version = apply(&mut self.inner.applied.lock(), update);
                                 let ack = AckRequest {
                                     pod: self.inner.settings.pod.clone(),
                                     stream: name.clone(),
-                                    config_version: version,
+                                    config_version: version.into(),
                                 };
                                 if let Err(status) = client.ack(ack).await {
                                     tracing::debug!(stream = %name, %status, "acknowledgement refused");

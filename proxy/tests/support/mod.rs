@@ -19,6 +19,7 @@ use rcgen::{
 use tokio::sync::watch;
 use weft_proxy::{
     accept::Forwarder,
+    authz::InboundPolicy,
     identity::Credentials,
     inbound::{InboundSettings, Policies},
     metrics::{Direction, Metrics},
@@ -116,8 +117,8 @@ impl Resolve for FakeResolver {
 pub struct FakePolicies(pub Mutex<Option<InboundPolicyUpdate>>);
 
 impl Policies for FakePolicies {
-    fn inbound_policy(&self, _port: u16) -> Option<InboundPolicyUpdate> {
-        self.0.lock().unwrap().clone()
+    fn inbound_policy(&self, _port: u16) -> Option<InboundPolicy> {
+        self.0.lock().unwrap().clone().map(InboundPolicy::from)
     }
 }
 
