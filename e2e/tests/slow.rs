@@ -84,6 +84,10 @@ impl Drop for Restore {
 #[tokio::test]
 async fn the_trust_anchor_rotates_while_a_proxy_stays_certified() {
     let _restore = Restore;
+    // Event times have whole seconds.
+    let started =
+        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
+            .expect("now is a timestamp");
     // Minute-scale lifetimes, and a fresh anchor that has them.
     patch_mesh_ok(
         r#"{"spec":{"identity":{"trustAnchor":{"lifetime":"7m"},"issuerLifetime":"3m","workloadCertificateLifetime":"1m"}}}"#,
@@ -179,19 +183,33 @@ async fn the_trust_anchor_rotates_while_a_proxy_stays_certified() {
         let ok = metric(&metrics, "identity_cert_refresh_total{result=\"ok\"}").unwrap_or(0.0);
         assert!(ok >= 5.0, "the proxy kept renewing: {metrics}");
 
-        let events = kubectl_ok(&[
-            "get",
-            "events",
-            "-A",
-            "--field-selector",
-            "involvedObject.name=default",
-        ]);
+        // The Events of this rotation, not of an earlier run's (Events live an hour).
+        let events = kube::Api::<k8s_openapi::api::core::v1::Event>::all(client.clone())
+            .list(&kube::api::ListParams::default().fields("involvedObject.name=default"))
+            .await
+            .expect("the Mesh's events");
+        let reasons: BTreeSet<String> = events
+            .items
+            .iter()
+            .filter(|e| {
+                let at = e
+                    .last_timestamp
+                    .as_ref()
+                    .map(|t| t.0)
+                    .or_else(|| e.event_time.as_ref().map(|t| t.0));
+                at.is_some_and(|at| at >= started)
+            })
+            .filter_map(|e| e.reason.clone())
+            .collect();
         for reason in [
             "TrustAnchorRotationStarted",
             "TrustAnchorPromoted",
             "TrustAnchorRetired",
         ] {
-            assert!(events.contains(reason), "no {reason} event:\n{events}");
+            assert!(
+                reasons.contains(reason),
+                "no {reason} event since the test started ({started}): {reasons:?}"
+            );
         }
     })
     .await;
