@@ -7,6 +7,9 @@
 //! failure), and, when retryable, sends a failed request again — within the profile's
 //! retry budget, and only a request without a body, which can be replayed exactly.
 //!
+//! [`Routes::compile`] is where the operator's `Profile` message becomes the proxy's
+//! own types; nothing past it reads the message.
+//!
 //! The operator already checked every regex the way it is compiled here (anchored,
 //! with the same size limit); a route that does not compile anyway is left out.
 
@@ -17,7 +20,7 @@ use std::{
 
 use http::Method;
 use regex::Regex;
-use weft_proxy_api::v1::{Profile, ResponseClass};
+use weft_proxy_api::v1::Profile;
 
 /// The compiled size limit of a route's path regex, as the operator checks it.
 const REGEX_SIZE_LIMIT: usize = 256 * 1024;
@@ -41,6 +44,14 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub retryable: bool,
     classes: Vec<ResponseClass>,
+}
+
+/// A range of statuses and whether a response in it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ResponseClass {
+    min: u32,
+    max: u32,
+    is_failure: bool,
 }
 
 impl Routes {
@@ -68,7 +79,15 @@ impl Routes {
                     path,
                     timeout: (route.timeout_ms > 0).then(|| Duration::from_millis(route.timeout_ms)),
                     retryable: route.retryable,
-                    classes: route.response_classes.clone(),
+                    classes: route
+                        .response_classes
+                        .iter()
+                        .map(|c| ResponseClass {
+                            min: c.min,
+                            max: c.max,
+                            is_failure: c.is_failure,
+                        })
+                        .collect(),
                 })
             })
             .collect();
@@ -178,94 +197,4 @@ fn slot(window: &mut Window, now: u64) -> &mut (u64, u64, u64) {
 }
 
 #[cfg(test)]
-mod tests {
-    use weft_proxy_api::v1::{RetryBudget, Route as ProtoRoute};
-
-    use super::*;
-
-    fn profile(routes: Vec<ProtoRoute>, budget: Option<RetryBudget>) -> Profile {
-        Profile {
-            name: "web".into(),
-            routes,
-            retry_budget: budget,
-            backends: Vec::new(),
-        }
-    }
-
-    fn route(name: &str, method: &str, path: &str) -> ProtoRoute {
-        ProtoRoute {
-            name: name.into(),
-            method: method.into(),
-            path_regex: path.into(),
-            ..ProtoRoute::default()
-        }
-    }
-
-    #[test]
-    fn the_first_route_whose_method_and_whole_path_match_is_the_route() {
-        let routes = Routes::compile(Some(&profile(
-            vec![
-                route("GET /books/{id}", "GET", "/books/[0-9]+"),
-                route("any /books", "", "/books.*"),
-                route("broken", "", "/(unclosed"),
-            ],
-            None,
-        )));
-        let name =
-            |method: Method, path: &str| routes.route(&method, path).map(|r| r.name.as_str());
-        assert_eq!(name(Method::GET, "/books/12"), Some("GET /books/{id}"));
-        assert_eq!(name(Method::POST, "/books/12"), Some("any /books"));
-        // Anchored: a match inside the path is not enough.
-        assert_eq!(name(Method::GET, "/api/books/12"), None);
-        assert_eq!(name(Method::GET, "/books/12/x"), Some("any /books"));
-        assert_eq!(routes.routes.len(), 2, "the broken route is left out");
-        assert!(Routes::compile(None).is_empty());
-    }
-
-    #[test]
-    fn response_classes_decide_failure_and_5xx_fails_by_default() {
-        let mut proto = route("r", "", "/.*");
-        proto.response_classes = vec![
-            ResponseClass {
-                min: 500,
-                max: 503,
-                is_failure: false,
-            },
-            ResponseClass {
-                min: 404,
-                max: 404,
-                is_failure: true,
-            },
-        ];
-        let routes = Routes::compile(Some(&profile(vec![proto], None)));
-        let route = routes.route(&Method::GET, "/").unwrap();
-        assert!(!route.is_failure(502));
-        assert!(route.is_failure(404));
-        assert!(route.is_failure(504));
-        assert!(!route.is_failure(200));
-    }
-
-    #[test]
-    fn the_budget_allows_a_floor_plus_a_share_of_the_requests() {
-        let routes = Routes::compile(Some(&profile(
-            vec![route("r", "", "/.*")],
-            Some(RetryBudget {
-                retry_ratio: 0.2,
-                min_retries_per_second: 1,
-                ttl_ms: 2000,
-            }),
-        )));
-        let budget = routes.budget().unwrap();
-        // The floor: 1 per second over 2 s.
-        assert!(budget.withdraw());
-        assert!(budget.withdraw());
-        assert!(!budget.withdraw());
-        // 20% of 10 requests: two more.
-        for _ in 0..10 {
-            budget.deposit();
-        }
-        assert!(budget.withdraw());
-        assert!(budget.withdraw());
-        assert!(!budget.withdraw());
-    }
-}
+mod tests;
