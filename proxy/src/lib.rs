@@ -2,10 +2,23 @@
 //! proxies, and is configured only by what it streams from the operator.
 //!
 //! It keeps its identity (a certificate from the operator), streams its configuration
-//! from the operator ([`discovery`]), forwards the pod's captured TCP connections
-//! ([`accept`], then [`inbound`] 4143 or [`outbound`] 4140) — balanced over the destination's endpoints,
-//! mTLS between meshed pods, inbound policy enforced — and runs its admin server;
-//! `/ready` turns true once it holds a valid certificate.
+//! from the operator ([`control`]), forwards the pod's captured TCP connections —
+//! balanced over the destination's endpoints, mTLS between meshed pods, inbound
+//! policy enforced — and runs its admin server; `/ready` turns true once it holds a
+//! valid certificate. This file only wires the parts together.
+//!
+//! The rooms, following the data:
+//! - [`accept`]: the listeners, and each connection's original destination;
+//! - [`outbound`] (4140) and [`inbound`] (4143): each side's pipeline and context;
+//! - [`detect`]: what a connection's first bytes are; [`transport`]: TCP and mTLS
+//!   connect and accept ([`tls`]: configs and identity checks); [`tcp`]: bytes
+//!   relayed and counted;
+//! - [`balance`]: endpoint selection; [`http`]: server, client, pool, bodies, and
+//!   the inbound HTTP/1 relay with its framing;
+//! - [`authz`] and [`profile`]: policy and route logic on the proxy's own types;
+//! - [`control`]: the control-plane client ([`identity`], [`discovery`]);
+//! - [`state`]: what the admin server reads; [`admin`]; [`metrics`];
+//! - [`config`], [`telemetry`], [`init`] (the capture rules).
 //!
 //! Threading: one multi-threaded tokio runtime. SIGTERM or SIGINT starts a graceful
 //! shutdown: stop accepting, let in-flight work drain within the grace period, exit.
