@@ -23,7 +23,7 @@ use std::{
 
 use serde_json::json;
 use weft_operator::{
-    discovery::index::{Index, Key},
+    discovery::{index::Index, key::Key},
     identity::test_util::{TestProxyApi, proxy_api},
 };
 use weft_proxy::discovery::{Discovery, Settings};
@@ -236,7 +236,7 @@ async fn bench() -> Result<(), Box<dyn std::error::Error>> {
         let version = {
             let mut index = server.index.lock().expect("the index");
             index.apply_slice(&slice(service, Some(not_ready)));
-            let target = weft_operator::discovery::index::parse_authority(
+            let target = weft_operator::discovery::authority::parse_authority(
                 &authority(service),
                 "cluster.local",
             )?;

@@ -263,7 +263,7 @@ fn proxy_env(
         .cloned()
         .unwrap_or_else(|| mesh.proxy.log_level.clone());
     // The TCP ports the pod's containers declare: the proxy follows their policy.
-    let mut declared: Vec<u16> = crate::discovery::index::tcp_container_ports(pod)
+    let mut declared: Vec<u16> = crate::discovery::pods::tcp_container_ports(pod)
         .into_iter()
         .map(|(_, number)| number)
         .collect();

@@ -42,10 +42,7 @@ use weft_api::{
     },
 };
 
-use crate::discovery::{
-    index::{Index, Key, Workload},
-    proxies::Proxies,
-};
+use crate::discovery::{index::Index, key::Key, pods::Workload, proxies::Proxies};
 
 pub mod resources;
 

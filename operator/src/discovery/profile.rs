@@ -9,9 +9,11 @@
 //! Several ServiceProfiles naming the same Service: the first by name applies, the
 //! others are not accepted (reason `Conflicted`).
 
+use std::collections::{BTreeSet, HashMap};
+
 use weft_api::ServiceProfileSpec;
 
-use super::index::Key;
+use super::key::Key;
 
 /// The largest compiled size of a path regex, so that no route can make the operator
 /// (or a proxy, which compiles the same text) use much memory.
@@ -143,6 +145,65 @@ pub fn compile_path_regex(text: &str) -> Result<regex::Regex, regex::Error> {
     regex::RegexBuilder::new(&format!("^(?:{text})$"))
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
+}
+
+/// Every ServiceProfile, checked, and the Service each describes.
+#[derive(Debug, Default)]
+pub(super) struct Profiles {
+    profiles: HashMap<Key, Checked>,
+    /// Service → the names of the ServiceProfiles describing it.
+    profiles_of: HashMap<Key, BTreeSet<String>>,
+}
+
+impl Profiles {
+    pub(super) fn get(&self, key: &Key) -> Option<&Checked> {
+        self.profiles.get(key)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Key, &Checked)> {
+        self.profiles.iter()
+    }
+
+    pub(super) fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.profiles.keys()
+    }
+
+    /// Keeps `checked` as the ServiceProfile `key`, not yet linked to its Service (see
+    /// [`Profiles::link`]). Returns the Service its previous version described, which
+    /// it no longer does.
+    pub(super) fn insert(&mut self, key: &Key, checked: Checked) -> Option<Key> {
+        let old = self.profiles.insert(key.clone(), checked)?;
+        self.unlink(&old.service, &key.name);
+        Some(old.service)
+    }
+
+    /// Records that the ServiceProfile `name` describes `service`.
+    pub(super) fn link(&mut self, service: Key, name: String) {
+        self.profiles_of.entry(service).or_default().insert(name);
+    }
+
+    /// Forgets the ServiceProfile `key`; returns the Service it described.
+    pub(super) fn remove(&mut self, key: &Key) -> Option<Key> {
+        let old = self.profiles.remove(key)?;
+        self.unlink(&old.service, &key.name);
+        Some(old.service)
+    }
+
+    /// The ServiceProfile that applies to `service`: the first by name of those naming
+    /// it.
+    pub(super) fn profile_of(&self, service: &Key) -> Option<&Checked> {
+        let name = self.profiles_of.get(service)?.first()?;
+        self.profiles.get(&Key::new(&service.namespace, name))
+    }
+
+    fn unlink(&mut self, service: &Key, name: &str) {
+        if let Some(set) = self.profiles_of.get_mut(service) {
+            set.remove(name);
+            if set.is_empty() {
+                self.profiles_of.remove(service);
+            }
+        }
+    }
 }
 
 impl Profile {

@@ -14,7 +14,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::index::Key;
+use super::key::Key;
 
 /// Reads the version a stream carries now.
 type CurrentVersion = Box<dyn Fn() -> String + Send>;

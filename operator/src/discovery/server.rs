@@ -29,10 +29,8 @@ use weft_proxy_api::v1::{
 };
 
 use super::{
-    index::{Index, Key, Resolution as Resolved, parse_authority},
-    policy::Policy,
-    profile::Profile,
-    proxies::Proxies,
+    authority::parse_authority, index::Index, key::Key, outbound::Resolution as Resolved,
+    policy::Policy, profile::Profile, proxies::Proxies,
 };
 use crate::{identity::SpiffeId, metrics::Metrics};
 

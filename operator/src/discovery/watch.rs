@@ -19,7 +19,7 @@ use kube::{
 };
 use weft_api::{ACTIVE_MESH_NAME, Mesh, ServerAuthorization, ServiceProfile};
 
-use super::index::{Index, Key};
+use super::{index::Index, key::Key};
 
 /// How often targets nobody subscribes to any more are dropped.
 const SWEEP: Duration = Duration::from_secs(30);

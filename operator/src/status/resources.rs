@@ -11,7 +11,8 @@ use weft_api::{
 };
 
 use crate::discovery::{
-    index::{Index, Key},
+    index::Index,
+    key::Key,
     policy::{selector_matches, server_ports},
 };
 

@@ -1,0 +1,129 @@
+//! Pods as the discovery index knows them: identity, readiness, workload, ports and
+//! their annotations, read once from each Pod object.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Pod;
+use weft_api::mesh::DefaultInboundPolicy;
+
+use super::policy;
+
+/// What the index knows of a pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodInfo {
+    pub uid: String,
+    pub service_account: String,
+    /// Whether the injector gave it a proxy.
+    pub meshed: bool,
+    /// Whether its Ready condition is true.
+    pub ready: bool,
+    /// Whether it is being deleted.
+    pub terminating: bool,
+    /// The workload it belongs to; the pod itself when nothing controls it.
+    pub workload: Option<Workload>,
+    pub labels: BTreeMap<String, String>,
+    /// TCP container ports: (name, number).
+    pub ports: Vec<(Option<String>, u16)>,
+    /// Opaque ports from its annotation.
+    pub opaque_ports: BTreeSet<u16>,
+    /// Its default inbound policy annotation, when valid.
+    pub default_policy: Option<DefaultInboundPolicy>,
+}
+
+/// The workload a pod belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `Job`, `Pod`, or another controller's
+    /// kind.
+    pub kind: String,
+    pub name: String,
+    /// The workload's UID when the pod knows it (a Deployment's is one step further,
+    /// on its ReplicaSet).
+    pub uid: Option<String>,
+}
+
+impl Workload {
+    /// `deployment/web`, as metric labels show it.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.kind.to_ascii_lowercase(), self.name)
+    }
+}
+
+pub(super) fn pod_info(pod: &Pod) -> PodInfo {
+    let labels = pod.metadata.labels.as_ref();
+    let meshed = labels
+        .and_then(|l| l.get(weft_api::annotations::INJECTED))
+        .is_some_and(|v| v == "true");
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let workload = match crate::controller_of(&pod.metadata) {
+        Some(o) => {
+            // A ReplicaSet of a Deployment is named `<deployment>-<pod-template-hash>`.
+            let hash = labels.and_then(|l| l.get("pod-template-hash"));
+            Some(
+                match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
+                    Some(deployment) if o.kind == "ReplicaSet" => Workload {
+                        kind: "Deployment".into(),
+                        name: deployment.into(),
+                        uid: None,
+                    },
+                    _ => Workload {
+                        kind: o.kind.clone(),
+                        name: o.name.clone(),
+                        uid: Some(o.uid.clone()),
+                    },
+                },
+            )
+        }
+        None => pod.metadata.name.clone().map(|name| Workload {
+            kind: "Pod".into(),
+            name,
+            uid: Some(uid.clone()),
+        }),
+    };
+    let annotations = pod.metadata.annotations.as_ref();
+    let opaque_ports = annotations
+        .and_then(|a| a.get(weft_api::annotations::OPAQUE_PORTS))
+        .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    let spec = pod.spec.as_ref();
+    let ports = tcp_container_ports(pod);
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    PodInfo {
+        uid,
+        service_account: spec
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        meshed,
+        ready,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        workload,
+        labels: labels.cloned().unwrap_or_default(),
+        ports,
+        opaque_ports,
+        default_policy: annotations
+            .and_then(|a| a.get(weft_api::annotations::DEFAULT_INBOUND_POLICY))
+            .and_then(|v| policy::parse_default_policy(v)),
+    }
+}
+
+/// The TCP ports a pod's containers declare, (name, number), sorted and deduplicated.
+pub fn tcp_container_ports(pod: &Pod) -> Vec<(Option<String>, u16)> {
+    let mut ports: Vec<(Option<String>, u16)> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| Some((p.name.clone(), u16::try_from(p.container_port).ok()?)))
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports
+}
