@@ -20,6 +20,7 @@ pub mod controller;
 pub mod csr;
 pub mod rotation;
 pub mod spiffe;
+#[cfg(any(test, feature = "testing"))]
 pub mod test_util;
 
 pub use self::{

@@ -22,7 +22,7 @@
 //!
 //! The proxy's environment comes from the Mesh and from `config.weft.dev/*` pod
 //! annotations. Before patching, the whole environment is checked with the proxy's own
-//! parser, so a pod is never injected with a proxy that would refuse to start; a bad
+//! parser (the sidecar contract, `weft-sidecar`), so a pod is never injected with a proxy that would refuse to start; a bad
 //! annotation leaves the pod unmeshed, with a warning naming the annotation.
 //!
 //! The patch is written operation by operation (rather than by diffing two pods), so
@@ -37,7 +37,7 @@ use weft_api::{
     annotations::{self, INJECT},
     mesh::LogFormat,
 };
-use weft_proxy::config as proxy;
+use weft_sidecar as proxy;
 
 /// Name of the proxy container.
 pub const PROXY_CONTAINER: &str = "weft-proxy";

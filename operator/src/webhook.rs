@@ -14,6 +14,7 @@
 //! never for dry runs.
 
 pub mod registration;
+#[cfg(any(test, feature = "testing"))]
 pub mod test_util;
 
 use std::{
