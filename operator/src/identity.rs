@@ -18,7 +18,9 @@ pub mod ca;
 pub mod certify;
 pub mod controller;
 pub mod csr;
+pub mod readiness;
 pub mod rotation;
+pub mod secrets;
 pub mod spiffe;
 #[cfg(any(test, feature = "testing"))]
 pub mod test_util;

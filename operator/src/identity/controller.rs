@@ -13,6 +13,21 @@
 //!
 //! Keys are only ever in the two Secrets and in memory; status and logs carry
 //! fingerprints and expiry dates, never keys.
+//!
+//! What is pure lives beside it: the rotation state machine ([`super::rotation`]),
+//! the readiness and the Mesh status it gives ([`super::readiness`]), and the Secrets'
+//! contents ([`super::secrets`]). This module only reads and writes the cluster.
+//!
+//! Why a loop every [`INTERVAL`] and not kube-runtime's `Controller`: the work is
+//! driven by time more than by objects. Anchor rotation steps, the issuer's renewal in
+//! the last third of its life and an anchor's approaching expiry come due with no
+//! object changing; the one object reconciled is a singleton (the active Mesh), while
+//! what it keeps is spread over the Secrets of one namespace and a ConfigMap in every
+//! meshed namespace, whose set comes from the operator's own caches rather than from
+//! a watch a `Controller` could map back to the Mesh. A `Controller` would still need
+//! a requeue of the same period for the clock, so it would add watches and a queue
+//! without removing the timer; the one event that cannot wait for the next tick,
+//! gaining the Lease, already wakes the loop.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,9 +36,7 @@ use std::{
 };
 
 use k8s_openapi::{
-    ByteString,
     api::core::v1::{ConfigMap, Secret},
-    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
@@ -34,63 +47,25 @@ use kube::{
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::watch;
-use weft_api::{
-    ConditionStatus, Mesh, MeshSpec,
-    condition::{carry_transition_times, condition},
-    mesh::{CertificateSummary, TrustAnchorMode, conditions::IDENTITY_READY},
-};
+use weft_api::{Mesh, MeshSpec, mesh::TrustAnchorMode};
 
 use super::{
-    Authority, Ca, CaError,
+    Authority, Ca,
     anchors::{self, AnchorSet},
+    readiness::{self, Health, IdentityError, short},
     rotation::{Policy, Step, next_step},
+    secrets::{
+        ANCHOR_SECRET, ISSUER_SECRET, anchor_secret, ca_from_secret, ca_secret, secret_parts,
+    },
 };
 
 /// The field manager of the identity controller's writes.
 const FIELD_MANAGER: &str = "weft-operator/identity";
-/// The Secret holding a generated trust anchor.
-pub const ANCHOR_SECRET: &str = "weft-trust-anchor";
-/// The Secret holding the issuer.
-pub const ISSUER_SECRET: &str = "weft-issuer";
 /// The ConfigMap holding the trust bundle in meshed namespaces, and its key.
 pub const BUNDLE_CONFIG_MAP: &str = "weft-trust-bundle";
 pub const BUNDLE_KEY: &str = "ca-bundle.pem";
 /// How often the controller re-checks everything.
 const INTERVAL: Duration = Duration::from_secs(10);
-
-/// Why the identity could not be made ready. Each becomes the `IdentityReady` reason.
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
-    #[error("the trust anchor Secret {namespace}/{name} does not exist")]
-    AnchorNotFound { namespace: String, name: String },
-    #[error("the trust anchor in Secret {name} is unusable: {source}")]
-    InvalidAnchor {
-        name: String,
-        #[source]
-        source: CaError,
-    },
-    #[error("the trust anchor {name} has expired")]
-    AnchorExpired { name: String },
-    #[error("certificate generation failed: {0}")]
-    Generate(#[source] CaError),
-    #[error("the replica holding the Lease creates or renews the CA; this one waits for it")]
-    NotLeader,
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-}
-
-impl IdentityError {
-    fn reason(&self) -> &'static str {
-        match self {
-            Self::AnchorNotFound { .. } => "TrustAnchorNotFound",
-            Self::InvalidAnchor { .. } => "InvalidTrustAnchor",
-            Self::AnchorExpired { .. } => "TrustAnchorExpired",
-            Self::Generate(_) => "GenerationFailed",
-            Self::NotLeader => "WaitingForLeader",
-            Self::Kube(_) => "KubernetesError",
-        }
-    }
-}
 
 /// The identity controller.
 pub struct IdentityController {
@@ -487,75 +462,9 @@ impl IdentityController {
         mesh: &Mesh,
         verdict: Result<(Arc<Authority>, Health), IdentityError>,
     ) -> Result<(), kube::Error> {
-        let now = Timestamp::now();
-        let current = mesh
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default();
-        let generation = mesh.metadata.generation;
-        let (cond, anchors, issuer) = match &verdict {
-            Ok((authority, health)) => {
-                let (status, reason, message) = match health {
-                    Health::Issuing => (
-                        ConditionStatus::True,
-                        "Issuing",
-                        format!(
-                            "issuing certificates for trust domain {}",
-                            authority.trust_domain()
-                        ),
-                    ),
-                    Health::Rotating(message) => (
-                        ConditionStatus::True,
-                        "RotatingTrustAnchor",
-                        message.clone(),
-                    ),
-                    Health::AnchorExpiringSoon(message) => (
-                        ConditionStatus::False,
-                        "TrustAnchorExpiringSoon",
-                        message.clone(),
-                    ),
-                };
-                let anchors: Vec<CertificateSummary> =
-                    super::ca::pem_blocks(authority.bundle_pem(), "CERTIFICATE")
-                        .iter()
-                        .filter_map(|der| summary(der))
-                        .collect();
-                (
-                    condition(IDENTITY_READY, status, reason, message, generation, now),
-                    Some(anchors),
-                    summary(authority.issuer().cert_der()),
-                )
-            }
-            Err(error) => (
-                condition(
-                    IDENTITY_READY,
-                    ConditionStatus::False,
-                    error.reason(),
-                    error.to_string(),
-                    generation,
-                    now,
-                ),
-                None,
-                None,
-            ),
-        };
-        let cond = carry_transition_times(current, vec![cond]).remove(0);
-        let unchanged = mesh.status.as_ref().is_some_and(|s| {
-            weft_api::condition::find(&s.conditions, IDENTITY_READY) == Some(&cond)
-                && anchors.as_ref().is_none_or(|a| *a == s.trust_anchors)
-                && (issuer.is_none() || issuer == s.issuer)
-        });
-        if unchanged {
+        let Some(status) = readiness::status(mesh, &verdict, Timestamp::now()) else {
             return Ok(());
-        }
-        let mut status = json!({"conditions": [cond]});
-        if let Some(anchors) = anchors {
-            status["trustAnchors"] = json!(anchors);
-        }
-        if let Some(issuer) = issuer {
-            status["issuer"] = json!(issuer);
-        }
+        };
         let patch = json!({
             "apiVersion": Mesh::api_version(&()),
             "kind": Mesh::kind(&()),
@@ -572,100 +481,8 @@ impl IdentityController {
     }
 }
 
-/// How identity is doing, when it works.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Health {
-    Issuing,
-    /// A trust anchor rotation is under way; what it is at.
-    Rotating(String),
-    /// A user-supplied anchor is close to expiry.
-    AnchorExpiringSoon(String),
-}
-
-/// A Secret's data and annotations.
-fn secret_parts(secret: &Secret) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, String>) {
-    let data = secret
-        .data
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    (
-        data,
-        secret.metadata.annotations.clone().unwrap_or_default(),
-    )
-}
-
-/// The Secret holding a generated anchor set, at `resource_version` when replacing.
-fn anchor_secret(set: &AnchorSet, resource_version: Option<String>) -> Secret {
-    let (data, annotations) = set.to_secret();
-    let mut secret = Secret {
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
-        type_: Some("Opaque".to_string()),
-        ..Secret::default()
-    };
-    secret.metadata.name = Some(ANCHOR_SECRET.to_string());
-    secret.metadata.annotations = Some(annotations);
-    secret.metadata.resource_version = resource_version;
-    secret.metadata.labels = Some(BTreeMap::from([(
-        "app.kubernetes.io/part-of".to_string(),
-        "weft".to_string(),
-    )]));
-    secret
-}
-
-/// The first 12 hex digits of a fingerprint, enough to tell anchors apart in messages.
-fn short(fingerprint: &str) -> &str {
-    fingerprint.get(..12).unwrap_or(fingerprint)
-}
-
 /// Whether `issuer` is in the last third of `lifetime`.
 fn renewal_due(issuer: &Ca, lifetime: Duration, now: OffsetDateTime) -> bool {
     let remaining = issuer.not_after() - now;
     remaining < time::Duration::try_from(lifetime / 3).unwrap_or(time::Duration::ZERO)
-}
-
-fn ca_from_secret(secret: &Secret) -> Result<Ca, CaError> {
-    let (data, _) = secret_parts(secret);
-    let text = |key: &str| {
-        data.get(key)
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default()
-    };
-    Ca::from_pem(&text(anchors::CURRENT_CERT), &text(anchors::CURRENT_KEY))
-}
-
-fn ca_secret(name: &str, ca: &Ca) -> Secret {
-    let mut data = BTreeMap::new();
-    data.insert(
-        "tls.crt".to_string(),
-        ByteString(ca.cert_pem().as_bytes().to_vec()),
-    );
-    data.insert(
-        "tls.key".to_string(),
-        ByteString(ca.key_pem().as_bytes().to_vec()),
-    );
-    let mut secret = Secret {
-        data: Some(data),
-        type_: Some("kubernetes.io/tls".to_string()),
-        ..Secret::default()
-    };
-    secret.metadata.name = Some(name.to_string());
-    secret.metadata.labels = Some(BTreeMap::from([(
-        "app.kubernetes.io/part-of".to_string(),
-        "weft".to_string(),
-    )]));
-    secret
-}
-
-fn summary(der: &[u8]) -> Option<CertificateSummary> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let not_after = Timestamp::from_second(cert.validity().not_after.timestamp()).ok()?;
-    Some(CertificateSummary {
-        fingerprint: super::ca::fingerprint(der),
-        subject: Some(cert.subject().to_string()),
-        not_after: Time(not_after),
-    })
 }
