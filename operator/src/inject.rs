@@ -39,6 +39,10 @@ use weft_api::{
 };
 use weft_sidecar as proxy;
 
+use resources::proxy_resources;
+
+mod resources;
+
 /// Name of the proxy container.
 pub const PROXY_CONTAINER: &str = "weft-proxy";
 /// Name of the capture init container.
@@ -378,64 +382,6 @@ fn proxy_env(
         .filter(|(_, value, _)| !value.is_empty())
         .map(|(name, value, _)| (name, value))
         .collect())
-}
-
-/// The proxy's resources: the Mesh's, with the `config.weft.dev/proxy-*` annotations
-/// replacing single values.
-fn proxy_resources(
-    annotations: &BTreeMap<String, String>,
-    mesh: Option<&ResourceRequirements>,
-) -> Result<Option<ResourceRequirements>, String> {
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    let mut resources = mesh.cloned().unwrap_or_default();
-    let mut problems = Vec::new();
-    for (annotation, limit, resource) in [
-        (annotations::PROXY_CPU_REQUEST, false, "cpu"),
-        (annotations::PROXY_CPU_LIMIT, true, "cpu"),
-        (annotations::PROXY_MEMORY_REQUEST, false, "memory"),
-        (annotations::PROXY_MEMORY_LIMIT, true, "memory"),
-    ] {
-        let Some(value) = annotations.get(annotation) else {
-            continue;
-        };
-        if !is_quantity(value) {
-            problems.push(format!(
-                "annotation {annotation}: {value:?} is not a Kubernetes quantity such as 100m or 64Mi"
-            ));
-            continue;
-        }
-        let map = if limit {
-            &mut resources.limits
-        } else {
-            &mut resources.requests
-        };
-        map.get_or_insert_with(BTreeMap::new)
-            .insert(resource.to_string(), Quantity(value.clone()));
-    }
-    if !problems.is_empty() {
-        return Err(problems.join("; "));
-    }
-    let empty = resources.limits.as_ref().is_none_or(BTreeMap::is_empty)
-        && resources.requests.as_ref().is_none_or(BTreeMap::is_empty);
-    Ok((!empty).then_some(resources))
-}
-
-/// A Kubernetes quantity: a non-negative decimal number with an optional SI or binary
-/// suffix (`100m`, `0.5`, `64Mi`, `1G`). Exponent forms (`1e3`) are not accepted.
-fn is_quantity(s: &str) -> bool {
-    const SUFFIXES: [&str; 14] = [
-        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P",
-    ];
-    let number = SUFFIXES
-        .iter()
-        .find_map(|suffix| s.strip_suffix(suffix))
-        .or_else(|| s.strip_suffix('E'))
-        .unwrap_or(s);
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, "0"));
-    !whole.is_empty()
-        && !fraction.is_empty()
-        && whole.bytes().all(|b| b.is_ascii_digit())
-        && fraction.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A short hash of everything the injection depends on besides the pod.

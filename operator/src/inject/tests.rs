@@ -1,4 +1,4 @@
-use super::*;
+use super::{resources::is_quantity, *};
 
 fn settings() -> Settings {
     Settings {
