@@ -22,9 +22,13 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Pod, Service},
-    discovery::v1::EndpointSlice,
+use k8s_openapi::{
+    Metadata,
+    api::{
+        core::v1::{Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use tokio::sync::watch;
 
@@ -393,57 +397,58 @@ impl Index {
 
     /// Replaces every Service after a relist.
     pub fn replace_services(&mut self, services: &[Service]) {
-        let keep: BTreeSet<Key> = services
-            .iter()
-            .filter_map(|s| key_of(&s.metadata))
-            .collect();
-        let gone: Vec<Key> = self
-            .services
-            .service_keys()
-            .filter(|k| !keep.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.delete_service(&key);
-        }
-        for service in services {
-            self.apply_service(service);
-        }
+        self.relist(
+            services,
+            |index| index.services.service_keys().cloned().collect(),
+            Self::delete_service,
+            Self::apply_service,
+        );
     }
 
     /// Replaces every EndpointSlice after a relist.
     pub fn replace_slices(&mut self, slices: &[EndpointSlice]) {
-        let keep: BTreeSet<Key> = slices.iter().filter_map(|s| key_of(&s.metadata)).collect();
-        let gone: Vec<Key> = self
-            .services
-            .slice_keys()
-            .filter(|k| !keep.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.delete_slice(&key);
-        }
-        for slice in slices {
-            self.apply_slice(slice);
-        }
+        self.relist(
+            slices,
+            |index| index.services.slice_keys().cloned().collect(),
+            Self::delete_slice,
+            Self::apply_slice,
+        );
     }
 
     /// Replaces every Pod after a relist.
     pub fn replace_pods(&mut self, pods: &[Pod]) {
-        let keep: BTreeSet<Key> = pods.iter().filter_map(|p| key_of(&p.metadata)).collect();
-        let gone: Vec<Key> = self
-            .pods
-            .keys()
-            .filter(|k| !keep.contains(*k))
-            .cloned()
+        self.relist(
+            pods,
+            |index| index.pods.keys().cloned().collect(),
+            Self::delete_pod,
+            Self::apply_pod,
+        );
+        self.pods_synced = true;
+    }
+
+    /// Deletes the objects of `known` that a relist of `objects` no longer holds, then
+    /// applies each of `objects`.
+    fn relist<T: Metadata<Ty = ObjectMeta>>(
+        &mut self,
+        objects: &[T],
+        known: fn(&Self) -> Vec<Key>,
+        delete: fn(&mut Self, &Key),
+        apply: fn(&mut Self, &T),
+    ) {
+        let keep: BTreeSet<Key> = objects
+            .iter()
+            .filter_map(|o| key_of(o.metadata()))
+            .collect();
+        let gone: Vec<Key> = known(self)
+            .into_iter()
+            .filter(|k| !keep.contains(k))
             .collect();
         for key in gone {
-            self.delete_pod(&key);
+            delete(self, &key);
         }
-        for pod in pods {
-            self.apply_pod(pod);
+        for object in objects {
+            apply(self, object);
         }
-        self.pods_synced = true;
     }
 
     /// What the outbound view is computed from.

@@ -364,6 +364,10 @@ where
     }))
 }
 
+/// The policy as the proxy API carries it. Its networks are copied field by field as
+/// `policy::authorization` copies them from the ServerAuthorization: the same shape,
+/// three different types (the CRD's, the operator's domain type, the protobuf
+/// message), converted at each edge so that the domain type depends on neither.
 fn policy_to_proto(policy: &Policy) -> InboundPolicyUpdate {
     InboundPolicyUpdate {
         protocol: policy.protocol.clone(),
