@@ -123,7 +123,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             .with_inbound_settings(inbound::InboundSettings {
                 detect_timeout: config.detect_timeout,
                 opaque_ports: config.inbound_opaque_ports.clone(),
-                default_policy: Some(config.default_inbound_policy.to_policy()),
+                default_policy: Some(config.default_inbound_policy.into()),
                 host_ip: config.host_ip,
                 ..inbound::InboundSettings::default()
             });

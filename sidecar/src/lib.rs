@@ -9,10 +9,8 @@
 //! refuse to start. It is its own small crate so that the operator depends on it and
 //! not on the whole proxy.
 //!
-//! The proxy's `config` module still holds its own copy of this code (the constants,
-//! [`Config`] and its parser), until it re-exports this crate instead; until then the
-//! two must be changed together. Only `DefaultPolicy::to_policy`, which builds the
-//! proxy's own policy type, stays in the proxy.
+//! The proxy's `config` module re-exports this crate; only the conversion of a
+//! [`DefaultPolicy`] into the proxy's own policy type stays in the proxy.
 //!
 //! Parsing reports every bad variable at once (the proxy then exits with code 64,
 //! `EX_USAGE`), so a broken injection template is fixed in one round, not one variable
@@ -506,3 +504,6 @@ fn parse_default_policy(s: &str) -> Result<DefaultPolicy, String> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;
