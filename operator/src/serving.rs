@@ -18,7 +18,7 @@ use rustls::{
 };
 use time::OffsetDateTime;
 
-use crate::identity::{CurrentAuthority, SpiffeId};
+use crate::identity::CurrentAuthority;
 
 /// How often a serving certificate is checked for renewal.
 const RENEW_CHECK: Duration = Duration::from_secs(30);
@@ -92,7 +92,7 @@ fn issue(
     authority: &crate::identity::Authority,
     serving: &ServingIdentity,
 ) -> Result<(Arc<CertifiedKey>, OffsetDateTime), String> {
-    let id = SpiffeId::new(
+    let id = crate::identity::spiffe::workload(
         authority.trust_domain(),
         &serving.namespace,
         &serving.service_account,

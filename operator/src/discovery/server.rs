@@ -185,7 +185,7 @@ fn spiffe_id_of(der: &[u8]) -> Option<Caller> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
     let id = san.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => uri.parse().ok(),
+        x509_parser::extensions::GeneralName::URI(uri) => crate::identity::spiffe::parse(uri).ok(),
         _ => None,
     })?;
     Some(Caller {

@@ -346,7 +346,7 @@ mod tests {
 
     /// A leaf for `spiffe://cluster.local/ns/a/sa/b` signed by `issuer`.
     fn leaf(issuer: &Ca, lifetime: Duration, at: OffsetDateTime) -> Leaf {
-        let id = SpiffeId::new("cluster.local", "a", "b").unwrap();
+        let id = crate::identity::spiffe::workload("cluster.local", "a", "b").unwrap();
         issuer.sign(&csr_for(&id), lifetime, at).unwrap()
     }
 
@@ -385,7 +385,7 @@ mod tests {
         let issuer = anchor
             .issue_intermediate("cluster.local", 30 * DAY, now())
             .unwrap();
-        let id = SpiffeId::new("cluster.local", "shop", "web").unwrap();
+        let id = crate::identity::spiffe::workload("cluster.local", "shop", "web").unwrap();
         let leaf = issuer.sign(&csr_for(&id), DAY, now()).unwrap();
         verify(&leaf, &issuer, &[&anchor]).unwrap();
 

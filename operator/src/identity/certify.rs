@@ -70,9 +70,8 @@ impl<R: TokenReviewer> Certify<R> {
                 Status::unavailable("the mesh has no issuer yet; retry later"),
             ));
         };
-        let requested: SpiffeId = req.identity.parse().map_err(|e: super::SpiffeIdError| {
-            self.refuse("bad_identity", Status::invalid_argument(e.to_string()))
-        })?;
+        let requested: SpiffeId = super::spiffe::parse(&req.identity)
+            .map_err(|e| self.refuse("bad_identity", Status::invalid_argument(e.to_string())))?;
         if requested.trust_domain() != authority.trust_domain() {
             return Err(self.refuse(
                 "wrong_trust_domain",
@@ -104,7 +103,7 @@ impl<R: TokenReviewer> Certify<R> {
                     Status::unauthenticated(e.to_string()),
                 ),
             })?;
-        let proved = SpiffeId::new(
+        let proved = super::spiffe::workload(
             authority.trust_domain(),
             &owner.namespace,
             &owner.service_account,

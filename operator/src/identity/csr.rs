@@ -136,7 +136,7 @@ mod tests {
     };
 
     fn web() -> SpiffeId {
-        SpiffeId::new("cluster.local", "shop", "web").unwrap()
+        crate::identity::spiffe::workload("cluster.local", "shop", "web").unwrap()
     }
 
     fn csr_with(key: &KeyPair, sans: Vec<SanType>, ca: bool) -> Vec<u8> {

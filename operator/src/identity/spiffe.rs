@@ -1,16 +1,8 @@
 //! Workload identities: `spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>`.
 
-use std::{fmt, str::FromStr};
+pub use weft_proxy_api::SpiffeId;
 
-/// The SPIFFE id of a workload: its trust domain, namespace and ServiceAccount.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SpiffeId {
-    trust_domain: String,
-    namespace: String,
-    service_account: String,
-}
-
-/// Why a text is not a workload SPIFFE id.
+/// Why a text is not a workload SPIFFE id the operator certifies.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{text:?} is not a workload identity spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>: {reason}"
@@ -20,74 +12,44 @@ pub struct SpiffeIdError {
     reason: &'static str,
 }
 
-impl SpiffeId {
-    /// The identity of ServiceAccount `service_account` in `namespace`. Every part must
-    /// be a DNS-1123 name (what Kubernetes allows for these objects).
-    pub fn new(
-        trust_domain: &str,
-        namespace: &str,
-        service_account: &str,
-    ) -> Result<Self, SpiffeIdError> {
-        let text = || format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
-        let err = |reason| SpiffeIdError {
-            text: text(),
-            reason,
-        };
-        if !is_dns_subdomain(trust_domain) {
-            return Err(err("the trust domain is not a DNS name"));
-        }
-        if !is_dns_label(namespace) {
-            return Err(err("the namespace is not a Kubernetes namespace name"));
-        }
-        if !is_dns_subdomain(service_account) {
-            return Err(err("the ServiceAccount is not a Kubernetes object name"));
-        }
-        Ok(Self {
-            trust_domain: trust_domain.to_string(),
-            namespace: namespace.to_string(),
-            service_account: service_account.to_string(),
-        })
+/// The identity of ServiceAccount `service_account` in `namespace`. The shared
+/// [`SpiffeId`] checks only the id's shape; the operator also requires every part to
+/// be a DNS-1123 name (what Kubernetes allows for these objects) before it certifies
+/// one.
+pub fn workload(
+    trust_domain: &str,
+    namespace: &str,
+    service_account: &str,
+) -> Result<SpiffeId, SpiffeIdError> {
+    let err = |reason| SpiffeIdError {
+        text: format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"),
+        reason,
+    };
+    if !is_dns_subdomain(trust_domain) {
+        return Err(err("the trust domain is not a DNS name"));
     }
-
-    pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+    if !is_dns_label(namespace) {
+        return Err(err("the namespace is not a Kubernetes namespace name"));
     }
-
-    pub fn namespace(&self) -> &str {
-        &self.namespace
+    if !is_dns_subdomain(service_account) {
+        return Err(err("the ServiceAccount is not a Kubernetes object name"));
     }
-
-    pub fn service_account(&self) -> &str {
-        &self.service_account
-    }
+    Ok(SpiffeId::new(trust_domain, namespace, service_account))
 }
 
-impl fmt::Display for SpiffeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
-    }
-}
-
-impl FromStr for SpiffeId {
-    type Err = SpiffeIdError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = |reason| SpiffeIdError {
-            text: text.to_string(),
-            reason,
-        };
-        let rest = text
-            .strip_prefix("spiffe://")
-            .ok_or_else(|| err("it does not start with spiffe://"))?;
-        let parts: Vec<&str> = rest.split('/').collect();
-        match parts.as_slice() {
-            [td, "ns", ns, "sa", sa] => Self::new(td, ns, sa),
-            _ => Err(err("the path is not /ns/<namespace>/sa/<serviceaccount>")),
-        }
+/// `text` as a workload identity, with [`workload`]'s checks of its parts.
+pub fn parse(text: &str) -> Result<SpiffeId, SpiffeIdError> {
+    let err = |reason| SpiffeIdError {
+        text: text.to_string(),
+        reason,
+    };
+    let rest = text
+        .strip_prefix("spiffe://")
+        .ok_or_else(|| err("it does not start with spiffe://"))?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [td, "ns", ns, "sa", sa] => workload(td, ns, sa),
+        _ => Err(err("the path is not /ns/<namespace>/sa/<serviceaccount>")),
     }
 }
 
@@ -113,14 +75,9 @@ mod tests {
 
     #[test]
     fn formats_and_parses() {
-        let id = SpiffeId::new("cluster.local", "shop", "web").unwrap();
+        let id = workload("cluster.local", "shop", "web").unwrap();
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
-        assert_eq!(
-            "spiffe://cluster.local/ns/shop/sa/web"
-                .parse::<SpiffeId>()
-                .unwrap(),
-            id
-        );
+        assert_eq!(parse("spiffe://cluster.local/ns/shop/sa/web").unwrap(), id);
     }
 
     #[test]
@@ -137,7 +94,7 @@ mod tests {
             "spiffe://cluster.local/ns/-shop/sa/web",
             "spiffe:///ns/shop/sa/web",
         ] {
-            assert!(bad.parse::<SpiffeId>().is_err(), "{bad:?} was accepted");
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
 }
