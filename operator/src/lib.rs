@@ -248,12 +248,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A config version: the first 12 hex digits of the SHA-256 of `bytes`.
+/// A config version of `bytes`, derived as the proxies derive it
+/// ([`weft_proxy_api::ConfigVersion::of`]), in the form it travels in messages.
 pub fn short_hash(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    weft_proxy_api::ConfigVersion::of(bytes).into()
 }
 
 /// The owner that controls an object (a pod's ReplicaSet or Job), if any.
