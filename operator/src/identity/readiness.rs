@@ -150,3 +150,60 @@ fn summary(der: &[u8]) -> Option<CertificateSummary> {
         not_after: Time(not_after),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use weft_api::{Mesh, MeshSpec};
+
+    use super::*;
+
+    fn mesh() -> Mesh {
+        let mut mesh = Mesh::new("default", MeshSpec::default());
+        mesh.metadata.generation = Some(3);
+        mesh
+    }
+
+    /// `status`'s answer written into the Mesh, as the controller's patch would.
+    fn with_status(mut mesh: Mesh, status: serde_json::Value) -> Mesh {
+        mesh.status = Some(serde_json::from_value(status).expect("a Mesh status"));
+        mesh
+    }
+
+    #[test]
+    fn a_failure_is_a_false_condition_naming_its_reason_written_once() {
+        let now = Timestamp::now();
+        let failed = Err(IdentityError::NotLeader);
+        let status = status(&mesh(), &failed, now).expect("a status to write");
+        let cond = &status["conditions"][0];
+        assert_eq!(cond["type"], IDENTITY_READY);
+        assert_eq!(cond["status"], "False");
+        assert_eq!(cond["reason"], "WaitingForLeader");
+        assert_eq!(cond["observedGeneration"], 3);
+        assert!(status.get("issuer").is_none(), "{status}");
+        // The Mesh already says it: nothing to write.
+        let shown = with_status(mesh(), status);
+        assert_eq!(super::status(&shown, &failed, now), None);
+    }
+
+    #[test]
+    fn an_issuing_authority_shows_its_anchor_and_issuer() {
+        let (_, authority) = crate::identity::test_util::authority();
+        let issuing = Ok((authority.clone(), Health::Issuing));
+        let now = Timestamp::now();
+        let status = status(&mesh(), &issuing, now).expect("a status to write");
+        assert_eq!(status["conditions"][0]["status"], "True");
+        assert_eq!(status["conditions"][0]["reason"], "Issuing");
+        let anchors = status["trustAnchors"].as_array().expect("the anchors");
+        assert_eq!(anchors.len(), 1, "{status}");
+        assert_eq!(
+            status["issuer"]["fingerprint"],
+            crate::identity::ca::fingerprint(authority.issuer().cert_der()),
+        );
+        // A rotation changes the condition, so it is written again.
+        let shown = with_status(mesh(), status);
+        assert_eq!(super::status(&shown, &issuing, now), None);
+        let rotating = Ok((authority, Health::Rotating("publishing anchor 9f2c".into())));
+        let again = super::status(&shown, &rotating, now).expect("the rotation shown");
+        assert_eq!(again["conditions"][0]["reason"], "RotatingTrustAnchor");
+    }
+}
