@@ -21,7 +21,7 @@ unit: ## Unit and in-process integration tests (fast, no cluster)
 test: unit e2e ## Everything: unit, integration and end-to-end tests
 
 e2e: cluster-up install ## End-to-end tests on the local cluster (brought up if needed)
-	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --locked -p weft-e2e -- --test-threads=2
+	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --locked --no-fail-fast -p weft-e2e -- --test-threads=2
 
 cluster-up: ## Build (first time only) and start the local single-node cluster
 	e2e/cluster/up.sh
