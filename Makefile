@@ -45,9 +45,10 @@ fuzz: ## Fuzz protocol detection, HTTP input and HTTP/1 framing, FUZZ_SECONDS pe
 	    -max_total_time=$(FUZZ_SECONDS); \
 	done
 
-lint: ## rustfmt check and clippy with warnings denied
+lint: ## rustfmt check, clippy with warnings denied, and no import circle between modules
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	WEFT_CACHE=$(WEFT_CACHE) tools/module-cycles.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
