@@ -364,6 +364,39 @@ spec:
     )
 }
 
+/// A meshed Deployment `web` of `replicas` pods running [`APP_AFTER_PROXY`] (container
+/// port `http` 8080, a tcpSocket readiness probe) and Service `web` (port 80).
+pub fn web_service(ns: &str, replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web, weft.dev/e2e-app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: app
+        image: weft.local/testapp:dev
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, "{APP_AFTER_PROXY}"]
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#
+    )
+}
+
 /// Waits (up to 180 s) until Deployment `name` has rolled out, failing the test if
 /// it does not.
 #[track_caller]

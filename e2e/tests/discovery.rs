@@ -14,43 +14,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weft_e2e::{
-    APP_AFTER_PROXY, RestoreOperator, eventually, kubectl, kubectl_ok, kubectl_stdin,
-    mesh_namespace, metric_sum, proxy_metrics, scale_operator, with_temp_ns,
+    RestoreOperator, eventually, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, metric_sum,
+    proxy_metrics, scale_operator, web_service, with_temp_ns,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Deployment `web` (container port `http` 8080) and Service `web` (port 80).
-fn web(ns: &str, replicas: u32) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      terminationGracePeriodSeconds: 5
-      containers:
-      - name: app
-        image: weft.local/testapp:dev
-        imagePullPolicy: IfNotPresent
-        command: [sh, -c, "{APP_AFTER_PROXY}"]
-        ports: [{{name: http, containerPort: 8080}}]
-        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
-"#
-    )
-}
 
 /// The MeshStatus `web`, as JSON.
 fn mesh_status(ns: &str) -> Result<Value, String> {
@@ -121,7 +89,7 @@ fn applied_rules(config: &Value, port: &str) -> Vec<String> {
 async fn scaling_a_meshed_deployment_is_reflected_in_its_proxies_and_its_mesh_status() {
     with_temp_ns("discovery", |client, ns| async move {
         mesh_namespace(&client, &ns).await;
-        let applied = kubectl_stdin(&["apply", "-f", "-"], &web(&ns, 1));
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &web_service(&ns, 1));
         assert!(applied.success, "{}", applied.stderr);
 
         let status = wait_for_counts(&ns, "1/1", "1/1", "1/1").await;

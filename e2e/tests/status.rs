@@ -7,36 +7,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weft_e2e::{
-    APP_AFTER_PROXY, eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace,
-    pod_netns, with_temp_ns,
+    eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, pod_netns,
+    web_service, with_temp_ns,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Deployment `web`, two replicas (container port `http` 8080).
-fn web(ns: &str) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web, weft.dev/e2e-app: web}}}}
-    spec:
-      terminationGracePeriodSeconds: 5
-      containers:
-      - name: app
-        image: weft.local/testapp:dev
-        imagePullPolicy: IfNotPresent
-        command: [sh, -c, "{APP_AFTER_PROXY}"]
-        ports: [{{name: http, containerPort: 8080}}]
-        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
-"#
-    )
-}
 
 /// Waits until MeshStatus `web` shows `meshed` and `in_sync` as printed, and returns
 /// its status.
@@ -72,7 +47,7 @@ const CONTROL_PORT: &str = "8090";
 async fn in_sync_counts_only_the_proxies_that_acknowledged_their_configuration() {
     with_temp_ns("status-sync", |client, ns| async move {
         mesh_namespace(&client, &ns).await;
-        let applied = kubectl_stdin(&["apply", "-f", "-"], &web(&ns));
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &web_service(&ns, 2));
         assert!(applied.success, "{}", applied.stderr);
         wait_for(&ns, "2/2", "2/2").await;
 
