@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::{
@@ -28,10 +28,13 @@ use weft_api::{
 use super::{
     compute::{Desired, Totals, compute},
     resources,
+    settle::{Conditions, Settling},
 };
 use crate::discovery::{index::Index, key::Key, proxies::Proxies};
 
-/// How long the publisher waits for a burst of changes to end.
+/// How long the publisher pauses after a wake-up, so that one computation covers a
+/// burst of changes (each object's status is then held back until it settles, see
+/// [`super::settle`]).
 pub const SETTLE: Duration = Duration::from_millis(250);
 /// How often it recomputes without a change.
 pub const RESYNC: Duration = Duration::from_secs(10);
@@ -55,6 +58,7 @@ pub async fn run(
         totals: None,
         profiles: HashMap::new(),
         authorizations: HashMap::new(),
+        settling: Held::default(),
     };
     let mut changes = proxies.changes();
     let Ok(mut index_changes) = index.lock().map(|i| i.changes()) else {
@@ -88,23 +92,35 @@ pub async fn run(
                         tracing::warn!(%error, "cannot write status; retrying");
                     }
                     let client = &publisher.client;
-                    let profiles =
-                        sync_status::<ServiceProfile, _>(client, &mut publisher.profiles, profiles)
-                            .await;
+                    let now = Instant::now();
+                    let profiles = sync_status::<ServiceProfile, _>(
+                        client,
+                        &mut publisher.profiles,
+                        &mut publisher.settling.profiles,
+                        profiles,
+                        now,
+                    )
+                    .await;
                     let authorizations = sync_status::<ServerAuthorization, _>(
                         client,
                         &mut publisher.authorizations,
+                        &mut publisher.settling.authorizations,
                         authorizations,
+                        now,
                     )
                     .await;
                     if let Err(error) = profiles.and(authorizations) {
                         tracing::warn!(%error, "cannot write status; retrying");
                     }
                 }
+                let wake = publisher
+                    .settling
+                    .next()
+                    .unwrap_or_else(|| Instant::now() + RESYNC);
                 tokio::select! {
                     _ = changes.changed() => {}
                     _ = index_changes.changed() => {}
-                    _ = tokio::time::sleep(RESYNC) => {}
+                    _ = tokio::time::sleep_until(wake.into()) => {}
                     _ = leader.changed() => {}
                 }
                 tokio::time::sleep(SETTLE).await;
@@ -114,6 +130,7 @@ pub async fn run(
             publisher.totals = None;
             publisher.profiles.clear();
             publisher.authorizations.clear();
+            publisher.settling = Held::default();
         }
     };
     tokio::select! {
@@ -133,20 +150,54 @@ struct Publisher {
     profiles: HashMap<Key, ServiceProfileState>,
     /// The status last written (or read) of each ServerAuthorization.
     authorizations: HashMap<Key, ServerAuthorizationState>,
+    /// The changed statuses held back until they settle.
+    settling: Held,
 }
 
-/// A status with conditions, whose transition times carry over unchanged conditions.
-trait Conditions {
-    fn conditions_mut(&mut self) -> &mut Vec<weft_api::Condition>;
+/// The changed statuses held back until they settle, by kind.
+#[derive(Default)]
+struct Held {
+    workloads: Settling<WorkloadState>,
+    profiles: Settling<ServiceProfileState>,
+    authorizations: Settling<ServerAuthorizationState>,
+}
+
+impl Held {
+    /// The earliest time a held-back status may be written.
+    fn next(&self) -> Option<Instant> {
+        [
+            self.workloads.next(),
+            self.profiles.next(),
+            self.authorizations.next(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+impl Conditions for WorkloadState {
+    fn conditions(&self) -> &[weft_api::Condition] {
+        &self.conditions
+    }
+    fn conditions_mut(&mut self) -> &mut Vec<weft_api::Condition> {
+        &mut self.conditions
+    }
 }
 
 impl Conditions for ServiceProfileState {
+    fn conditions(&self) -> &[weft_api::Condition] {
+        &self.conditions
+    }
     fn conditions_mut(&mut self) -> &mut Vec<weft_api::Condition> {
         &mut self.conditions
     }
 }
 
 impl Conditions for ServerAuthorizationState {
+    fn conditions(&self) -> &[weft_api::Condition] {
+        &self.conditions
+    }
     fn conditions_mut(&mut self) -> &mut Vec<weft_api::Condition> {
         &mut self.conditions
     }
@@ -179,12 +230,14 @@ where
         .collect())
 }
 
-/// Writes each status of `desired` that differs from what `written` holds, and forgets
-/// the objects that are gone.
+/// Writes each status of `desired` that differs from what `written` holds once it has
+/// settled, and forgets the objects that are gone.
 async fn sync_status<K, S>(
     client: &Client,
     written: &mut HashMap<Key, S>,
+    settling: &mut Settling<S>,
     desired: BTreeMap<Key, S>,
+    now: Instant,
 ) -> kube::Result<()>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -196,6 +249,7 @@ where
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut failed = Ok(());
     written.retain(|key, _| desired.contains_key(key));
+    settling.retain(|key| desired.contains_key(key));
     for (key, mut want) in desired {
         if let Some(current) = written.get_mut(&key) {
             let carried = carry_transition_times(
@@ -204,9 +258,15 @@ where
             );
             *want.conditions_mut() = carried;
             if *current == want {
+                settling.settled(&key);
                 continue;
             }
         }
+        if !settling.ready(&key, &mut want, now) {
+            continue;
+        }
+        // Written or failed: either way a later round starts afresh.
+        settling.settled(&key);
         let body = json!({
             "apiVersion": K::api_version(&()),
             "kind": K::kind(&()),
@@ -254,6 +314,8 @@ impl Publisher {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut failed = None;
         let keep: std::collections::BTreeSet<Key> = desired.keys().cloned().collect();
+        let now = Instant::now();
+        self.settling.workloads.retain(|key| keep.contains(key));
         for (key, mut want) in desired {
             let api = Api::<MeshStatus>::namespaced(self.client.clone(), &key.namespace);
             let current = self.written.get(&key);
@@ -261,9 +323,14 @@ impl Publisher {
                 want.state.conditions =
                     carry_transition_times(&state.conditions, want.state.conditions);
                 if *state == want.state {
+                    self.settling.workloads.settled(&key);
                     continue;
                 }
             }
+            if !self.settling.workloads.ready(&key, &mut want.state, now) {
+                continue;
+            }
+            self.settling.workloads.settled(&key);
             if current.is_none() {
                 let Some(owner) = self.owner(&key, &want).await? else {
                     continue;
