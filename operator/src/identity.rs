@@ -14,6 +14,7 @@
 
 pub mod anchors;
 pub mod authority;
+pub mod bundle;
 pub mod ca;
 pub mod certify;
 pub mod controller;

@@ -77,6 +77,9 @@ pub enum SkipReason {
     ExcludedNamespace,
     /// An annotation the proxy could not run with.
     InvalidAnnotation,
+    /// The namespace holds a `weft-trust-bundle` ConfigMap Weft does not own, so the
+    /// proxy could not get Weft's trust bundle.
+    TrustBundleNotWefts,
 }
 
 impl SkipReason {
@@ -87,6 +90,7 @@ impl SkipReason {
             Self::HostNetwork => "HostNetwork",
             Self::ExcludedNamespace => "ExcludedNamespace",
             Self::InvalidAnnotation => "InvalidAnnotation",
+            Self::TrustBundleNotWefts => "TrustBundleNotWefts",
         }
     }
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::{
     Api,
     core::PartialObjectMeta,
@@ -92,11 +92,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         index.clone(),
         wait_for(shutdown_rx.clone()),
     ));
-    let meshed_namespaces: identity::controller::MeshedNamespaces = {
+    let meshed_namespaces: identity::bundle::MeshedNamespaces = {
         let (namespaces, index) = (namespaces.clone(), index.clone());
         Arc::new(move || {
+            let namespaces = namespaces.state();
             let mut meshed: std::collections::BTreeSet<String> = namespaces
-                .state()
                 .iter()
                 .filter(|ns| {
                     ns.metadata
@@ -110,9 +110,35 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             if let Ok(index) = index.lock() {
                 meshed.extend(index.namespaces_with_meshed_pods());
             }
+            for ns in namespaces.iter() {
+                if ns.metadata.deletion_timestamp.is_some()
+                    && let Some(name) = &ns.metadata.name
+                {
+                    meshed.remove(name);
+                }
+            }
             meshed
         })
     };
+    // Every replica caches the trust-bundle ConfigMaps (the injector reads them); the
+    // Lease holder publishes.
+    let (bundle_maps, bundle_writer) = reflector::store::<ConfigMap>();
+    tokio::spawn(until(
+        wait_for(shutdown_rx.clone()),
+        reflector(
+            bundle_writer,
+            watcher(
+                Api::<ConfigMap>::all(client.clone()),
+                watcher::Config::default().fields(&format!(
+                    "metadata.name={}",
+                    identity::bundle::BUNDLE_CONFIG_MAP
+                )),
+            ),
+        )
+        .default_backoff()
+        .for_each(|_| std::future::ready(())),
+    ));
+    let bundles = identity::bundle::Bundles::new(bundle_maps);
     // Status that replicas would fight over, and CA generation and rotation, are done
     // by the Lease holder only.
     let (leader_tx, leader_rx) = watch::channel(false);
@@ -125,10 +151,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             reporter(&args.pod_name),
             authority_tx,
             leader_rx.clone(),
-            meshed_namespaces,
         )
         .run(wait_for(shutdown_rx.clone())),
     );
+    tokio::spawn(identity::bundle::run(
+        client.clone(),
+        bundles.clone(),
+        meshed_namespaces,
+        authority_rx.clone(),
+        leader_rx.clone(),
+        kube::runtime::events::Recorder::new(client.clone(), reporter(&args.pod_name)),
+        wait_for(shutdown_rx.clone()),
+    ));
     let certify = identity::certify::Certify::new(
         authority_rx.clone(),
         identity::certify::KubeTokenReviewer::new(client.clone()),
@@ -199,7 +233,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             client.clone(),
             kube::runtime::events::Recorder::new(client.clone(), reporter(&args.pod_name)),
         )),
-    );
+    )
+    .with_bundles(bundles);
     let (_, webhook) = webhook::serve(
         args.webhook_addr,
         authority_rx.clone(),

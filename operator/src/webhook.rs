@@ -50,8 +50,8 @@ use tokio_rustls::TlsAcceptor;
 use weft_api::{ACTIVE_MESH_NAME, Mesh};
 
 use crate::{
-    identity::CurrentAuthority,
-    inject::{Decision, Settings, decide},
+    identity::{CurrentAuthority, bundle::Bundles},
+    inject::{Decision, Settings, SkipReason, decide},
     metrics::Metrics,
     serving::{ServingCert, ServingIdentity, keep_issued},
 };
@@ -76,6 +76,9 @@ pub struct Injector {
     settings: Settings,
     metrics: Arc<Metrics>,
     events: Option<mpsc::Sender<Note>>,
+    /// The trust-bundle ConfigMaps: a namespace whose bundle Weft cannot publish gets
+    /// no proxies.
+    bundles: Option<Bundles>,
 }
 
 impl std::fmt::Debug for Injector {
@@ -120,7 +123,15 @@ impl Injector {
             settings,
             metrics,
             events,
+            bundles: None,
         }
+    }
+
+    /// The injector, leaving pods unmeshed in namespaces where `bundles` says Weft
+    /// cannot publish the trust bundle.
+    pub fn with_bundles(mut self, bundles: Bundles) -> Self {
+        self.bundles = Some(bundles);
+        self
     }
 
     /// Answers one request to the webhook.
@@ -211,13 +222,23 @@ impl Injector {
             return allow;
         };
         let ns_annotations = self.namespace_annotations(&namespace).await;
-        let decision = decide(
+        let decision = match decide(
             &pod,
             &namespace,
             &ns_annotations,
             &mesh.spec,
             &self.settings,
-        );
+        ) {
+            Decision::Inject { .. }
+                if let Some(message) = self.bundles.as_ref().and_then(|b| b.blocked(&namespace)) =>
+            {
+                Decision::Skip {
+                    reason: SkipReason::TrustBundleNotWefts,
+                    message,
+                }
+            }
+            decision => decision,
+        };
         let owner = regarding(&pod, &namespace);
         let dry_run = request.dry_run;
         match decision {

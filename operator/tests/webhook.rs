@@ -157,6 +157,28 @@ async fn conflicting_annotations_leave_the_pod_unmeshed_with_a_warning() {
 }
 
 #[tokio::test]
+async fn a_namespace_holding_a_bundle_weft_does_not_own_gets_no_proxies() {
+    let hook = webhook().await;
+    let mut client = Client::connect(hook.addr, &hook.bundle).await;
+    let body = serde_json::to_vec(&review("Pod", "tenant", deployment_pod())).unwrap();
+    let (status, answer) = client.post("/inject", body).await;
+    assert_eq!(status, 200);
+    let response = answer_of(&answer);
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none(), "{response}");
+    let warning = response["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("ConfigMap tenant/weft-trust-bundle is not Weft's"),
+        "{warning}"
+    );
+    let text = hook.metrics.encode();
+    assert!(
+        text.contains("weft_operator_injector_skipped_total{reason=\"TrustBundleNotWefts\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn a_body_that_never_comes_gets_400_instead_of_hanging() {
     let hook = webhook().await;
     let mut conn = tls(hook.addr, &hook.bundle).await;

@@ -359,6 +359,21 @@ pub struct MeshState {
     /// Proxies connected to the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_proxies: Option<i64>,
+
+    /// Where the trust bundle is published (the `TrustBundlePublished` condition names
+    /// the namespaces that lack it, and why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle: Option<TrustBundleSummary>,
+}
+
+/// How many meshed namespaces hold the current trust bundle.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustBundleSummary {
+    /// The namespaces the bundle must be in.
+    pub namespaces: i64,
+    /// Those that hold the current bundle.
+    pub current: i64,
 }
 
 /// What status shows of a certificate: never the key, only what identifies it.

@@ -5,9 +5,8 @@
 //!   `weft-trust-anchor` the operator generates in its namespace (mode `Generated`).
 //! - The issuer lives in the Secret `weft-issuer`, re-issued when missing, unreadable,
 //!   no longer signed by the anchor, or in the last third of its life.
-//! - The trust bundle is the ConfigMap `weft-trust-bundle` (key `ca-bundle.pem`) in
-//!   every namespace annotated `weft.dev/inject=enabled` or holding a pod labelled
-//!   `weft.dev/injected=true`, which proxies mount.
+//! - The trust bundle it makes is published to the meshed namespaces by
+//!   [`super::bundle`].
 //! - The Mesh's status gets `trustAnchors`, `issuer` and `IdentityReady`, written with
 //!   its own field manager.
 //!
@@ -21,22 +20,19 @@
 //! Why a loop every [`INTERVAL`] and not kube-runtime's `Controller`: the work is
 //! driven by time more than by objects. Anchor rotation steps, the issuer's renewal in
 //! the last third of its life and an anchor's approaching expiry come due with no
-//! object changing; the one object reconciled is a singleton (the active Mesh), while
-//! what it keeps is spread over the Secrets of one namespace and a ConfigMap in every
-//! meshed namespace, whose set comes from the operator's own caches rather than from
-//! a watch a `Controller` could map back to the Mesh. A `Controller` would still need
+//! object changing; the one object reconciled is a singleton (the active Mesh), and
+//! what it keeps is the Secrets of one namespace. A `Controller` would still need
 //! a requeue of the same period for the clock, so it would add watches and a queue
 //! without removing the timer; the one event that cannot wait for the next tick,
 //! gaining the Lease, already wakes the loop.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::Duration,
 };
 
 use k8s_openapi::{
-    api::core::v1::{ConfigMap, Secret},
+    api::core::v1::Secret,
     jiff::Timestamp,
 };
 use kube::{
@@ -61,9 +57,7 @@ use super::{
 
 /// The field manager of the identity controller's writes.
 const FIELD_MANAGER: &str = "weft-operator/identity";
-/// The ConfigMap holding the trust bundle in meshed namespaces, and its key.
-pub const BUNDLE_CONFIG_MAP: &str = "weft-trust-bundle";
-pub const BUNDLE_KEY: &str = "ca-bundle.pem";
+pub use super::bundle::{BUNDLE_CONFIG_MAP, BUNDLE_KEY};
 /// How often the controller re-checks everything.
 const INTERVAL: Duration = Duration::from_secs(10);
 
@@ -79,16 +73,8 @@ pub struct IdentityController {
     /// renews CA material and writes identity status; every replica reads the CA
     /// Secrets and signs with them.
     leader: watch::Receiver<bool>,
-    /// Where the bundle must be.
-    meshed_namespaces: MeshedNamespaces,
-    /// The bundle last published to each namespace.
-    published: BTreeMap<String, String>,
 }
 
-/// The namespaces the trust bundle must be published in: those annotated
-/// `weft.dev/inject=enabled`, and those holding a pod labelled `weft.dev/injected=true`
-/// (meshed by its own annotation). The operator answers from its watch caches.
-pub type MeshedNamespaces = Arc<dyn Fn() -> BTreeSet<String> + Send + Sync>;
 
 impl std::fmt::Debug for IdentityController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,17 +92,14 @@ impl IdentityController {
         reporter: Reporter,
         authority: watch::Sender<Option<Arc<Authority>>>,
         leader: watch::Receiver<bool>,
-        meshed_namespaces: MeshedNamespaces,
     ) -> Self {
         Self {
             leader,
-            meshed_namespaces,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             namespace: namespace.to_string(),
             propagation,
             authority,
-            published: BTreeMap::new(),
         }
     }
 
@@ -145,19 +128,10 @@ impl IdentityController {
                 return;
             }
         };
-        let result = self.ensure_authority(&mesh).await;
-        let verdict = match result {
-            Ok((authority, health)) => {
-                if let Err(error) = self.publish_bundle(authority.bundle_pem()).await {
-                    tracing::warn!(%error, "cannot publish the trust bundle");
-                }
-                Ok((authority, health))
-            }
-            Err(error) => {
-                tracing::warn!(%error, "identity is not ready");
-                Err(error)
-            }
-        };
+        let verdict = self.ensure_authority(&mesh).await;
+        if let Err(error) = &verdict {
+            tracing::warn!(%error, "identity is not ready");
+        }
         if self.leading()
             && let Err(error) = self.write_status(&mesh, verdict).await
         {
@@ -426,35 +400,6 @@ impl IdentityController {
             .await?;
         tracing::info!(fingerprint = %issuer.fingerprint(), not_after = %issuer.not_after(), "issued a new issuer");
         Ok(issuer)
-    }
-
-    async fn publish_bundle(&mut self, bundle: &str) -> Result<(), kube::Error> {
-        let meshed = (self.meshed_namespaces)();
-        self.published.retain(|ns, _| meshed.contains(ns));
-        for ns in meshed {
-            if self.published.get(&ns).is_some_and(|b| b == bundle) {
-                continue;
-            }
-            let config_map = json!({
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {
-                    "name": BUNDLE_CONFIG_MAP,
-                    "labels": {"app.kubernetes.io/part-of": "weft"},
-                },
-                "data": {BUNDLE_KEY: bundle},
-            });
-            Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
-                .patch(
-                    BUNDLE_CONFIG_MAP,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&config_map),
-                )
-                .await?;
-            tracing::info!(namespace = %ns, "trust bundle published");
-            self.published.insert(ns, bundle.to_string());
-        }
-        Ok(())
     }
 
     async fn write_status(

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::{
     core::PartialObjectMeta,
     runtime::{reflector, watcher},
@@ -15,8 +15,10 @@ use weft_api::Mesh;
 
 use crate::{inject::Settings, metrics::Metrics, serving::ServingIdentity};
 
-/// A webhook on a free loopback port, with a fresh authority, the Mesh `default` and
-/// the namespace `shop` annotated `weft.dev/inject=enabled`. It stops when dropped.
+/// A webhook on a free loopback port, with a fresh authority, the Mesh `default`, the
+/// namespace `shop` annotated `weft.dev/inject=enabled`, and `tenant`, annotated too
+/// but holding a `weft-trust-bundle` ConfigMap that is not Weft's. It stops when
+/// dropped.
 #[derive(Debug)]
 pub struct TestWebhook {
     pub addr: SocketAddr,
@@ -49,6 +51,22 @@ pub async fn webhook() -> TestWebhook {
     }))
     .expect("a namespace");
     ns_writer.apply_watcher_event(&watcher::Event::Apply(shop));
+    let tenant: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "tenant", "annotations": {"weft.dev/inject": "enabled"}},
+    }))
+    .expect("a namespace");
+    ns_writer.apply_watcher_event(&watcher::Event::Apply(tenant));
+    let (bundles, mut bundle_writer) = reflector::store::<ConfigMap>();
+    let foreign: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "weft-trust-bundle", "namespace": "tenant"},
+        "data": {"ca-bundle.pem": "the tenant's own"},
+    }))
+    .expect("a ConfigMap");
+    bundle_writer.apply_watcher_event(&watcher::Event::Apply(foreign));
 
     let metrics = Arc::new(Metrics::new());
     let settings = Settings {
@@ -57,7 +75,8 @@ pub async fn webhook() -> TestWebhook {
         operator_namespace: "weft-system".into(),
         native_sidecars_supported: true,
     };
-    let injector = super::Injector::new(meshes, namespaces, settings, metrics.clone(), None);
+    let injector = super::Injector::new(meshes, namespaces, settings, metrics.clone(), None)
+        .with_bundles(crate::identity::bundle::Bundles::new(bundles));
     let serving = ServingIdentity {
         namespace: "weft-system".into(),
         service_account: "weft-operator".into(),
