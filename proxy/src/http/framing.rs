@@ -8,10 +8,25 @@
 //! its request, so the caller decides it ([`response_body`]) and hands it back.
 //!
 //! It is pure and total: any input gives a [`Step`] or an [`Error`], never a panic,
-//! and bytes may arrive split anywhere. Requests are held to the rules that keep a
-//! proxy and an application from reading one stream two ways: a
-//! `transfer-encoding` whose last coding is not `chunked`, one together with a
-//! `content-length`, or conflicting lengths are refused (400).
+//! and bytes may arrive split anywhere. It reads strictly (RFC 9112), so that the
+//! proxy and the application never read one stream two ways:
+//! - a request with a `transfer-encoding` whose last coding is not `chunked`, with
+//!   one on HTTP/1.0 (which has none), with one together with a `content-length`, or
+//!   with an invalid or conflicting `content-length`, is refused ([`Error::Length`],
+//!   answered 400);
+//! - a response with a `transfer-encoding` reads it, whatever `content-length` it
+//!   also has: chunked if that is its last coding, else until the connection ends.
+//!   One that has both is suspect (a response split in two by whoever reads its
+//!   length), so its connection closes after it ([`ResponseHead::close`]) rather
+//!   than carry another;
+//! - a response with an invalid or conflicting `content-length` and no
+//!   `transfer-encoding`, or with a `transfer-encoding` on HTTP/1.0, cannot be framed
+//!   at all: an [`Error::Length`], which the relay answers 502 in its place;
+//! - field values are trimmed of HTTP's whitespace only (space and tab): a coding or
+//!   a length with any other byte around it is not that coding or length;
+//! - a chunk-size line is hex digits, optional spaces and tabs, then its end or `;`
+//!   and extensions (skipped, not interpreted); anything else in it is an
+//!   [`Error::Chunked`].
 
 /// The most bytes a message head may have.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -55,6 +70,9 @@ pub struct ResponseHead {
     pub status: u16,
     /// The framing its headers give, before what its request says ([`response_body`]).
     pub framing: Body,
+    /// Its framing is suspect (a `transfer-encoding` with a `content-length`): the
+    /// connection must close once it has ended, not carry another message.
+    pub close: bool,
 }
 
 /// How a message's body is delimited.
@@ -91,13 +109,11 @@ enum State {
 /// Where a chunked body's reader is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
-    /// In a chunk-size line: the size so far, its digits, the line's length, and
-    /// whether the size has ended (extensions or whitespace follow).
+    /// In a chunk-size line: the size so far, the line's length, and where in it.
     Size {
         size: u64,
-        digits: u32,
         line: usize,
-        ended: bool,
+        at: SizeLine,
     },
     /// The size line's CR was read.
     SizeLf {
@@ -117,11 +133,21 @@ enum Chunk {
     },
 }
 
+/// Where in a chunk-size line (`1a ;name=value`) a reader is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SizeLine {
+    /// In the size, after so many hex digits.
+    Digits(u32),
+    /// In spaces or tabs after it.
+    Space,
+    /// In its extensions, after a `;`.
+    Extension,
+}
+
 const CHUNK_START: Chunk = Chunk::Size {
     size: 0,
-    digits: 0,
     line: 0,
-    ended: false,
+    at: SizeLine::Digits(0),
 };
 
 /// One direction's reader: requests (`Reader<RequestHead>`) or responses.
@@ -240,48 +266,7 @@ fn chunked(mut chunk: Chunk, bytes: &[u8]) -> Result<(usize, Option<Chunk>), Err
         let byte = bytes[i];
         i += 1;
         chunk = match chunk {
-            Chunk::Size {
-                size,
-                digits,
-                line,
-                ended,
-            } => {
-                let line = line + 1;
-                if line > MAX_CHUNK_LINE {
-                    return Err(Error::Chunked);
-                }
-                match (byte, ended) {
-                    (b'\r', _) if digits > 0 => Chunk::SizeLf { size },
-                    (b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F', false) => {
-                        if digits >= 16 {
-                            return Err(Error::Chunked);
-                        }
-                        let digit = u64::from(char::from(byte).to_digit(16).unwrap_or(0));
-                        Chunk::Size {
-                            size: size << 4 | digit,
-                            digits: digits + 1,
-                            line,
-                            ended,
-                        }
-                    }
-                    // Extensions (`;name=value`) and whitespace after the size are
-                    // skipped, not interpreted.
-                    (b';' | b' ' | b'\t', _) if digits > 0 => Chunk::Size {
-                        size,
-                        digits,
-                        line,
-                        ended: true,
-                    },
-                    (b'\n', _) => return Err(Error::Chunked),
-                    (_, true) if byte >= 0x20 || byte == b'\t' => Chunk::Size {
-                        size,
-                        digits,
-                        line,
-                        ended,
-                    },
-                    _ => return Err(Error::Chunked),
-                }
-            }
+            Chunk::Size { size, line, at } => size_line(size, line + 1, at, byte)?,
             Chunk::SizeLf { size } if byte == b'\n' => {
                 if size == 0 {
                     Chunk::Trailer { line: 0, total: 0 }
@@ -313,6 +298,32 @@ fn chunked(mut chunk: Chunk, bytes: &[u8]) -> Result<(usize, Option<Chunk>), Err
     Ok((i, Some(chunk)))
 }
 
+/// Where a chunk-size line is after `byte`, its `line`th, from `size` read so far and
+/// `at`.
+fn size_line(size: u64, line: usize, at: SizeLine, byte: u8) -> Result<Chunk, Error> {
+    if line > MAX_CHUNK_LINE {
+        return Err(Error::Chunked);
+    }
+    let (size, at) = match (at, byte) {
+        // At most 16 digits: any size fits.
+        (SizeLine::Digits(digits @ ..16), b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+            let digit = u64::from(char::from(byte).to_digit(16).unwrap_or(0));
+            (size << 4 | digit, SizeLine::Digits(digits + 1))
+        }
+        // After at least one digit: the line's end, blanks, or extensions.
+        (SizeLine::Digits(1..) | SizeLine::Space | SizeLine::Extension, b'\r') => {
+            return Ok(Chunk::SizeLf { size });
+        }
+        (SizeLine::Digits(1..) | SizeLine::Space, b' ' | b'\t') => (size, SizeLine::Space),
+        (SizeLine::Digits(1..) | SizeLine::Space, b';') => (size, SizeLine::Extension),
+        // An extension's text (tokens, `=`, quoted strings) is skipped, not
+        // interpreted; a control byte is no part of one.
+        (SizeLine::Extension, b'\t' | b' '..=b'~' | 0x80..=0xff) => (size, SizeLine::Extension),
+        _ => return Err(Error::Chunked),
+    };
+    Ok(Chunk::Size { size, line, at })
+}
+
 /// A message head that [`Reader`] can parse.
 pub trait ParseHead: Sized {
     /// The head `bytes` begin with and its length, `None` if it is not whole yet.
@@ -328,9 +339,13 @@ impl ParseHead for RequestHead {
         };
         let method = request.method.unwrap_or_default();
         let headers = request.headers;
-        let body = match body_of(headers)? {
-            Some(body) => body,
-            None => Body::Length(0),
+        let fields = Fields::of(headers);
+        let body = match (fields.chunked, fields.length?) {
+            // HTTP/1.0 has no transfer codings: an application may not read one.
+            (Some(_), _) if request.version == Some(0) => return Err(Error::Length),
+            (Some(true), None) => Body::Chunked,
+            (Some(_), _) => return Err(Error::Length),
+            (None, length) => Body::Length(length.unwrap_or(0)),
         };
         Ok(Some((
             len,
@@ -354,13 +369,31 @@ impl ParseHead for ResponseHead {
             return Ok(None);
         };
         let status = response.code.unwrap_or_default();
-        let framing = match body_of(response.headers) {
-            Ok(Some(body)) => body,
-            // Without a length, or with a coding other than chunked last, a response
-            // ends with the connection.
-            Ok(None) | Err(_) => Body::UntilClose,
+        let fields = Fields::of(response.headers);
+        let (framing, close) = match (fields.chunked, fields.length) {
+            (Some(_), _) if response.version == Some(0) => return Err(Error::Length),
+            // A transfer-encoding overrides any content-length (RFC 9112 §6.3); the
+            // two together close the connection after the response.
+            (Some(chunked), length) => {
+                let framing = if chunked {
+                    Body::Chunked
+                } else {
+                    Body::UntilClose
+                };
+                (framing, length != Ok(None))
+            }
+            (None, Ok(Some(n))) => (Body::Length(n), false),
+            (None, Ok(None)) => (Body::UntilClose, false),
+            (None, Err(error)) => return Err(error),
         };
-        Ok(Some((len, Self { status, framing })))
+        Ok(Some((
+            len,
+            Self {
+                status,
+                framing,
+                close,
+            },
+        )))
     }
 }
 
@@ -391,39 +424,76 @@ fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// The body framing `headers` give: `None` without `transfer-encoding` or
-/// `content-length`; an error for an ambiguous or invalid one.
-fn body_of(headers: &[httparse::Header<'_>]) -> Result<Option<Body>, Error> {
-    let mut chunked = None;
-    let mut length: Option<u64> = None;
-    for header in headers {
-        if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            let value = std::str::from_utf8(header.value).map_err(|_| Error::Length)?;
-            // Only the last coding matters; it must be chunked to delimit the body.
-            if let Some(last) = value.rsplit(',').map(str::trim).find(|c| !c.is_empty()) {
-                chunked = Some(last.eq_ignore_ascii_case("chunked"));
-            }
-        } else if header.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value).map_err(|_| Error::Length)?;
-            for part in value.split(',') {
-                let part = part.trim();
-                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(Error::Length);
-                }
-                let n: u64 = part.parse().map_err(|_| Error::Length)?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Error::Length);
-                }
-                length = Some(n);
+/// What a head's framing fields say.
+struct Fields {
+    /// With a `transfer-encoding`: whether its last coding is `chunked`.
+    chunked: Option<bool>,
+    /// The `content-length`, if any; an error if it is invalid or conflicting.
+    length: Result<Option<u64>, Error>,
+}
+
+impl Fields {
+    fn of(headers: &[httparse::Header<'_>]) -> Self {
+        let mut fields = Self {
+            chunked: None,
+            length: Ok(None),
+        };
+        for header in headers {
+            if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                // Only the last coding matters; it must be chunked to delimit the
+                // body. Empty list elements are no codings: a field of nothing else
+                // leaves the last one as it was, or, alone, makes one that is not
+                // chunked.
+                let last = header
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .map(trim)
+                    .find(|c| !c.is_empty());
+                fields.chunked = Some(match last {
+                    Some(coding) => coding.eq_ignore_ascii_case(b"chunked"),
+                    None => fields.chunked.unwrap_or(false),
+                });
+            } else if header.name.eq_ignore_ascii_case("content-length") {
+                fields.length = fields.length.and_then(|length| {
+                    // The same length repeated is one length.
+                    header
+                        .value
+                        .split(|&b| b == b',')
+                        .try_fold(length, |length, part| {
+                            let n = decimal(trim(part)).ok_or(Error::Length)?;
+                            match length {
+                                Some(l) if l != n => Err(Error::Length),
+                                _ => Ok(Some(n)),
+                            }
+                        })
+                });
             }
         }
+        fields
     }
-    match (chunked, length) {
-        (Some(_), Some(_)) | (Some(false), None) => Err(Error::Length),
-        (Some(true), None) => Ok(Some(Body::Chunked)),
-        (None, Some(n)) => Ok(Some(Body::Length(n))),
-        (None, None) => Ok(None),
+}
+
+/// `value` without the spaces and tabs around it (HTTP's whitespace, and no other).
+fn trim(value: &[u8]) -> &[u8] {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !blank(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// The number `digits` spell in decimal: `None` if they are not all digits, none, or
+/// more than a `u64`.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
     }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = char::from(b).to_digit(10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// What follows a response head, given its request.

@@ -18,6 +18,9 @@
 //!   ambiguous is answered 400 (431 when too large), counted in
 //!   `http_client_errors_total`, and its connection closed — it never reaches the
 //!   application, so the proxy and the application never read one stream two ways;
+//! - a response whose framing is suspect (both a `transfer-encoding` and a
+//!   `content-length`) closes both connections once it has been passed on, and one
+//!   that cannot be framed at all is answered 502 in its place;
 //! - a 101 to an upgrade, or a 2xx to a CONNECT, makes the connection a tunnel;
 //! - the application closing an idle connection does not close the client's: the
 //!   next request opens a new one. Closing it with a request unanswered answers 502;
@@ -69,6 +72,7 @@ pub async fn serve<C>(
         pending: VecDeque::new(),
         paused: false,
         tunnel: false,
+        closing: false,
         draining: false,
         stopping: Box::pin(stopping(shutdown)),
         counters: metrics.http_counters(labels),
@@ -238,6 +242,8 @@ struct Relay<C> {
     paused: bool,
     /// Both directions are relayed as they come, unread.
     tunnel: bool,
+    /// The response being passed on is the connection's last ([`ResponseHead::close`]).
+    closing: bool,
     draining: bool,
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
     counters: HttpCounters,
@@ -457,6 +463,14 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
                 Poll::Ready(Err(_)) => return Poll::Ready(End::Abort),
                 Poll::Pending => return Poll::Pending,
             }
+            if self.closing && half.reader.at_boundary() {
+                // Whatever the application sent after it is never read.
+                return match Pin::new(&mut self.client).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(End::Close),
+                    Poll::Ready(Err(_)) => Poll::Ready(End::Abort),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
             if !half.unread().is_empty() {
                 match half.step() {
                     Ok(Step::Head { len, head }) => {
@@ -475,6 +489,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
                                 self.counters.response(&self.metrics, head.status, failed);
                                 half.reader.body(body);
                                 self.paused = false;
+                                self.closing = head.close;
                             }
                             Next::Tunnel => {
                                 self.counters.latency(started.elapsed());
@@ -491,6 +506,12 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
                         continue;
                     }
                     Ok(Step::More) => {}
+                    Err(framing::Error::Length) if !self.pending.is_empty() => {
+                        // A response that cannot be framed is not passed on (RFC 9112
+                        // §6.3): nothing of it was.
+                        tracing::debug!("the application's response has an invalid length");
+                        return Poll::Ready(End::Reply(502));
+                    }
                     Err(error) => {
                         // The application does not speak HTTP/1 here: its bytes are
                         // still its client's, passed on unread.
@@ -547,3 +568,6 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
         Poll::Ready(End::AppClosed)
     }
 }
+
+#[cfg(test)]
+mod tests;

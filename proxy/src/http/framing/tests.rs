@@ -47,6 +47,24 @@ fn requests(bytes: &[u8], chunk: usize) -> Result<Vec<String>, Error> {
     })
 }
 
+fn responses(bytes: &[u8], chunk: usize) -> Result<Vec<String>, Error> {
+    read_all(&mut Reader::<ResponseHead>::default(), bytes, chunk, |h| {
+        h.framing
+    })
+}
+
+/// The same as `read` fed whole, whatever the pieces `bytes` arrive in.
+fn split_anywhere(
+    read: fn(&[u8], usize) -> Result<Vec<String>, Error>,
+    bytes: &[u8],
+) -> Result<Vec<String>, Error> {
+    let whole = read(bytes, bytes.len());
+    for chunk in [1, 2, 3, 7] {
+        assert_eq!(read(bytes, chunk), whole, "split by {chunk}: {bytes:?}");
+    }
+    whole
+}
+
 #[test]
 fn requests_are_framed_by_length_chunks_or_nothing_however_the_bytes_are_split() {
     let stream = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n\
@@ -73,6 +91,8 @@ fn ambiguous_or_invalid_lengths_are_refused() {
         "POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
         "POST / HTTP/1.1\r\ncontent-length: -5\r\n\r\n",
         "POST / HTTP/1.1\r\ncontent-length: 99999999999999999999999\r\n\r\n",
+        // A transfer-encoding with no coding has no chunked last.
+        "POST / HTTP/1.1\r\ntransfer-encoding: , \t,\r\n\r\n",
     ] {
         assert_eq!(requests(head.as_bytes(), 1), Err(Error::Length), "{head}");
     }
@@ -122,7 +142,11 @@ fn a_response_body_depends_on_its_request() {
         upgrade: false,
         body: Body::Length(0),
     };
-    let response = |status, framing| ResponseHead { status, framing };
+    let response = |status, framing| ResponseHead {
+        status,
+        framing,
+        close: false,
+    };
     let sized = Body::Length(10);
     assert_eq!(
         response_body(&get, &response(200, sized)),
@@ -187,4 +211,152 @@ fn noise_never_panics() {
             h.framing
         });
     }
+}
+
+#[test]
+fn a_transfer_encoding_on_an_http10_request_is_refused() {
+    for head in [
+        "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "POST / HTTP/1.0\r\ntransfer-encoding: gzip\r\n\r\n",
+        "POST / HTTP/1.0\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\nhello",
+    ] {
+        assert_eq!(
+            split_anywhere(requests, head.as_bytes()),
+            Err(Error::Length),
+            "{head}"
+        );
+    }
+    // HTTP/1.0 framed by its length is read as ever.
+    let sized = b"POST / HTTP/1.0\r\ncontent-length: 5\r\n\r\nhello";
+    assert_eq!(split_anywhere(requests, sized).unwrap()[1], "end 5");
+}
+
+#[test]
+fn field_values_are_trimmed_of_spaces_and_tabs_only() {
+    // Blanks around codings and lengths are no part of them.
+    let blanks = b"POST / HTTP/1.1\r\ntransfer-encoding: \tgzip ,\t chunked \t\r\n\r\n\
+        2\r\nok\r\n0\r\n\r\n\
+        POST / HTTP/1.1\r\ncontent-length: \t2 , 2\t\r\n\r\nok";
+    let read = split_anywhere(requests, blanks).unwrap();
+    assert_eq!((read[1].as_str(), read[3].as_str()), ("end 12", "end 2"));
+    // Any other whitespace (here U+00A0 and U+0085, which `str::trim` would take
+    // off) makes another coding, or no length.
+    for field in [
+        "transfer-encoding: chunked\u{a0}",
+        "transfer-encoding: \u{85}chunked",
+        "content-length: 2\u{a0}",
+    ] {
+        let request = format!("POST / HTTP/1.1\r\n{field}\r\n\r\n2\r\nok\r\n0\r\n\r\n");
+        assert_eq!(
+            split_anywhere(requests, request.as_bytes()),
+            Err(Error::Length),
+            "{field:?}"
+        );
+    }
+    // ASCII controls do not even make a field.
+    let formfeed = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\x0c\r\n\r\n0\r\n\r\n";
+    assert_eq!(split_anywhere(requests, formfeed), Err(Error::Head));
+    // A response's coding that is not quite chunked leaves it to end with the
+    // connection.
+    let response = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\u{a0}\r\n\r\n0\r\n\r\n";
+    let read = split_anywhere(responses, response.as_bytes()).unwrap();
+    assert!(read[0].contains("framing: UntilClose"), "{read:?}");
+}
+
+#[test]
+fn a_chunk_size_is_hex_digits_then_blanks_then_its_end_or_extensions() {
+    let sizes = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n\
+        5 \t\r\nhello\r\n\
+        5\t ;a=b ; c=\"d e\"\t\xff\r\nhello\r\n\
+        5;\r\nhello\r\n\
+        0 ;last\r\n\r\n";
+    assert_eq!(split_anywhere(requests, sizes).unwrap()[1], "end 62");
+    for line in [
+        "5 x\r\n",
+        "5 6\r\n",
+        "5garbage\r\n",
+        "5\t\t0\r\n",
+        " 5\r\n",
+        ";a\r\n",
+        "5 \n",
+        "5;a\x01b\r\n",
+        "5;a\x7f\r\n",
+        "5;a\nhello\r\n",
+    ] {
+        let request = format!(
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n{line}hello\r\n0\r\n\r\n"
+        );
+        assert_eq!(
+            split_anywhere(requests, request.as_bytes()),
+            Err(Error::Chunked),
+            "{line:?}"
+        );
+    }
+}
+
+#[test]
+fn a_response_with_a_transfer_encoding_reads_it_and_closes_if_it_has_a_length_too() {
+    let body = "5\r\nhello\r\n0\r\n\r\n";
+    for (fields, framing, close) in [
+        ("transfer-encoding: chunked", "Chunked", false),
+        (
+            "content-length: 3\r\ntransfer-encoding: chunked",
+            "Chunked",
+            true,
+        ),
+        (
+            "transfer-encoding: chunked\r\ncontent-length: 3",
+            "Chunked",
+            true,
+        ),
+        // Overridden, the length need not even be valid.
+        (
+            "transfer-encoding: chunked\r\ncontent-length: x, 4",
+            "Chunked",
+            true,
+        ),
+        ("transfer-encoding: gzip", "UntilClose", false),
+        (
+            "transfer-encoding: chunked, gzip\r\ncontent-length: 3",
+            "UntilClose",
+            true,
+        ),
+    ] {
+        let response = format!("HTTP/1.1 200 OK\r\n{fields}\r\n\r\n{body}");
+        let read = split_anywhere(responses, response.as_bytes()).unwrap();
+        let head = format!("framing: {framing}, close: {close}");
+        assert!(read[0].contains(&head), "{fields:?}: {read:?}");
+        if framing == "Chunked" {
+            assert_eq!(read[1..], ["end 15"], "{fields:?}");
+        }
+    }
+}
+
+#[test]
+fn a_response_that_cannot_be_framed_is_an_error() {
+    for fields in [
+        "content-length: 3\r\ncontent-length: 4",
+        "content-length: 3, 4",
+        "content-length: -3",
+        "content-length: ",
+        "content-length: 3\u{a0}",
+        "content-length: 99999999999999999999999",
+    ] {
+        let response = format!("HTTP/1.1 200 OK\r\n{fields}\r\n\r\nabcd");
+        assert_eq!(
+            split_anywhere(responses, response.as_bytes()),
+            Err(Error::Length),
+            "{fields:?}"
+        );
+    }
+    let http10 = b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+    assert_eq!(split_anywhere(responses, http10), Err(Error::Length));
+    // One length, however many times it is given, frames it.
+    let same = b"HTTP/1.1 200 OK\r\ncontent-length: 4, 4\r\ncontent-length: 4\r\n\r\nabcd";
+    let read = split_anywhere(responses, same).unwrap();
+    assert!(
+        read[0].contains("framing: Length(4), close: false"),
+        "{read:?}"
+    );
+    assert_eq!(read[1], "end 4");
 }
