@@ -154,9 +154,11 @@ const CHUNK_START: Chunk = Chunk::Size {
 #[derive(Clone, Debug)]
 pub struct Reader<H> {
     state: State,
-    /// How far the current head's end was looked for: a head arriving in small
+    /// Where to go on looking for the current head's end: a head arriving in small
     /// pieces is scanned once, not once per piece.
     searched: usize,
+    /// A byte other than a blank line's came: the head has begun.
+    begun: bool,
     _head: std::marker::PhantomData<H>,
 }
 
@@ -165,6 +167,7 @@ impl<H: ParseHead> Default for Reader<H> {
         Self {
             state: State::Head,
             searched: 0,
+            begun: false,
             _head: std::marker::PhantomData,
         }
     }
@@ -195,24 +198,34 @@ impl<H: ParseHead> Reader<H> {
     pub fn step(&mut self, bytes: &[u8]) -> Result<Step<H>, Error> {
         match self.state {
             State::Head => {
-                let Some(end) = head_end(bytes, self.searched.saturating_sub(2)) else {
-                    self.searched = bytes.len();
-                    return if bytes.len() >= MAX_HEAD {
-                        Err(Error::HeadTooLarge)
-                    } else {
-                        Ok(Step::More)
+                if !self.begun {
+                    // Blank lines before a head are passed over (RFC 9112 §2.2, as
+                    // httparse does): its end is looked for after them.
+                    let from = self.searched.min(bytes.len());
+                    let Some(at) = bytes[from..]
+                        .iter()
+                        .position(|b| !matches!(b, b'\r' | b'\n'))
+                    else {
+                        self.searched = bytes.len();
+                        return too_large_or_more(bytes);
                     };
-                };
-                match H::parse(&bytes[..end])? {
-                    Some((len, head)) => {
-                        self.searched = 0;
-                        Ok(Step::Head { len, head })
-                    }
-                    // Not whole after all (a line end httparse reads otherwise).
-                    None if bytes.len() >= MAX_HEAD => Err(Error::HeadTooLarge),
-                    None => {
-                        self.searched = end;
-                        Ok(Step::More)
+                    self.searched = from + at;
+                    self.begun = true;
+                }
+                loop {
+                    let Some(end) = head_end(bytes, self.searched) else {
+                        // A line end may still complete one within the last two bytes.
+                        self.searched = self.searched.max(bytes.len().saturating_sub(2));
+                        return too_large_or_more(bytes);
+                    };
+                    match H::parse(&bytes[..end])? {
+                        Some((len, head)) => {
+                            (self.searched, self.begun) = (0, false);
+                            return Ok(Step::Head { len, head });
+                        }
+                        // Not whole after all (a line end httparse reads otherwise):
+                        // its end is further on.
+                        None => self.searched = end - 1,
                     }
                 }
             }
@@ -241,6 +254,15 @@ impl<H: ParseHead> Reader<H> {
                 Ok(Step::Body { len, end })
             }
         }
+    }
+}
+
+/// What a head's start without its end is: too large, or waiting for more.
+fn too_large_or_more<H>(bytes: &[u8]) -> Result<Step<H>, Error> {
+    if bytes.len() >= MAX_HEAD {
+        Err(Error::HeadTooLarge)
+    } else {
+        Ok(Step::More)
     }
 }
 

@@ -360,3 +360,15 @@ fn a_response_that_cannot_be_framed_is_an_error() {
     );
     assert_eq!(read[1], "end 4");
 }
+
+#[test]
+fn blank_lines_before_a_head_are_passed_over_however_the_bytes_are_split() {
+    for stream in [
+        &b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"[..],
+        b"\n\nGET / HTTP/1.1\r\n\r\n",
+        b"\r\n\n\r\n\nGET / HTTP/1.1\r\ncontent-length: 2\r\n\r\nok",
+    ] {
+        let read = split_anywhere(requests, stream).unwrap();
+        assert_eq!(read.len(), 2, "{stream:?}: {read:?}");
+    }
+}
