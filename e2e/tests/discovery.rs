@@ -65,12 +65,21 @@ fn web_pods(ns: &str) -> Vec<String> {
         .collect()
 }
 
-/// A proxy's `/config`, through the API server's pod proxy.
+/// A proxy's `/config`, read from inside its pod (it answers only on loopback).
 fn proxy_config(ns: &str, pod: &str) -> Value {
     let raw = kubectl_ok(&[
-        "get",
-        "--raw",
-        &format!("/api/v1/namespaces/{ns}/pods/{pod}:4191/proxy/config"),
+        "exec",
+        "-n",
+        ns,
+        pod,
+        "-c",
+        "app",
+        "--",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://127.0.0.1:4191/config",
     ]);
     serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{pod}'s /config is JSON: {e}: {raw}"))
 }

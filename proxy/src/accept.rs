@@ -9,7 +9,11 @@
 //! A connection made straight to a listener (not redirected) has itself as its
 //! original destination; forwarding it would loop, so it is closed at once.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -166,18 +170,24 @@ impl Forwarder {
         let listener = self.listener;
         tokio::spawn(async move {
             let in_flight = Arc::new(());
+            let mut backoff = Backoff::default();
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
                     _ = shutdown.wait_for(|stop| *stop) => break,
                 };
                 let (client, peer) = match accepted {
-                    Ok(accepted) => accepted,
+                    Ok(accepted) => {
+                        backoff.succeeded();
+                        accepted
+                    }
                     Err(error) => {
-                        // Out of file descriptors and the like: back off briefly.
                         let direction = context.direction;
-                        tracing::warn!(%error, ?direction, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let (wait, log) = backoff.failed(Instant::now());
+                        if let Some(suppressed) = log {
+                            tracing::warn!(%error, ?direction, suppressed, retry_in = ?wait, "accept failed");
+                        }
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                 };
@@ -306,5 +316,65 @@ mod tests {
             })
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+}
+
+/// Backs an accept loop off after failures — out of file descriptors (`EMFILE`,
+/// `ENFILE`) mostly, which persist until connections close — so that a full table is
+/// neither spun on nor logged thousands of times a second. The wait doubles from
+/// [`Backoff::FIRST`] to [`Backoff::LONGEST`] and starts over after an accept succeeds;
+/// a failure is logged at most every [`Backoff::LOG_EVERY`], with how many were not.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    wait: Duration,
+    logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(5);
+    pub const LONGEST: Duration = Duration::from_secs(1);
+    pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    pub fn succeeded(&mut self) {
+        self.wait = Duration::ZERO;
+    }
+
+    /// After a failed accept at `now`: how long to wait, and whether to log it (with
+    /// the failures not logged since the last time).
+    pub fn failed(&mut self, now: Instant) -> (Duration, Option<u64>) {
+        self.wait = (self.wait * 2).clamp(Self::FIRST, Self::LONGEST);
+        let log = match self.logged {
+            Some(at) if now.duration_since(at) < Self::LOG_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.logged = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        };
+        (self.wait, log)
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn failures_wait_longer_up_to_a_second_and_log_every_ten_seconds() {
+        let mut backoff = Backoff::default();
+        let t0 = Instant::now();
+        let waits: Vec<Duration> = (0..10).map(|_| backoff.failed(t0).0).collect();
+        assert_eq!(waits[0], Duration::from_millis(5));
+        assert_eq!(waits[1], Duration::from_millis(10));
+        assert_eq!(waits[9], Backoff::LONGEST);
+        // The first failure was logged; the nine after it in the same instant were not,
+        // and the next log says so.
+        assert_eq!(backoff.failed(t0 + Duration::from_secs(9)).1, None);
+        assert_eq!(backoff.failed(t0 + Backoff::LOG_EVERY).1, Some(10));
+        backoff.succeeded();
+        assert_eq!(backoff.failed(t0 + Backoff::LOG_EVERY).0, Backoff::FIRST);
     }
 }

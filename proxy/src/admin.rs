@@ -1,48 +1,76 @@
-//! The admin server (port 4191): `/live`, `/ready`, `/metrics`, `/config`.
+//! The admin server (port 4191): `/live`, `/ready`, `/metrics`, `/config`,
+//! `/shutdown`.
 //!
-//! It reads the proxy's [`State`] and its metrics, and writes nothing.
+//! It reads the proxy's [`State`] and its metrics. `/live`, `/ready` and `/metrics`
+//! answer anyone (the kubelet, Prometheus). `/config` (what the proxy was told: the
+//! pod's policies and destinations) and `POST /shutdown` (stop the proxy, for a Job
+//! whose work is done when the proxy is not a native sidecar) answer only a client on
+//! loopback — a process in the pod itself — and 403 anyone else: the admin port is
+//! not captured, so no policy stands in front of it.
 //!
 //! `/ready` answers 200 only once the proxy has both its identity (a workload
 //! certificate) and its configuration from the operator; until then 503 with what is
 //! missing, so a native sidecar's startup probe holds the application back.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
 
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::{body::Bytes, service::service_fn};
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 
 use crate::{
+    accept::Backoff,
     metrics::Metrics,
     state::{AppliedConfig, State},
 };
 
-/// Binds `addr` and serves until `shutdown` turns true.
+/// Binds `addr` and serves until `shutdown` turns true; `POST /shutdown` from loopback
+/// notifies `stop`.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     state: State,
+    stop: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     Ok(tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
+        let mut backoff = Backoff::default();
         loop {
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "admin accept failed");
-                        continue;
-                    }
-                },
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            let (metrics, state) = (metrics.clone(), state.clone());
+            let (stream, peer) = match accepted {
+                Ok(accepted) => {
+                    backoff.succeeded();
+                    accepted
+                }
+                Err(error) => {
+                    let (wait, log) = backoff.failed(Instant::now());
+                    if let Some(suppressed) = log {
+                        tracing::warn!(%error, suppressed, retry_in = ?wait, "admin accept failed");
+                    }
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            let (metrics, state, stop) = (metrics.clone(), state.clone(), stop.clone());
+            let local = is_loopback(peer.ip());
             let service = service_fn(move |req| {
-                let response = respond(&req, &metrics, &state);
+                let response = respond(&req, local, &metrics, &state, &stop);
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = graceful.watch(
@@ -59,11 +87,38 @@ pub async fn serve(
     }))
 }
 
-fn respond<B>(req: &Request<B>, metrics: &Metrics, state: &State) -> Response<Full<Bytes>> {
+/// Whether `ip` is loopback, an IPv4 one mapped into IPv6 included.
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// The answer to `req`, from a client on loopback when `local`.
+fn respond<B>(
+    req: &Request<B>,
+    local: bool,
+    metrics: &Metrics,
+    state: &State,
+    stop: &Notify,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if matches!(path, "/config" | "/shutdown") && !local {
+        return plain(
+            StatusCode::FORBIDDEN,
+            format!("{path} answers only on loopback, from inside the pod\n"),
+        );
+    }
+    if path == "/shutdown" {
+        if req.method() != Method::POST {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "POST /shutdown\n".into());
+        }
+        tracing::info!("shutdown asked for on the admin port");
+        stop.notify_one();
+        return plain(StatusCode::ACCEPTED, "shutting down\n".into());
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
-    match req.uri().path() {
+    match path {
         "/live" => plain(StatusCode::OK, "live\n".into()),
         "/ready" => match state.readiness.check() {
             Ok(()) => plain(StatusCode::OK, "ready\n".into()),
@@ -111,9 +166,9 @@ pub fn await_ready(admin: SocketAddr, timeout: std::time::Duration) -> Result<()
         admin
     };
     let step = std::time::Duration::from_millis(200);
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = Instant::now() + timeout;
     let mut last = String::from("not tried");
-    while std::time::Instant::now() < deadline {
+    while Instant::now() < deadline {
         let answer = std::net::TcpStream::connect_timeout(&target, step).and_then(|mut conn| {
             conn.set_read_timeout(Some(step * 5))?;
             conn.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
@@ -131,4 +186,56 @@ pub fn await_ready(admin: SocketAddr, timeout: std::time::Duration) -> Result<()
     Err(format!(
         "the proxy at {target} was not ready within {timeout:?} (last: {last})"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).body(()).expect("a request")
+    }
+
+    #[test]
+    fn config_and_shutdown_answer_only_loopback() {
+        let (metrics, state, stop) = (Metrics::new(), State::default(), Notify::new());
+        for path in ["/config", "/shutdown"] {
+            let remote = respond(&get(path), false, &metrics, &state, &stop);
+            assert_eq!(remote.status(), StatusCode::FORBIDDEN, "{path}");
+        }
+        for path in ["/live", "/metrics"] {
+            let remote = respond(&get(path), false, &metrics, &state, &stop);
+            assert_eq!(remote.status(), StatusCode::OK, "{path}");
+        }
+        let local = respond(&get("/config"), true, &metrics, &state, &stop);
+        assert_eq!(local.status(), StatusCode::OK);
+        assert_eq!(
+            respond(&get("/shutdown"), true, &metrics, &state, &stop).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[tokio::test]
+    async fn a_local_post_to_shutdown_stops_the_proxy() {
+        let (metrics, state, stop) = (Metrics::new(), State::default(), Notify::new());
+        let post = Request::post("/shutdown").body(()).expect("a request");
+        assert_eq!(
+            respond(&post, false, &metrics, &state, &stop).status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            respond(&post, true, &metrics, &state, &stop).status(),
+            StatusCode::ACCEPTED
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(1), stop.notified())
+            .await
+            .expect("the proxy was told to stop");
+    }
+
+    #[test]
+    fn mapped_loopback_is_loopback() {
+        assert!(is_loopback("::ffff:127.0.0.1".parse().expect("an address")));
+        assert!(is_loopback("::1".parse().expect("an address")));
+        assert!(!is_loopback("198.18.0.7".parse().expect("an address")));
+    }
 }

@@ -134,12 +134,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
         readiness,
         config: discovery.as_ref().map(discovery::Discovery::applied),
     };
-    let admin = admin::serve(config.admin_addr, metrics, state, shutdown_rx)
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let admin = admin::serve(config.admin_addr, metrics, state, stop.clone(), shutdown_rx)
         .await
         .map_err(bind_error("admin", config.admin_addr))?;
     tracing::info!(addr = %config.admin_addr, "admin server listening");
 
-    shutdown_signal().await;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = stop.notified() => {}
+    }
     tracing::info!(grace_period = ?config.shutdown_grace_period, "shutting down");
     let _ = shutdown_tx.send(true);
     let drained = async {
