@@ -321,7 +321,7 @@ spec:
 }
 
 #[tokio::test]
-async fn kube_system_and_host_network_pods_are_left_alone() {
+async fn kube_system_host_network_and_proxy_user_pods_are_left_alone() {
     with_temp_ns("inject-skip", |client, ns| async move {
         mesh_namespace(&client, &ns).await;
         // kube-system is never even sent to the webhook, whatever the pod asks.
@@ -384,6 +384,47 @@ spec:
         })
         .await;
         assert!(note.contains("hostNetwork: true"), "{note}");
+
+        // A container running as the proxy's user would bypass capture.
+        let as_proxy = format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: as-proxy, namespace: {ns}, labels: {{weft.dev/e2e-app: as-proxy}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: weft.local/testapp:dev
+    imagePullPolicy: IfNotPresent
+    command: [sleep, "3600"]
+    securityContext: {{runAsUser: 2102}}
+"#
+        );
+        let applied = kubectl_stdin(&["apply", "-f", "-"], &as_proxy);
+        assert!(applied.success, "{}", applied.stderr);
+        assert!(
+            applied.stderr.contains("container app runs as user 2102"),
+            "the warning says why: {}",
+            applied.stderr
+        );
+        let pod = Api::<Pod>::namespaced(client.clone(), &ns)
+            .get("as-proxy")
+            .await
+            .expect("the pod running as the proxy's user");
+        assert!(!is_injected(&pod));
+        eventually("the ProxyUid Event", Duration::from_secs(30), || {
+            let ns = ns.clone();
+            async move {
+                let out = kubectl_ok(&[
+                    "get", "events", "-n", &ns, "--field-selector",
+                    "reason=InjectionSkipped,involvedObject.name=as-proxy", "-o",
+                    "jsonpath={.items[*].message}",
+                ]);
+                if out.contains("ProxyUid") { Ok(out) } else { Err(out) }
+            }
+        })
+        .await;
     })
     .await;
 }

@@ -73,6 +73,9 @@ pub enum SkipReason {
     Disabled,
     /// The pod shares the node's network; capturing it would capture the node.
     HostNetwork,
+    /// A container runs as the proxy's user, whose traffic is never captured: it would
+    /// bypass the mesh.
+    ProxyUid,
     /// `kube-system`, the operator's namespace, or one the Mesh excludes.
     ExcludedNamespace,
     /// An annotation the proxy could not run with.
@@ -88,6 +91,7 @@ impl SkipReason {
         match self {
             Self::Disabled => "Disabled",
             Self::HostNetwork => "HostNetwork",
+            Self::ProxyUid => "ProxyUid",
             Self::ExcludedNamespace => "ExcludedNamespace",
             Self::InvalidAnnotation => "InvalidAnnotation",
             Self::TrustBundleNotWefts => "TrustBundleNotWefts",
@@ -180,6 +184,17 @@ pub fn decide(
         );
     }
 
+    if let Some(container) = spec.and_then(|s| runs_as(s, mesh.proxy.uid)) {
+        return skip(
+            SkipReason::ProxyUid,
+            format!(
+                "container {container} runs as user {}, the proxy's (the Mesh's spec.proxy.uid), \
+                 whose traffic is never captured: it would bypass the mesh",
+                mesh.proxy.uid
+            ),
+        );
+    }
+
     let env = match proxy_env(pod, namespace, pod_annotations, mesh) {
         Ok(env) => env,
         Err(message) => return skip(SkipReason::InvalidAnnotation, message),
@@ -235,6 +250,24 @@ struct Parts {
 
 /// The proxy's `WEFT_PROXY_*` environment (all but the control address), checked
 /// with the proxy's own parser.
+/// The first container of `spec` that runs as user `uid`, by its own securityContext or
+/// the pod's. (A user set only in the image cannot be seen here.)
+fn runs_as(spec: &k8s_openapi::api::core::v1::PodSpec, uid: i64) -> Option<String> {
+    let pod_user = spec.security_context.as_ref().and_then(|c| c.run_as_user);
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| {
+            c.security_context
+                .as_ref()
+                .and_then(|c| c.run_as_user)
+                .or(pod_user)
+                == Some(uid)
+        })
+        .map(|c| c.name.clone())
+}
+
 fn proxy_env(
     pod: &Pod,
     namespace: &str,

@@ -230,7 +230,8 @@ impl Injector {
             &self.settings,
         ) {
             Decision::Inject { .. }
-                if let Some(message) = self.bundles.as_ref().and_then(|b| b.blocked(&namespace)) =>
+                if let Some(message) =
+                    self.bundles.as_ref().and_then(|b| b.blocked(&namespace)) =>
             {
                 Decision::Skip {
                     reason: SkipReason::TrustBundleNotWefts,
@@ -324,7 +325,7 @@ impl Injector {
         let note = Note {
             regarding,
             reason,
-            message,
+            message: sanitized(&message),
             warning,
         };
         if let Err(error) = events.try_send(note) {
@@ -357,6 +358,24 @@ fn regarding(pod: &Pod, namespace: &str) -> ObjectReference {
             ..ObjectReference::default()
         },
     }
+}
+
+/// The most bytes of an Event's note (the API server refuses more than 1 KiB).
+const NOTE_BYTES: usize = 1000;
+
+/// `message` fit for an Event: control characters (from a pod's annotations, say)
+/// become spaces, and it is cut to [`NOTE_BYTES`] at a character boundary.
+fn sanitized(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(NOTE_BYTES));
+    for c in message.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > NOTE_BYTES - '…'.len_utf8() {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn warn(mut response: AdmissionResponse, warning: String) -> AdmissionResponse {
@@ -519,4 +538,19 @@ async fn respond(
         }),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notes_are_bounded_and_carry_no_control_characters() {
+        assert_eq!(sanitized("bad\nvalue\u{1b}[31m"), "bad value [31m");
+        let long = "é".repeat(2000);
+        let note = sanitized(&long);
+        assert!(note.len() <= NOTE_BYTES, "{}", note.len());
+        assert!(note.ends_with('…'));
+        assert_eq!(sanitized("fine"), "fine");
+    }
 }

@@ -223,7 +223,8 @@ pub struct ProxySpec {
     pub ports: ProxyPorts,
 
     /// The user id the proxy runs as. Traffic of this user is never captured, which is
-    /// how the proxy's own outbound connections escape the capture rules.
+    /// how the proxy's own outbound connections escape the capture rules; so a pod with
+    /// a container that runs as this user is not meshed (reason `ProxyUid`).
     #[serde(default = "default_proxy_uid")]
     #[schemars(range(min = 1, max = 2147483647))]
     pub uid: i64,

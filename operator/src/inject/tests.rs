@@ -259,6 +259,40 @@ fn host_network_pods_are_left_alone_with_the_reason() {
 }
 
 #[test]
+fn pods_running_as_the_proxy_user_are_left_alone_with_the_reason() {
+    let skipped = |pod_json: Value, mesh_spec: Value| match decide(
+        &pod(pod_json),
+        "shop",
+        &enabled(),
+        &mesh(mesh_spec),
+        &settings(),
+    ) {
+        Decision::Skip { reason, message } => Some((reason, message)),
+        _ => None,
+    };
+    let mut by_container = app();
+    by_container["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 2102});
+    let (reason, message) = skipped(by_container.clone(), json!({})).expect("skipped");
+    assert_eq!(reason, SkipReason::ProxyUid);
+    assert!(
+        message.contains("container app runs as user 2102"),
+        "{message}"
+    );
+
+    let mut by_pod = app();
+    by_pod["spec"]["securityContext"] = json!({"runAsUser": 2102});
+    assert!(skipped(by_pod.clone(), json!({})).is_some());
+    // A container's own user wins over the pod's.
+    by_pod["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 1000});
+    assert!(skipped(by_pod, json!({})).is_none());
+
+    // The proxy's user is the Mesh's.
+    assert!(skipped(by_container.clone(), json!({"proxy": {"uid": 3000}})).is_none());
+    by_container["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 3000});
+    assert!(skipped(by_container, json!({"proxy": {"uid": 3000}})).is_some());
+}
+
+#[test]
 fn a_classic_sidecar_goes_first_and_holds_the_app_until_ready() {
     for (spec, supported) in [
         (json!({"proxy": {"nativeSidecar": false}}), true),

@@ -95,7 +95,7 @@ pub fn configuration(mesh: &Mesh, bundle_pem: &str, operator_namespace: &str) ->
             ]},
             "failurePolicy": failure_policy,
             "matchPolicy": "Equivalent",
-            "sideEffects": "None",
+            "sideEffects": "NoneOnDryRun",
             "timeoutSeconds": spec.webhook.timeout_seconds,
             "reinvocationPolicy": "IfNeeded",
         }],
@@ -247,7 +247,7 @@ mod tests {
         let hook = &typed.webhooks.unwrap()[0];
         assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
         assert_eq!(hook.timeout_seconds, Some(5));
-        assert_eq!(hook.side_effects, "None");
+        assert_eq!(hook.side_effects, "NoneOnDryRun");
         assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
         assert_eq!(hook.client_config.ca_bundle.as_ref().unwrap().0, b"PEM");
         let selector = hook.namespace_selector.as_ref().unwrap();
