@@ -100,7 +100,11 @@ impl Found {
             .managed_fields
             .iter()
             .flatten()
-            .any(|f| f.manager.as_deref().is_some_and(|m| m.starts_with("weft-operator/")));
+            .any(|f| {
+                f.manager
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("weft-operator/"))
+            });
         let wefts = labelled || written_by_weft;
         if !wefts {
             return Self::Foreign;
@@ -328,8 +332,8 @@ impl Publisher {
                 api.create(&PostParams::default(), &config_map()).await?;
             }
             Action::Update => {
-                let mut patch = serde_json::to_value(config_map())
-                    .map_err(kube::Error::SerdeError)?;
+                let mut patch =
+                    serde_json::to_value(config_map()).map_err(kube::Error::SerdeError)?;
                 patch["apiVersion"] = "v1".into();
                 patch["kind"] = "ConfigMap".into();
                 api.patch(
@@ -507,9 +511,15 @@ mod tests {
             .map(|i| (format!("ns{i:02}"), "quota".to_string()))
             .collect();
         let failing = bundle_status(15, &problems, now);
-        assert_eq!(failing["trustBundle"], json!({"namespaces": 15, "current": 3}));
+        assert_eq!(
+            failing["trustBundle"],
+            json!({"namespaces": 15, "current": 3})
+        );
         let message = failing["conditions"][0]["message"].as_str().unwrap();
-        assert!(message.starts_with("12 of 15 meshed namespaces"), "{message}");
+        assert!(
+            message.starts_with("12 of 15 meshed namespaces"),
+            "{message}"
+        );
         assert!(message.contains("ns00: quota") && message.ends_with("and 2 more"));
         assert!(!message.contains("ns11"));
     }

@@ -26,15 +26,9 @@
 //! without removing the timer; the one event that cannot wait for the next tick,
 //! gaining the Lease, already wakes the loop.
 
-use std::{
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::{
-    api::core::v1::Secret,
-    jiff::Timestamp,
-};
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Client, Resource,
     api::{Patch, PatchParams, PostParams},
@@ -74,7 +68,6 @@ pub struct IdentityController {
     /// Secrets and signs with them.
     leader: watch::Receiver<bool>,
 }
-
 
 impl std::fmt::Debug for IdentityController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
