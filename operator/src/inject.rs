@@ -26,7 +26,9 @@
 //! annotation leaves the pod unmeshed, with a warning naming the annotation.
 //!
 //! The patch is written operation by operation (rather than by diffing two pods), so
-//! it adds exactly the proxy's parts and never rewrites anything the user wrote.
+//! it adds exactly the proxy's parts and rewrites nothing the user wrote but the
+//! application's probes, which go to the proxy's admin port so that they check the
+//! application itself rather than the proxy ([`probes`]).
 
 use std::collections::BTreeMap;
 
@@ -41,6 +43,7 @@ use weft_sidecar as proxy;
 
 use resources::proxy_resources;
 
+mod probes;
 mod resources;
 
 /// Name of the proxy container.
@@ -210,14 +213,26 @@ pub fn decide(
         .image
         .clone()
         .unwrap_or_else(|| settings.proxy_image.clone());
+    let (probes, probe_ops) = spec.map_or_else(Default::default, |spec| {
+        probes::rewrite(spec, mesh.proxy.ports.admin.get())
+    });
+    let probes = (!probes.is_empty())
+        .then(|| serde_json::to_string(&probes).ok())
+        .flatten()
+        .map(|json| (proxy::ENV_PROBES, json));
     let env = env
         .into_iter()
         .chain([(proxy::ENV_CONTROL_ADDR, settings.control_addr.clone())])
+        .chain(probes)
         .map(|(name, value)| json!({"name": name, "value": value}))
         .chain([
             json!({
                 "name": proxy::ENV_POD_NAME,
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            }),
+            json!({
+                "name": proxy::ENV_POD_IP,
+                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
             }),
             json!({
                 "name": proxy::ENV_HOST_IP,
@@ -231,6 +246,7 @@ pub fn decide(
         resources,
         admin: mesh.proxy.ports.admin,
         uid: mesh.proxy.uid,
+        probe_ops,
     };
     Decision::Inject {
         patch: patch(pod, &parts, native, &config_version),
@@ -246,10 +262,11 @@ struct Parts {
     resources: Option<ResourceRequirements>,
     admin: Port,
     uid: i64,
+    /// The operations that point the application's probes at the admin port; first,
+    /// while the containers' indexes are still the user's.
+    probe_ops: Vec<Value>,
 }
 
-/// The proxy's `WEFT_PROXY_*` environment (all but the control address), checked
-/// with the proxy's own parser.
 /// The first container of `spec` that runs as user `uid`, by its own securityContext or
 /// the pod's. (A user set only in the image cannot be seen here.)
 fn runs_as(spec: &k8s_openapi::api::core::v1::PodSpec, uid: i64) -> Option<String> {
@@ -268,6 +285,8 @@ fn runs_as(spec: &k8s_openapi::api::core::v1::PodSpec, uid: i64) -> Option<Strin
         .map(|c| c.name.clone())
 }
 
+/// The proxy's `WEFT_PROXY_*` environment (all but the control address), checked
+/// with the proxy's own parser.
 fn proxy_env(
     pod: &Pod,
     namespace: &str,
@@ -435,7 +454,7 @@ fn config_version(mesh: &MeshSpec, settings: &Settings, native: bool) -> String 
 /// The JSON patch that adds the proxy's parts to `pod`.
 fn patch(pod: &Pod, parts: &Parts, native: bool, config_version: &str) -> json_patch::Patch {
     let spec = pod.spec.as_ref();
-    let mut ops = Vec::new();
+    let mut ops = parts.probe_ops.clone();
 
     let init = init_container(parts);
     let mut proxy = proxy_container(parts);

@@ -29,6 +29,18 @@ async fn a_pod_in_a_meshed_namespace_is_patched() {
     json_patch::patch(&mut pod, &patch).expect("the patch applies");
     assert_eq!(pod["spec"]["initContainers"][1]["name"], "weft-proxy");
     assert_eq!(pod["spec"]["containers"][0]["name"], "app");
+    // The application's probe now asks the proxy, which checks the application.
+    assert_eq!(
+        pod["spec"]["containers"][0]["readinessProbe"],
+        json!({"httpGet": {"path": "/probe/app/readiness", "port": 4191}})
+    );
+    let env = pod["spec"]["initContainers"][1]["env"].as_array().unwrap();
+    let probes = env
+        .iter()
+        .find(|e| e["name"] == "WEFT_PROXY_PROBES")
+        .and_then(|e| e["value"].as_str())
+        .expect("the original probes in the proxy's environment");
+    assert!(probes.contains("\"path\":\"/healthz\""), "{probes}");
 
     // The same pod in a namespace that did not ask: allowed, untouched.
     let body = serde_json::to_vec(&review("Pod", "elsewhere", deployment_pod())).unwrap();

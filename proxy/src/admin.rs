@@ -1,8 +1,9 @@
 //! The admin server (port 4191): `/live`, `/ready`, `/metrics`, `/config`,
-//! `/shutdown`.
+//! `/shutdown`, and `/probe/<container>/<kind>` (the application's probes, performed
+//! by [`crate::probe`]).
 //!
-//! It reads the proxy's [`State`] and its metrics. `/live`, `/ready` and `/metrics`
-//! answer anyone (the kubelet, Prometheus). `/config` (what the proxy was told: the
+//! It reads the proxy's [`State`] and its metrics. `/live`, `/ready`, `/metrics` and
+//! the probes answer anyone (the kubelet, Prometheus). `/config` (what the proxy was told: the
 //! pod's policies and destinations) and `POST /shutdown` (stop the proxy, for a Job
 //! whose work is done when the proxy is not a native sidecar) answer only a client on
 //! loopback — a process in the pod itself — and 403 anyone else: the admin port is
@@ -70,8 +71,26 @@ pub async fn serve(
             let (metrics, state, stop) = (metrics.clone(), state.clone(), stop.clone());
             let local = is_loopback(peer.ip());
             let service = service_fn(move |req| {
-                let response = respond(&req, local, &metrics, &state, &stop);
-                async move { Ok::<_, Infallible>(response) }
+                let probe = req
+                    .uri()
+                    .path()
+                    .strip_prefix(weft_sidecar::probe::PATH_PREFIX)
+                    .filter(|_| req.method() == Method::GET || req.method() == Method::HEAD)
+                    .map(|key| (key.to_string(), state.probes.clone()));
+                let response = match probe {
+                    Some(_) => None,
+                    None => Some(respond(&req, local, &metrics, &state, &stop)),
+                };
+                async move {
+                    Ok::<_, Infallible>(match (response, probe) {
+                        (Some(response), _) => response,
+                        (None, Some((key, prober))) => {
+                            let (status, text) = prober.answer(&key).await;
+                            plain(status, text)
+                        }
+                        (None, None) => plain(StatusCode::NOT_FOUND, "not found\n".into()),
+                    })
+                }
             });
             let conn = graceful.watch(
                 hyper::server::conn::http1::Builder::new()

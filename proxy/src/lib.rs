@@ -37,6 +37,7 @@ pub mod inbound;
 pub mod init;
 pub mod metrics;
 pub mod outbound;
+pub mod probe;
 pub mod profile;
 pub mod state;
 pub mod tcp;
@@ -133,6 +134,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let state = state::State {
         readiness,
         config: discovery.as_ref().map(discovery::Discovery::applied),
+        probes: probe::Prober::new(config.probes.clone(), config.pod_ip),
     };
     let stop = Arc::new(tokio::sync::Notify::new());
     let admin = admin::serve(config.admin_addr, metrics, state, stop.clone(), shutdown_rx)

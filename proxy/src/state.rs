@@ -19,12 +19,13 @@ use weft_proxy_api::v1::Resolution;
 
 use crate::authz::InboundPolicy;
 
-/// What the admin server reads: readiness, and the applied configuration when
-/// discovery runs.
+/// What the admin server reads: readiness, the applied configuration when discovery
+/// runs, and the application's probes it performs for the kubelet.
 #[derive(Clone, Debug, Default)]
 pub struct State {
     pub readiness: Readiness,
     pub config: Option<AppliedConfig>,
+    pub probes: crate::probe::Prober,
 }
 
 /// What the proxy still needs before it is ready. Today that is its identity; the

@@ -18,6 +18,8 @@
 
 use std::{fmt, net::SocketAddr, time::Duration};
 
+pub mod probe;
+
 pub const ENV_LOG: &str = "WEFT_PROXY_LOG";
 pub const DEFAULT_LOG: &str = "warn,weft=info";
 
@@ -95,6 +97,13 @@ pub const DEFAULT_INBOUND_PORTS: &str = "";
 pub const ENV_HOST_IP: &str = "WEFT_PROXY_HOST_IP";
 pub const DEFAULT_HOST_IP: &str = "";
 
+/// The pod's own address (set by the injector from the downward API): where the
+/// proxy performs the application's probes, as the kubelet would.
+pub const ENV_POD_IP: &str = "WEFT_PROXY_POD_IP";
+pub const DEFAULT_POD_IP: &str = "";
+
+pub use probe::{DEFAULT_PROBES, ENV_PROBES};
+
 /// How long a destination's resolution is kept after its last use.
 pub const ENV_OUTBOUND_IDLE_TIMEOUT: &str = "WEFT_PROXY_OUTBOUND_IDLE_TIMEOUT";
 pub const DEFAULT_OUTBOUND_IDLE_TIMEOUT: &str = "60s";
@@ -126,6 +135,8 @@ pub struct Config {
     pub inbound_ports: Vec<u16>,
     pub outbound_idle_timeout: Duration,
     pub host_ip: Option<std::net::IpAddr>,
+    pub pod_ip: Option<std::net::IpAddr>,
+    pub probes: probe::Probes,
 }
 
 /// A log format.
@@ -252,15 +263,9 @@ impl Config {
             parse_duration,
         );
 
-        let host_ip = vars.get(ENV_HOST_IP, DEFAULT_HOST_IP, |s| {
-            if s.is_empty() {
-                Ok(None)
-            } else {
-                s.parse()
-                    .map(Some)
-                    .map_err(|_| "expected an IP address".to_string())
-            }
-        });
+        let host_ip = vars.get(ENV_HOST_IP, DEFAULT_HOST_IP, parse_optional_ip);
+        let pod_ip = vars.get(ENV_POD_IP, DEFAULT_POD_IP, parse_optional_ip);
+        let probes = vars.get(ENV_PROBES, DEFAULT_PROBES, probe::parse);
 
         if let (Some(admin), Some(inbound), Some(outbound)) =
             (admin_addr, inbound_addr, outbound_addr)
@@ -305,9 +310,22 @@ impl Config {
                 inbound_ports: inbound_ports?,
                 outbound_idle_timeout: outbound_idle_timeout?,
                 host_ip: host_ip?,
+                pod_ip: pod_ip?,
+                probes: probes?,
             })
         })();
         config.ok_or(ConfigError(vars.invalid))
+    }
+}
+
+/// An IP address, or none when empty.
+fn parse_optional_ip(s: &str) -> Result<Option<std::net::IpAddr>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        s.parse()
+            .map(Some)
+            .map_err(|_| "expected an IP address".to_string())
     }
 }
 
