@@ -157,6 +157,14 @@ pub fn plan(capture: &Capture, current_nat: &str) -> String {
         "-A {OUTBOUND_REDIRECT_CHAIN} -p tcp {tag} -j REDIRECT --to-ports {}",
         capture.outbound_port
     );
+    // The proxy's own connections to the application from the passthrough address
+    // (the probes it performs for the kubelet) go straight to the application.
+    let _ = writeln!(
+        out,
+        "-A {OUTBOUND_CHAIN} -o lo -s {}/32 -p tcp -m owner --uid-owner {} {tag} -j RETURN",
+        weft_sidecar::PASSTHROUGH_SOURCE,
+        capture.proxy_uid
+    );
     // The proxy connecting to its own pod's address (the pod is an endpoint of a
     // Service it calls) goes out on `lo` without passing PREROUTING: send it to the
     // inbound port, so its mTLS is terminated and its policy applied there too.

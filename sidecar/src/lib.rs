@@ -92,17 +92,18 @@ pub const DEFAULT_POD_NAME: &str = "";
 pub const ENV_INBOUND_PORTS: &str = "WEFT_PROXY_INBOUND_PORTS";
 pub const DEFAULT_INBOUND_PORTS: &str = "";
 
-/// The IP of the pod's node (set by the injector from the downward API). Plaintext
-/// connections from it are the kubelet's probes, and always allowed in.
-pub const ENV_HOST_IP: &str = "WEFT_PROXY_HOST_IP";
-pub const DEFAULT_HOST_IP: &str = "";
-
 /// The pod's own address (set by the injector from the downward API): where the
 /// proxy performs the application's probes, as the kubelet would.
 pub const ENV_POD_IP: &str = "WEFT_PROXY_POD_IP";
 pub const DEFAULT_POD_IP: &str = "";
 
 pub use probe::{DEFAULT_PROBES, ENV_PROBES};
+
+/// The source address of the proxy's own connections to its application on the
+/// pod's address (the probes it performs): the capture rules let connections from it
+/// through, where any other connection of the proxy to its own pod goes to the
+/// inbound side.
+pub const PASSTHROUGH_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
 
 /// How long a destination's resolution is kept after its last use.
 pub const ENV_OUTBOUND_IDLE_TIMEOUT: &str = "WEFT_PROXY_OUTBOUND_IDLE_TIMEOUT";
@@ -134,7 +135,6 @@ pub struct Config {
     pub pod_name: Option<String>,
     pub inbound_ports: Vec<u16>,
     pub outbound_idle_timeout: Duration,
-    pub host_ip: Option<std::net::IpAddr>,
     pub pod_ip: Option<std::net::IpAddr>,
     pub probes: probe::Probes,
 }
@@ -263,7 +263,6 @@ impl Config {
             parse_duration,
         );
 
-        let host_ip = vars.get(ENV_HOST_IP, DEFAULT_HOST_IP, parse_optional_ip);
         let pod_ip = vars.get(ENV_POD_IP, DEFAULT_POD_IP, parse_optional_ip);
         let probes = vars.get(ENV_PROBES, DEFAULT_PROBES, probe::parse);
 
@@ -309,7 +308,6 @@ impl Config {
                 pod_name: pod_name?,
                 inbound_ports: inbound_ports?,
                 outbound_idle_timeout: outbound_idle_timeout?,
-                host_ip: host_ip?,
                 pod_ip: pod_ip?,
                 probes: probes?,
             })

@@ -37,6 +37,7 @@ fn inbound_goes_to_the_proxy_except_admin_and_skipped_ports() {
 fn outbound_goes_to_the_proxy_except_its_own_loopback_and_skips() {
     let script = plan(&capture(), "");
     for rule in [
+        "-A WEFT_OUTBOUND -o lo -s 127.0.0.6/32 -p tcp -m owner --uid-owner 2102 -m comment --comment weft -j RETURN",
         "-A WEFT_OUTBOUND -o lo ! -d 127.0.0.1/32 -p tcp -m owner --uid-owner 2102 -m comment --comment weft -j WEFT_INBOUND_REDIRECT",
         "-A WEFT_OUTBOUND -m owner --uid-owner 2102 -m comment --comment weft -j RETURN",
         "-A WEFT_OUTBOUND -o lo -m comment --comment weft -j RETURN",
