@@ -1,8 +1,9 @@
 //! Inbound policy on the real cluster, with real clients:
 //!
-//! - a pod whose default policy is `deny` still becomes Ready, because its proxy lets
-//!   the kubelet's probes in (they come from the node's address, which the injector
-//!   hands the proxy as `WEFT_PROXY_HOST_IP`), while a meshed client is refused;
+//! - a pod whose default policy is `deny` still becomes Ready, because the injector
+//!   pointed its probe at the proxy's admin port, where the proxy checks the
+//!   application itself; while the node (this test, on the host) and a meshed client
+//!   are refused: no address is exempt from a port's policy;
 //! - a ServerAuthorization that allows one ServiceAccount: a meshed client running as
 //!   that ServiceAccount gets 200, a meshed client of another ServiceAccount and an
 //!   unmeshed pod get 403 from the server's proxy, and each refusal is counted.
@@ -124,6 +125,28 @@ async fn until_status(ns: &str, pod: &str, url: &str, want: &str) {
     .await
 }
 
+/// The status line's code of `GET path` on `ip:port`, sent from this host (the node).
+fn http_status_from_host(ip: &str, port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().expect("an address");
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("cannot connect from the node to {addr}: {e}"));
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("the request is sent");
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no HTTP answer from {addr}: {answer:?}"))
+        .to_string()
+}
+
 /// The names of the pods labelled `app=<app>`.
 async fn pods_of(client: &kube::Client, ns: &str, app: &str) -> Vec<Pod> {
     Api::<Pod>::namespaced(client.clone(), ns)
@@ -134,7 +157,7 @@ async fn pods_of(client: &kube::Client, ns: &str, app: &str) -> Vec<Pod> {
 }
 
 #[tokio::test]
-async fn a_pod_under_a_deny_policy_is_ready_through_the_kubelets_probes_and_refuses_clients() {
+async fn a_pod_under_a_deny_policy_is_ready_through_its_probes_and_refuses_the_node_and_clients() {
     with_temp_ns("policy-deny", |client, ns| async move {
         mesh_namespace(&client, &ns).await;
         let workloads = server(
@@ -145,7 +168,7 @@ async fn a_pod_under_a_deny_policy_is_ready_through_the_kubelets_probes_and_refu
             + &client_pod(&ns, "caller", "caller", "");
         let applied = kubectl_stdin(&["apply", "-f", "-"], &workloads);
         assert!(applied.success, "{}", applied.stderr);
-        // Ready only if the kubelet's httpGet probe reached the app through the proxy.
+        // Ready only if the proxy's check of the application passed.
         rollout_status(&ns, "locked");
         kubectl_ok(&[
             "wait",
@@ -160,37 +183,28 @@ async fn a_pod_under_a_deny_policy_is_ready_through_the_kubelets_probes_and_refu
         assert_eq!(pods.len(), 1, "one locked pod");
         let pod = &pods[0];
         let name = pod.metadata.name.clone().expect("a name");
-        // The injector told the proxy which address the kubelet's probes come from.
         let spec = pod.spec.as_ref().expect("a spec");
-        let proxy = spec
-            .init_containers
+        let app = spec
+            .containers
             .iter()
-            .flatten()
-            .chain(&spec.containers)
-            .find(|c| c.name == "weft-proxy")
-            .expect("the proxy container");
-        let host_ip = proxy
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == "WEFT_PROXY_HOST_IP")
-            .unwrap_or_else(|| panic!("no WEFT_PROXY_HOST_IP in {:?}", proxy.env));
-        let field = host_ip
-            .value_from
+            .find(|c| c.name == "app")
+            .expect("the app container");
+        let probe = app
+            .readiness_probe
             .as_ref()
-            .and_then(|v| v.field_ref.as_ref())
-            .map(|f| f.field_path.as_str());
-        assert_eq!(field, Some("status.hostIP"), "{host_ip:?}");
+            .and_then(|p| p.http_get.as_ref())
+            .map(|get| get.path.clone());
+        assert_eq!(probe, Some(Some("/probe/app/readiness".to_string())));
         let metrics = proxy_metrics(&ns, &name);
-        let kubelet = metric_sum(
-            &metrics,
-            "inbound_tcp_authz_allow_total",
-            &[("authz", "default:kubelet")],
-        );
-        assert!(
-            kubelet >= 1.0,
-            "the kubelet's probes were not let in as such:\n{metrics}"
-        );
+
+        // The node is refused like anyone: a request from this host to the pod.
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .expect("the pod's address");
+        let from_node = http_status_from_host(&ip, 8080, "/hostname");
+        assert_eq!(from_node, "403", "the node got through a deny policy");
 
         // Anyone else is refused: a meshed client gets 403 from the server's proxy.
         let url = format!("http://locked.{ns}.svc.cluster.local/hostname");

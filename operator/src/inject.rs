@@ -234,10 +234,6 @@ pub fn decide(
                 "name": proxy::ENV_POD_IP,
                 "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
             }),
-            json!({
-                "name": proxy::ENV_HOST_IP,
-                "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}},
-            }),
         ])
         .collect::<Vec<_>>();
     let parts = Parts {

@@ -69,8 +69,6 @@ pub struct InboundSettings {
     pub opaque_ports: Vec<u16>,
     /// The policy in force until the operator's arrives.
     pub default_policy: Option<InboundPolicy>,
-    /// The node's IP: plaintext connections from it (kubelet probes) are allowed.
-    pub host_ip: Option<IpAddr>,
 }
 
 impl Default for InboundSettings {
@@ -80,7 +78,6 @@ impl Default for InboundSettings {
             opaque_detect_timeout: OPAQUE_DETECT_TIMEOUT,
             opaque_ports: Vec::new(),
             default_policy: None,
-            host_ip: None,
         }
     }
 }
@@ -274,11 +271,6 @@ impl Inbound {
             // No policy at all (no discovery and no default): nothing to enforce.
             return true;
         };
-        if identity.is_none() && Some(peer.ip()) == self.settings.host_ip {
-            // The kubelet's probes come from the node, in plaintext.
-            metrics.authz_allowed("default:kubelet");
-            return true;
-        }
         let client = authz::Client {
             identity,
             ip: peer.ip(),

@@ -125,7 +125,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 detect_timeout: config.detect_timeout,
                 opaque_ports: config.inbound_opaque_ports.clone(),
                 default_policy: Some(config.default_inbound_policy.into()),
-                host_ip: config.host_ip,
                 ..inbound::InboundSettings::default()
             });
         tracing::info!(%addr, "{what} listener ready");
