@@ -376,6 +376,14 @@ fn proxy_env(
             policy,
             Some(annotations::DEFAULT_INBOUND_POLICY),
         ),
+        (
+            proxy::ENV_INBOUND_TO_LOOPBACK,
+            annotations
+                .get(annotations::INBOUND_TO_LOOPBACK)
+                .cloned()
+                .unwrap_or_else(|| proxy::DEFAULT_INBOUND_TO_LOOPBACK.into()),
+            Some(annotations::INBOUND_TO_LOOPBACK),
+        ),
         (proxy::ENV_UID, mesh.proxy.uid.to_string(), None),
         (
             proxy::ENV_SKIP_INBOUND_PORTS,

@@ -5,7 +5,11 @@
 //! is a peer proxy's mTLS, terminated here, and the client's identity is recorded;
 //! anything else (plaintext, or an application's own TLS) is passed through as it
 //! came. The port's policy decides whether the client may connect ([`crate::authz`]);
-//! then the connection goes to the application on the original port over loopback.
+//! then the connection goes to the application where the client sent it — the pod's
+//! address and the original port, from the passthrough source the capture rules let
+//! through ([`crate::transport::open`]) — so a listener the application bound to
+//! loopback stays private to the pod; `WEFT_PROXY_INBOUND_TO_LOOPBACK` sends it over
+//! loopback instead, for an application that listens nowhere else.
 //! HTTP — announced by the client proxy with the ALPN [`ALPN_HTTP`], or detected from
 //! an unmeshed client — is counted request by request with the client's identity:
 //! HTTP/1 is relayed byte for byte and read only for where its messages end
@@ -69,6 +73,9 @@ pub struct InboundSettings {
     pub opaque_ports: Vec<u16>,
     /// The policy in force until the operator's arrives.
     pub default_policy: Option<InboundPolicy>,
+    /// Reach the application on loopback rather than on the address the client
+    /// dialled (the pod's), which would expose the pod's loopback-only listeners.
+    pub to_loopback: bool,
 }
 
 impl Default for InboundSettings {
@@ -78,6 +85,7 @@ impl Default for InboundSettings {
             opaque_detect_timeout: OPAQUE_DETECT_TIMEOUT,
             opaque_ports: Vec::new(),
             default_policy: None,
+            to_loopback: false,
         }
     }
 }
@@ -121,7 +129,10 @@ impl Inbound {
         let port = target.port();
         let app = match self.fixed_target {
             Some(app) => app,
-            None => SocketAddr::new(loopback_like(target.ip()), port),
+            None if self.settings.to_loopback => SocketAddr::new(loopback_like(target.ip()), port),
+            // The pod's own address: a listener the application bound to loopback
+            // stays private to the pod.
+            None => target,
         };
         let policy = self
             .policies

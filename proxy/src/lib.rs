@@ -125,6 +125,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 detect_timeout: config.detect_timeout,
                 opaque_ports: config.inbound_opaque_ports.clone(),
                 default_policy: Some(config.default_inbound_policy.into()),
+                to_loopback: config.inbound_to_loopback,
                 ..inbound::InboundSettings::default()
             });
         tracing::info!(%addr, "{what} listener ready");

@@ -81,19 +81,11 @@ impl Prober {
     }
 }
 
-/// Connects to the application at `addr`: on the pod's address, from the passthrough
-/// source the capture rules let through (anything else the proxy sends to its own pod
-/// goes to its inbound side, and its policy).
+/// Connects to the application at `addr`, as the inbound side does.
 async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
-    let failed = |e: std::io::Error| format!("cannot connect to {addr}: {e}");
-    if addr.ip().is_loopback() || addr.is_ipv6() {
-        return TcpStream::connect(addr).await.map_err(failed);
-    }
-    let socket = tokio::net::TcpSocket::new_v4().map_err(failed)?;
-    socket
-        .bind(SocketAddr::new(weft_sidecar::PASSTHROUGH_SOURCE.into(), 0))
-        .map_err(failed)?;
-    socket.connect(addr).await.map_err(failed)
+    crate::transport::open(addr, true)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))
 }
 
 /// An HTTP/1.1 GET of `path` on `addr`, succeeding on 200–399 as the kubelet's does.

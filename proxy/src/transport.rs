@@ -23,13 +23,27 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TLS handshake between proxies may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Opens a TCP connection to `addr`. The proxy's connections to its own application
+/// on the pod's address (`inbound`) leave from [`weft_sidecar::PASSTHROUGH_SOURCE`],
+/// which the capture rules let through; any other connection of the proxy to its own
+/// pod would be sent to its inbound side.
+pub(crate) async fn open(addr: SocketAddr, inbound: bool) -> std::io::Result<TcpStream> {
+    if !inbound || addr.ip().is_loopback() || addr.is_ipv6() {
+        return TcpStream::connect(addr).await;
+    }
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(weft_sidecar::PASSTHROUGH_SOURCE.into(), 0))?;
+    socket.connect(addr).await
+}
+
 /// Connects to `addr`, counting a failure.
 pub(crate) async fn connect(
     addr: SocketAddr,
     direction: Direction,
     metrics: &Metrics,
 ) -> Option<TcpStream> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    let inbound = direction == Direction::Inbound;
+    match tokio::time::timeout(CONNECT_TIMEOUT, open(addr, inbound)).await {
         Ok(Ok(server)) => {
             let _ = server.set_nodelay(true);
             Some(server)

@@ -99,6 +99,12 @@ pub const DEFAULT_POD_IP: &str = "";
 
 pub use probe::{DEFAULT_PROBES, ENV_PROBES};
 
+/// `true`: inbound connections go to the application on loopback; `false` (the
+/// default): on the pod's address, so listeners bound to loopback stay private to the
+/// pod.
+pub const ENV_INBOUND_TO_LOOPBACK: &str = "WEFT_PROXY_INBOUND_TO_LOOPBACK";
+pub const DEFAULT_INBOUND_TO_LOOPBACK: &str = "false";
+
 /// The source address of the proxy's own connections to its application on the
 /// pod's address (the probes it performs): the capture rules let connections from it
 /// through, where any other connection of the proxy to its own pod goes to the
@@ -136,6 +142,7 @@ pub struct Config {
     pub inbound_ports: Vec<u16>,
     pub outbound_idle_timeout: Duration,
     pub pod_ip: Option<std::net::IpAddr>,
+    pub inbound_to_loopback: bool,
     pub probes: probe::Probes,
 }
 
@@ -264,6 +271,15 @@ impl Config {
         );
 
         let pod_ip = vars.get(ENV_POD_IP, DEFAULT_POD_IP, parse_optional_ip);
+        let inbound_to_loopback = vars.get(
+            ENV_INBOUND_TO_LOOPBACK,
+            DEFAULT_INBOUND_TO_LOOPBACK,
+            |s| match s {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err("expected true or false".into()),
+            },
+        );
         let probes = vars.get(ENV_PROBES, DEFAULT_PROBES, probe::parse);
 
         if let (Some(admin), Some(inbound), Some(outbound)) =
@@ -309,6 +325,7 @@ impl Config {
                 inbound_ports: inbound_ports?,
                 outbound_idle_timeout: outbound_idle_timeout?,
                 pod_ip: pod_ip?,
+                inbound_to_loopback: inbound_to_loopback?,
                 probes: probes?,
             })
         })();

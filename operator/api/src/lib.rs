@@ -70,6 +70,10 @@ pub mod annotations {
     pub const DEFAULT_INBOUND_POLICY: &str = "config.weft.dev/default-inbound-policy";
     /// The proxy's log filter, replacing the Mesh's.
     pub const LOG_LEVEL: &str = "config.weft.dev/log-level";
+    /// `true`: inbound connections reach the application on loopback rather than on
+    /// the pod's address, for an application that listens on loopback only (which
+    /// then exposes every loopback listener of the pod to the mesh).
+    pub const INBOUND_TO_LOOPBACK: &str = "config.weft.dev/inbound-to-loopback";
     /// The proxy container's resources, replacing the Mesh's (Kubernetes quantities).
     pub const PROXY_CPU_REQUEST: &str = "config.weft.dev/proxy-cpu-request";
     pub const PROXY_CPU_LIMIT: &str = "config.weft.dev/proxy-cpu-limit";
