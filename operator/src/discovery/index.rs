@@ -58,6 +58,8 @@ pub struct Index {
     opaque_ports: BTreeSet<u16>,
     services: Services,
     pods: HashMap<Key, PodInfo>,
+    /// The pod of each pod address.
+    pods_by_ip: HashMap<std::net::IpAddr, Key>,
     pods_synced: bool,
     default_policy: DefaultInboundPolicy,
     authorizations: Authorizations,
@@ -77,6 +79,7 @@ impl Index {
             opaque_ports: BTreeSet::new(),
             services: Services::default(),
             pods: HashMap::new(),
+            pods_by_ip: HashMap::new(),
             pods_synced: false,
             default_policy: DefaultInboundPolicy::default(),
             authorizations: HashMap::new(),
@@ -383,16 +386,53 @@ impl Index {
         if self.pods.get(&key) == Some(&info) {
             return;
         }
-        self.pods.insert(key.clone(), info);
+        let mut ips = info.ips.clone();
+        for ip in &info.ips {
+            self.pods_by_ip.insert(*ip, key.clone());
+        }
+        if let Some(old) = self.pods.insert(key.clone(), info) {
+            ips.extend(self.forget_ips(&key, &old));
+        }
         self.refresh_pod(&key);
+        self.refresh_addresses(&ips);
         self.refresh_policies(|pod| *pod == key);
     }
 
     pub fn delete_pod(&mut self, key: &Key) {
-        if self.pods.remove(key).is_some() {
+        if let Some(old) = self.pods.remove(key) {
+            let ips = self.forget_ips(key, &old);
             self.changed.send_replace(());
             self.refresh_pod(key);
+            self.refresh_addresses(&ips);
         }
+    }
+
+    /// Forgets the addresses of `old` (pod `key` as it was) that are no longer its,
+    /// unless another pod has taken them; returns them.
+    fn forget_ips(&mut self, key: &Key, old: &PodInfo) -> Vec<std::net::IpAddr> {
+        let now = self.pods.get(key).map(|p| p.ips.clone()).unwrap_or_default();
+        let gone: Vec<std::net::IpAddr> =
+            old.ips.iter().filter(|ip| !now.contains(ip)).copied().collect();
+        for ip in &gone {
+            if self.pods_by_ip.get(ip) == Some(key) {
+                self.pods_by_ip.remove(ip);
+            }
+        }
+        gone
+    }
+
+    /// Recomputes the targets that are `ips` (a pod's own addresses), port any.
+    fn refresh_addresses(&mut self, ips: &[std::net::IpAddr]) {
+        if ips.is_empty() {
+            return;
+        }
+        let affected: Vec<Target> = self
+            .subscriptions
+            .keys()
+            .filter(|t| matches!(t, Target::Address(a) if ips.contains(&a.ip())))
+            .cloned()
+            .collect();
+        self.publish(affected);
     }
 
     /// Replaces every Service after a relist.
@@ -456,6 +496,7 @@ impl Index {
         OutboundInputs {
             services: &self.services,
             pods: &self.pods,
+            pods_by_ip: &self.pods_by_ip,
             profiles: &self.profiles,
             trust_domain: &self.trust_domain,
             opaque_ports: &self.opaque_ports,

@@ -51,6 +51,7 @@ pub struct Endpoint {
 pub(super) struct OutboundInputs<'a> {
     pub(super) services: &'a Services,
     pub(super) pods: &'a HashMap<Key, PodInfo>,
+    pub(super) pods_by_ip: &'a HashMap<IpAddr, Key>,
     pub(super) profiles: &'a Profiles,
     pub(super) trust_domain: &'a str,
     pub(super) opaque_ports: &'a BTreeSet<u16>,
@@ -60,7 +61,7 @@ impl OutboundInputs<'_> {
     /// Computes `target`'s resolution.
     pub(super) fn resolve(&self, target: &Target) -> Resolution {
         let Some((key, port)) = self.services.service_of(target) else {
-            return versioned(Resolution::default());
+            return versioned(self.pod_address(target).unwrap_or_default());
         };
         let profile = self.profiles.profile_of(&key).map(|c| c.profile.clone());
         let mut endpoints = match profile.as_ref().filter(|p| !p.backends.is_empty()) {
@@ -93,6 +94,28 @@ impl OutboundInputs<'_> {
             service: Some(key),
             endpoints,
             profile,
+            version: String::new(),
+        })
+    }
+
+    /// A target that is a pod's own address (a headless Service's, a StatefulSet
+    /// pod's DNS name, a pod IP) resolves to that pod, so a meshed one is reached over
+    /// mTLS with its identity like any Service endpoint.
+    fn pod_address(&self, target: &Target) -> Option<Resolution> {
+        let Target::Address(addr) = target else {
+            return None;
+        };
+        let key = self.pods_by_ip.get(&addr.ip())?;
+        let pod = self.pods.get(key).filter(|p| !p.terminating)?;
+        Some(Resolution {
+            service: None,
+            endpoints: vec![self.endpoint(
+                &key.namespace,
+                addr.ip(),
+                addr.port(),
+                Some((&key.name, pod)),
+            )],
+            profile: None,
             version: String::new(),
         })
     }

@@ -28,6 +28,9 @@ pub struct PodInfo {
     pub opaque_ports: BTreeSet<u16>,
     /// Its default inbound policy annotation, when valid.
     pub default_policy: Option<DefaultInboundPolicy>,
+    /// Its own addresses (none for a pod on the node's network, whose address is the
+    /// node's).
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 /// The workload a pod belongs to.
@@ -110,6 +113,15 @@ pub(super) fn pod_info(pod: &Pod) -> PodInfo {
         default_policy: annotations
             .and_then(|a| a.get(weft_api::annotations::DEFAULT_INBOUND_POLICY))
             .and_then(|v| policy::parse_default_policy(v)),
+        ips: if spec.and_then(|s| s.host_network) == Some(true) {
+            Vec::new()
+        } else {
+            pod.status
+                .iter()
+                .flat_map(|s| s.pod_ips.iter().flatten())
+                .filter_map(|ip| ip.ip.parse().ok())
+                .collect()
+        },
     }
 }
 

@@ -394,7 +394,7 @@ fn policy_to_proto(policy: &Policy) -> InboundPolicyUpdate {
 
 fn to_proto(resolved: &Resolved) -> Resolution {
     Resolution {
-        known: resolved.service.is_some(),
+        known: resolved.service.is_some() || !resolved.endpoints.is_empty(),
         service: resolved
             .service
             .as_ref()

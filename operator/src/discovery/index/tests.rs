@@ -247,6 +247,51 @@ fn a_meshed_pod_gives_its_endpoint_an_identity_that_follows_its_service_account(
 }
 
 #[test]
+fn a_pods_own_address_resolves_to_the_pod_with_its_identity() {
+    let mut idx = index();
+    let target = Target::Address("198.18.0.9:5432".parse().unwrap());
+    let mut rx = idx.subscribe(&target);
+    assert!(rx.borrow().endpoints.is_empty(), "no pod has the address yet");
+
+    let mut db = pod("shop", "db-0", "db", true);
+    let with_ip = |p: &mut Pod, ip: &str| {
+        p.status = Some(serde_json::from_value(json!({"podIPs": [{"ip": ip}]})).unwrap());
+    };
+    with_ip(&mut db, "198.18.0.9");
+    idx.apply_pod(&db);
+    {
+        let r = rx.borrow_and_update();
+        assert_eq!(r.service, None);
+        assert_eq!(addrs(&r), ["198.18.0.9:5432"]);
+        assert_eq!(
+            r.endpoints[0].identity.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/db")
+        );
+        assert_eq!(r.endpoints[0].labels["pod"], "db-0");
+    }
+
+    // The pod moves to another address: the old one is nobody's.
+    with_ip(&mut db, "198.18.0.10");
+    idx.apply_pod(&db);
+    assert!(rx.borrow_and_update().endpoints.is_empty());
+
+    // A new pod takes the address; it goes when that pod is terminating or deleted.
+    let mut next = pod("shop", "db-1", "db", false);
+    with_ip(&mut next, "198.18.0.9");
+    idx.apply_pod(&next);
+    assert_eq!(rx.borrow_and_update().endpoints[0].identity, None, "not meshed");
+    idx.delete_pod(&Key::new("shop", "db-1"));
+    assert!(rx.borrow_and_update().endpoints.is_empty());
+
+    // A pod on the node's network has no address of its own.
+    let mut host = pod("shop", "agent", "agent", false);
+    with_ip(&mut host, "198.18.0.9");
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    idx.apply_pod(&host);
+    assert!(rx.borrow_and_update().endpoints.is_empty());
+}
+
+#[test]
 fn a_service_port_change_and_a_late_service_reach_subscribers() {
     let mut idx = index();
     // Subscribed before the Service exists: unknown, then known when it appears.
