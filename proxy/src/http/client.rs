@@ -225,7 +225,10 @@ impl Destination {
         identity: Option<&str>,
         version: Version,
     ) -> Option<Sender> {
-        let tcp = transport::connect(addr, Direction::Outbound, &self.metrics).await?;
+        // The inbound side's application is reached like any inbound connection (from
+        // the passthrough source), an outbound endpoint like any outbound one.
+        let direction = self.labels.direction.unwrap_or(Direction::Outbound);
+        let tcp = transport::connect(addr, direction, &self.metrics).await?;
         match (identity, &self.tls) {
             (Some(identity), Some(tls)) => {
                 let tls =
