@@ -8,6 +8,13 @@
 //! ports; with no policy at all (the operator never answered) nothing is enforced,
 //! which the proxy logs.
 //!
+//! [`authorize`] says which rule admitted a client, or why none did ([`Denial`]): the
+//! port has no rules at all (the `deny` default, the only policy streamed without
+//! any), the client has no mesh identity where every rule asks for one, or no rule
+//! names this client. A [`Refusal`] is that reason at a port for one client, in the
+//! words the client is told (the `weft-authz` header, a line of text), counted and
+//! logged with.
+//!
 //! The rules are the proxy's own plain types ([`InboundPolicy`]), converted from the
 //! operator's messages where the stream arrives ([`crate::discovery`]).
 
@@ -91,13 +98,168 @@ pub struct Client<'a> {
     pub ip: IpAddr,
 }
 
-/// The first rule of `policy` that allows `client`, by name; `None`: denied.
-pub fn authorize<'p>(policy: &'p InboundPolicy, client: Client<'_>) -> Option<&'p str> {
-    policy
+/// What a port's policy says about a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision<'p> {
+    /// Admitted by the first rule that allows the client, named.
+    Allowed { authorization: &'p str },
+    /// Refused, and why.
+    Denied(Denial),
+}
+
+/// Why a port's policy refused a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// The port has no rules: it is under the `deny` default, which admits no one.
+    DefaultDeny,
+    /// The client has no mesh identity, and every rule of the port (named) asks for one.
+    Unauthenticated { authorizations: Vec<String> },
+    /// No rule of the port (named) admits this client: its identity is not one they
+    /// name, or it comes from outside their networks.
+    NoMatch { authorizations: Vec<String> },
+}
+
+/// The name a port under the `deny` default has for its policy.
+pub const DEFAULT_DENY: &str = "default:deny";
+
+/// How the proxy names a client without a mesh identity.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+
+impl Denial {
+    /// Why, in a word: `default-deny`, `unauthenticated` or `no-match`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::DefaultDeny => "default-deny",
+            Self::Unauthenticated { .. } => "unauthenticated",
+            Self::NoMatch { .. } => "no-match",
+        }
+    }
+
+    /// The policy the client was refused by: its rules' names, comma-separated, or
+    /// [`DEFAULT_DENY`].
+    pub fn policy(&self) -> String {
+        match self {
+            Self::DefaultDeny => DEFAULT_DENY.to_string(),
+            Self::Unauthenticated { authorizations } | Self::NoMatch { authorizations } => {
+                authorizations.join(",")
+            }
+        }
+    }
+}
+
+/// The decision of `policy` on `client`: the first rule that allows it, or why none
+/// does.
+pub fn authorize<'p>(policy: &'p InboundPolicy, client: Client<'_>) -> Decision<'p> {
+    if let Some(rule) = policy
         .authorizations
         .iter()
         .find(|rule| allows(rule, client))
-        .map(|rule| rule.name.as_str())
+    {
+        return Decision::Allowed {
+            authorization: rule.name.as_str(),
+        };
+    }
+    if policy.authorizations.is_empty() {
+        return Decision::Denied(Denial::DefaultDeny);
+    }
+    let authorizations = policy
+        .authorizations
+        .iter()
+        .map(|rule| rule.name.clone())
+        .collect();
+    let identity_required = policy
+        .authorizations
+        .iter()
+        .all(|rule| !rule.unauthenticated);
+    Decision::Denied(if client.identity.is_none() && identity_required {
+        Denial::Unauthenticated { authorizations }
+    } else {
+        Denial::NoMatch { authorizations }
+    })
+}
+
+/// A client refused at a port: what it is told, and what the refusal is counted and
+/// logged with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The port the client connected to.
+    pub server: u16,
+    /// The client's SPIFFE id; `None` for a client without one.
+    pub client: Option<String>,
+    pub denial: Denial,
+}
+
+impl Refusal {
+    /// The client as the proxy names it: its SPIFFE id, or [`UNAUTHENTICATED`].
+    pub fn client_name(&self) -> &str {
+        self.client.as_deref().unwrap_or(UNAUTHENTICATED)
+    }
+
+    /// The value of the `weft-authz` header of a refused request:
+    /// `denied; server=<port>; policy=<rules, comma-separated, or default:deny>;
+    /// client=<SPIFFE id, or unauthenticated>`. Visible ASCII only: any other
+    /// character, and the separators `;` `,` `"` `\` within a name, read `_`.
+    pub fn header(&self) -> String {
+        let policy = match &self.denial {
+            Denial::DefaultDeny => DEFAULT_DENY.to_string(),
+            Denial::Unauthenticated { authorizations } | Denial::NoMatch { authorizations } => {
+                authorizations
+                    .iter()
+                    .map(|name| plain(name))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        };
+        format!(
+            "denied; server={}; policy={policy}; client={}",
+            self.server,
+            plain(self.client_name())
+        )
+    }
+
+    /// The refusal in words, one line of visible ASCII (and spaces).
+    pub fn message(&self) -> String {
+        let port = self.server;
+        let names = |authorizations: &[String]| {
+            authorizations
+                .iter()
+                .map(|name| plain(name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &self.denial {
+            Denial::DefaultDeny => format!(
+                "Weft denied the request: port {port} is under the default policy \
+                 {DEFAULT_DENY}, which admits no client (this one is {}).",
+                plain(self.client_name())
+            ),
+            Denial::Unauthenticated { authorizations } => format!(
+                "Weft denied the request: port {port} admits only meshed clients \
+                 (authorizations: {}), and this client has no mesh identity.",
+                names(authorizations)
+            ),
+            Denial::NoMatch { authorizations } => format!(
+                "Weft denied the request: no authorization of port {port} ({}) admits \
+                 client {}.",
+                names(authorizations),
+                plain(self.client_name())
+            ),
+        }
+    }
+}
+
+/// `text` with every character that is not visible ASCII, or is a separator of the
+/// `weft-authz` header (`;` `,` `"` `\`), as `_`.
+fn plain(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && !matches!(c, ';' | ',' | '"' | '\\') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn allows(rule: &Authorization, client: Client<'_>) -> bool {

@@ -13,16 +13,26 @@
 //! HTTP — announced by the client proxy with the ALPN [`ALPN_HTTP`], or detected from
 //! an unmeshed client — is counted request by request with the client's identity:
 //! HTTP/1 is relayed byte for byte and read only for where its messages end
-//! ([`crate::http::relay`]), HTTP/2 is served by [`crate::http`]. A client the policy
-//! refuses is answered 403 for each request. Anything else is relayed as bytes (an
-//! opaque port always is).
+//! ([`crate::http::relay`]), HTTP/2 is served by [`crate::http`]. Anything else is
+//! relayed as bytes (an opaque port always is).
+//!
+//! A client the policy refuses is told why, if it speaks HTTP: each of its requests is
+//! answered 403 with a `weft-authz` header naming the port, the policy and the client
+//! (gRPC: `grpc-status: 7` and a `grpc-message`; see [`crate::http::client`]). Any
+//! other refused connection is closed. Every connection is counted in
+//! `inbound_tcp_authz_{allow,deny}_total`, and each HTTP request on it in
+//! `inbound_http_authz_{allow,deny}_total` ([`crate::metrics`]). Each refusal is
+//! logged at debug, and at info at most once per [`DENIAL_LOG_EVERY`] for a port and
+//! a client, so a client retrying in a loop does not flood the log.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -31,11 +41,11 @@ use tokio::{
 use weft_proxy_api::v1::{Endpoint, Resolution};
 
 use crate::{
-    authz::{self, InboundPolicy},
+    authz::{self, Decision, InboundPolicy, Refusal},
     detect::{self, Prefixed, Protocol},
     discovery::Discovery,
     http::{self, Destination, Pool, Version, server::serve_counted},
-    metrics::{Direction, Metrics, TcpLabels},
+    metrics::{AuthzLabels, Direction, Metrics, TcpLabels, Verdict},
     tcp::relay,
     tls::{self, ALPN_HTTP, Tls},
     transport,
@@ -49,6 +59,12 @@ pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// connected, so a client silent this long is an application whose server speaks
 /// first (MySQL, SMTP), passed through after this short wait.
 pub const OPAQUE_DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A refusal of a client at a port is logged at info at most this often; every
+/// refusal is logged at debug.
+pub const DENIAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The most (port, client) pairs whose last info line is remembered; beyond, and
+/// none of them older than [`DENIAL_LOG_EVERY`], refusals are logged at debug only.
+const DENIAL_LOG_PAIRS: usize = 1024;
 
 /// Where inbound policies come from: discovery, or a test's stand-in.
 pub trait Policies: Send + Sync + 'static {
@@ -100,6 +116,7 @@ pub(crate) struct Inbound {
     fixed_target: Option<SocketAddr>,
     /// HTTP connections to the application, for reuse.
     pool: Arc<Pool>,
+    denials: DenialLog,
 }
 
 impl Inbound {
@@ -115,6 +132,7 @@ impl Inbound {
             settings,
             fixed_target,
             pool: Arc::default(),
+            denials: DenialLog::default(),
         }
     }
 
@@ -174,8 +192,13 @@ impl Inbound {
             let Some(accepted) = transport::accept_mtls(tls, client, peer, metrics).await else {
                 return;
             };
-            let allowed =
-                self.authorized(policy.as_ref(), Some(&accepted.client_id), peer, metrics);
+            let admission = self.admit(
+                policy.as_ref(),
+                Some(&accepted.client_id),
+                peer,
+                port,
+                metrics,
+            );
             labels.tls = Some("true");
             labels.client_id = Some(accepted.client_id);
             let mut stream = accepted.stream;
@@ -189,19 +212,28 @@ impl Inbound {
                     return;
                 };
                 let stream = Prefixed::new(prefix, stream);
-                let app = App { addr: app, allowed };
+                let app = App {
+                    addr: app,
+                    admission,
+                };
                 return self
                     .serve_app(stream, Some(version), app, labels, metrics, shutdown)
                     .await;
             }
-            let app = App { addr: app, allowed };
+            let app = App {
+                addr: app,
+                admission,
+            };
             self.serve_app(stream, None, app, labels, metrics, shutdown)
                 .await;
         } else {
-            let allowed = self.authorized(policy.as_ref(), None, peer, metrics);
+            let admission = self.admit(policy.as_ref(), None, peer, port, metrics);
             labels.tls = Some("false");
             let version = Version::detected(&protocol).filter(|_| !opaque);
-            let app = App { addr: app, allowed };
+            let app = App {
+                addr: app,
+                admission,
+            };
             self.serve_app(client, version, app, labels, metrics, shutdown)
                 .await;
         }
@@ -209,8 +241,9 @@ impl Inbound {
 
     /// Hands the client's connection `io` to the application: as HTTP in `version`
     /// (HTTP/1 relayed as it came when the client is allowed, else served request by
-    /// request and every request refused), or without one as bytes, if the client is
-    /// allowed. A peer proxy's mTLS and a plaintext client end the same way here.
+    /// request and every request refused, saying why), or without one as bytes, if the
+    /// client is allowed (else closed). A peer proxy's mTLS and a plaintext client end
+    /// the same way here.
     async fn serve_app<I>(
         &self,
         io: I,
@@ -222,15 +255,18 @@ impl Inbound {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let App { addr, allowed } = app;
+        let App { addr, admission } = app;
         if let Some(version) = version {
-            if allowed && version == Version::Http1 {
-                return http::relay::serve(io, addr, &labels, metrics, shutdown).await;
+            let authz = admission.http_counter(metrics);
+            if admission.refusal.is_none() && version == Version::Http1 {
+                return http::relay::serve(io, addr, &labels, authz, metrics, shutdown).await;
             }
-            let destination = self.app_destination(addr, labels, !allowed, metrics);
+            let refused = admission.refusal;
+            let destination = self.app_destination(addr, labels, refused, authz, metrics);
             return serve_counted(io, version, destination, shutdown).await;
         }
-        if !allowed {
+        if admission.refusal.is_some() {
+            // Closed: there is no protocol to say why in.
             return;
         }
         let Some(server) = transport::connect(addr, Direction::Inbound, metrics).await else {
@@ -240,12 +276,13 @@ impl Inbound {
     }
 
     /// Where an inbound HTTP connection's requests go: the application at `app`,
-    /// unless the client is `forbidden`.
+    /// unless the client is `refused`; each request counted in `authz`.
     fn app_destination(
         &self,
         app: SocketAddr,
         labels: TcpLabels,
-        forbidden: bool,
+        refused: Option<Arc<Refusal>>,
+        authz: Option<Counter>,
         metrics: &Arc<Metrics>,
     ) -> Destination {
         let resolution = Resolution {
@@ -259,7 +296,8 @@ impl Inbound {
         };
         Destination {
             labels,
-            forbidden,
+            refused,
+            authz,
             prepared: Arc::default(),
             resolution: watch::channel(Some(Arc::new(resolution))).1,
             balancer: Arc::default(),
@@ -270,42 +308,138 @@ impl Inbound {
         }
     }
 
-    /// Whether the port's policy lets the client in; counted either way.
-    fn authorized(
+    /// What the port's policy says about the client with `identity` at `peer`,
+    /// connected to `port`: counted either way, a refusal logged.
+    fn admit(
         &self,
         policy: Option<&InboundPolicy>,
         identity: Option<&str>,
         peer: SocketAddr,
+        port: u16,
         metrics: &Metrics,
-    ) -> bool {
+    ) -> Admission {
         let Some(policy) = policy else {
             // No policy at all (no discovery and no default): nothing to enforce.
-            return true;
+            return Admission::default();
         };
         let client = authz::Client {
             identity,
             ip: peer.ip(),
         };
+        let client_id = identity.unwrap_or(authz::UNAUTHENTICATED).to_string();
+        let server = port.to_string();
         match authz::authorize(policy, client) {
-            Some(rule) => {
-                metrics.authz_allowed(rule);
-                true
+            Decision::Allowed { authorization } => {
+                let labels = AuthzLabels {
+                    server,
+                    authorization: authorization.to_string(),
+                    client_id,
+                };
+                metrics.tcp_authz(Verdict::Allow, &labels);
+                Admission {
+                    labels: Some(labels),
+                    refusal: None,
+                }
             }
-            None => {
-                tracing::info!(%peer, identity = identity.unwrap_or("-"), "denied by the inbound policy");
-                metrics.authz_denied();
-                false
+            Decision::Denied(denial) => {
+                let labels = AuthzLabels {
+                    server,
+                    authorization: denial.policy(),
+                    client_id,
+                };
+                metrics.tcp_authz(Verdict::Deny, &labels);
+                let refusal = Refusal {
+                    server: port,
+                    client: identity.map(str::to_string),
+                    denial,
+                };
+                self.log_refusal(&refusal, peer);
+                Admission {
+                    labels: Some(labels),
+                    refusal: Some(Arc::new(refusal)),
+                }
             }
+        }
+    }
+
+    /// Logs `refusal` of the client at `peer`: at info if it is the first of its port
+    /// and client for [`DENIAL_LOG_EVERY`], else at debug.
+    fn log_refusal(&self, refusal: &Refusal, peer: SocketAddr) {
+        let client = refusal.client_name();
+        let (server, policy) = (refusal.server, refusal.denial.policy());
+        let reason = refusal.denial.reason();
+        if self
+            .denials
+            .first_in_a_while(server, client, Instant::now())
+        {
+            tracing::info!(
+                %peer, server, client, policy, reason,
+                "denied by the inbound policy (this client's further refusals at this port \
+                 within {}s are logged at debug)",
+                DENIAL_LOG_EVERY.as_secs()
+            );
+        } else {
+            tracing::debug!(%peer, server, client, policy, reason, "denied by the inbound policy");
         }
     }
 }
 
-/// The application a connection goes to, and whether the port's policy lets the
-/// client reach it.
-#[derive(Clone, Copy, Debug)]
+/// What the port's policy said about a connection's client: what the connection is
+/// served and counted with.
+#[derive(Clone, Debug, Default)]
+struct Admission {
+    /// The labels of the client's inbound authorization counters; `None` where no
+    /// policy applies (nothing is enforced, nothing counted).
+    labels: Option<AuthzLabels>,
+    /// Why the client is refused; `None`: it may go on.
+    refusal: Option<Arc<Refusal>>,
+}
+
+impl Admission {
+    /// The `inbound_http_authz_*` counter each of the connection's requests is
+    /// counted in: allowed, or denied.
+    fn http_counter(&self, metrics: &Metrics) -> Option<Counter> {
+        let verdict = match self.refusal {
+            None => Verdict::Allow,
+            Some(_) => Verdict::Deny,
+        };
+        let labels = self.labels.as_ref()?;
+        Some(metrics.http_authz(verdict, labels))
+    }
+}
+
+/// The application a connection goes to, and what the port's policy said about the
+/// client.
+#[derive(Clone, Debug)]
 struct App {
     addr: SocketAddr,
-    allowed: bool,
+    admission: Admission,
+}
+
+/// When a refusal of each (port, client) was last logged at info.
+#[derive(Debug, Default)]
+struct DenialLog(Mutex<HashMap<(u16, String), Instant>>);
+
+impl DenialLog {
+    /// Whether a refusal of `client` at `server` at `now` is the first in
+    /// [`DENIAL_LOG_EVERY`] (then remembered as the last). With
+    /// [`DENIAL_LOG_PAIRS`] pairs all logged within that time, no other is.
+    fn first_in_a_while(&self, server: u16, client: &str, now: Instant) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = |at: &Instant| now.saturating_duration_since(*at) < DENIAL_LOG_EVERY;
+        let key = (server, client.to_string());
+        if last.get(&key).is_some_and(recent) {
+            return false;
+        }
+        if last.len() >= DENIAL_LOG_PAIRS && !last.contains_key(&key) {
+            last.retain(|_, at| recent(at));
+            if last.len() >= DENIAL_LOG_PAIRS {
+                return false;
+            }
+        }
+        last.insert(key, now);
+        true
+    }
 }
 
 /// The loopback address of `ip`'s family.
@@ -315,3 +449,6 @@ fn loopback_like(ip: IpAddr) -> IpAddr {
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,18 @@
 //! The proxy's Prometheus metrics, served on the admin port's `/metrics`.
 //!
 //! Names follow Linkerd's proxy where the concept is the same, so dashboards port.
+//!
+//! Inbound authorization is counted per connection (`inbound_tcp_authz_allow_total`,
+//! `inbound_tcp_authz_deny_total`: every connection is judged once, whatever it
+//! carries) and per HTTP request on those connections (`inbound_http_authz_allow_total`,
+//! `inbound_http_authz_deny_total`), each labelled ([`AuthzLabels`]) `server` (the
+//! port), `authorization` (the rule that admitted the client; for a denial, the policy
+//! that refused it: its rules' names, comma-separated, or `default:deny`) and
+//! `client_id` (the client's SPIFFE id, or `unauthenticated`). Their cardinality is
+//! bounded: each of these families labels at most [`MAX_AUTHZ_CLIENT_IDS`] distinct
+//! client ids and [`MAX_AUTHZ_SERVERS`] distinct ports, and counts any further one
+//! as `client_id="other"` / `server="other"`, so neither many identities nor a scan of
+//! the pod's ports grows the proxy's memory or its `/metrics` without bound.
 
 use std::{
     collections::HashSet,
@@ -148,11 +160,67 @@ struct RouteResponseLabels {
     classification: &'static str,
 }
 
-/// Labels of the inbound authorization counters.
+/// The most distinct `client_id`s each inbound authorization family labels; any
+/// further client is counted as `client_id="other"`.
+pub const MAX_AUTHZ_CLIENT_IDS: usize = 100;
+/// The most distinct `server`s (ports) each inbound authorization family labels; any
+/// further port is counted as `server="other"`.
+pub const MAX_AUTHZ_SERVERS: usize = 100;
+/// What stands for the client ids and ports beyond those limits.
+pub const AUTHZ_OTHER: &str = "other";
+
+/// Labels of the inbound authorization counters (`inbound_{tcp,http}_authz_*`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AuthzLabels {
-    /// The rule that allowed the connection; empty for a denial.
-    authz: String,
+pub struct AuthzLabels {
+    /// The port the client connected to.
+    pub server: String,
+    /// The rule that admitted the client; for a denial, the policy that refused it
+    /// (its rules' names, comma-separated, or `default:deny`).
+    pub authorization: String,
+    /// The client's SPIFFE id, or `unauthenticated`.
+    pub client_id: String,
+}
+
+/// Whether an inbound authorization counter counts admissions or refusals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// One inbound authorization family, with the client ids and ports it labels so far.
+#[derive(Debug, Default)]
+struct AuthzFamily {
+    counters: Family<AuthzLabels, Counter>,
+    clients: Mutex<HashSet<String>>,
+    servers: Mutex<HashSet<String>>,
+}
+
+impl AuthzFamily {
+    /// The counter of `labels`, its client id and port folded into
+    /// [`AUTHZ_OTHER`] beyond the limits.
+    fn counter(&self, labels: &AuthzLabels) -> Counter {
+        let labels = AuthzLabels {
+            server: admitted(&self.servers, &labels.server, MAX_AUTHZ_SERVERS),
+            authorization: labels.authorization.clone(),
+            client_id: admitted(&self.clients, &labels.client_id, MAX_AUTHZ_CLIENT_IDS),
+        };
+        self.counters.get_or_create(&labels).clone()
+    }
+}
+
+/// `value`, if `seen` holds it or has room for it (then it does); else
+/// [`AUTHZ_OTHER`].
+fn admitted(seen: &Mutex<HashSet<String>>, value: &str, max: usize) -> String {
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(value) {
+        return value.to_string();
+    }
+    if seen.len() < max {
+        seen.insert(value.to_string());
+        return value.to_string();
+    }
+    AUTHZ_OTHER.to_string()
 }
 
 /// The `tcp_*` family, per direction.
@@ -174,8 +242,10 @@ pub struct Metrics {
     cert_refreshes: Family<RefreshLabels, Counter>,
     tcp: Tcp,
     tcp_label_sets: Mutex<HashSet<TcpLabels>>,
-    authz_allow: Family<AuthzLabels, Counter>,
-    authz_deny: Counter,
+    tcp_authz_allow: AuthzFamily,
+    tcp_authz_deny: AuthzFamily,
+    http_authz_allow: AuthzFamily,
+    http_authz_deny: AuthzFamily,
     tls_errors: Family<TcpLabels, Counter>,
     detect_errors: Counter,
     http_errors: Family<TcpLabels, Counter>,
@@ -255,17 +325,29 @@ impl Metrics {
             "Captured connections whose destination could not be reached",
             tcp.connect_errors.clone(),
         );
-        let authz_allow = Family::<AuthzLabels, Counter>::default();
+        let (tcp_authz_allow, tcp_authz_deny) = (AuthzFamily::default(), AuthzFamily::default());
+        let (http_authz_allow, http_authz_deny) = (AuthzFamily::default(), AuthzFamily::default());
         registry.register(
             "inbound_tcp_authz_allow",
-            "Inbound connections allowed, by the rule that allowed them",
-            authz_allow.clone(),
+            "Inbound connections allowed, by port, the rule that allowed them and client",
+            tcp_authz_allow.counters.clone(),
         );
-        let authz_deny = Counter::default();
         registry.register(
             "inbound_tcp_authz_deny",
-            "Inbound connections no rule of their port's policy allowed",
-            authz_deny.clone(),
+            "Inbound connections no rule of their port's policy allowed, by port, \
+             policy and client",
+            tcp_authz_deny.counters.clone(),
+        );
+        registry.register(
+            "inbound_http_authz_allow",
+            "Inbound HTTP requests allowed, by port, the rule that allowed them and client",
+            http_authz_allow.counters.clone(),
+        );
+        registry.register(
+            "inbound_http_authz_deny",
+            "Inbound HTTP requests refused by their port's policy, by port, policy and \
+             client",
+            http_authz_deny.counters.clone(),
         );
         let tls_errors = Family::<TcpLabels, Counter>::default();
         registry.register(
@@ -340,8 +422,10 @@ impl Metrics {
             responses,
             latency,
             tcp_label_sets: Mutex::default(),
-            authz_allow,
-            authz_deny,
+            tcp_authz_allow,
+            tcp_authz_deny,
+            http_authz_allow,
+            http_authz_deny,
             tls_errors,
             detect_errors,
             http_errors,
@@ -403,18 +487,23 @@ impl Metrics {
             .inc();
     }
 
-    /// Records an inbound connection allowed by rule `authz`.
-    pub fn authz_allowed(&self, authz: &str) {
-        self.authz_allow
-            .get_or_create(&AuthzLabels {
-                authz: authz.to_string(),
-            })
-            .inc();
+    /// Records an inbound connection allowed or denied, with `labels`.
+    pub fn tcp_authz(&self, verdict: Verdict, labels: &AuthzLabels) {
+        let family = match verdict {
+            Verdict::Allow => &self.tcp_authz_allow,
+            Verdict::Deny => &self.tcp_authz_deny,
+        };
+        family.counter(labels).inc();
     }
 
-    /// Records an inbound connection denied.
-    pub fn authz_denied(&self) {
-        self.authz_deny.inc();
+    /// The counter of the HTTP requests allowed or denied with `labels`, looked up
+    /// once for a connection's requests; each request increments it.
+    pub fn http_authz(&self, verdict: Verdict, labels: &AuthzLabels) -> Counter {
+        let family = match verdict {
+            Verdict::Allow => &self.http_authz_allow,
+            Verdict::Deny => &self.http_authz_deny,
+        };
+        family.counter(labels)
     }
 
     /// Records a failed TLS handshake between proxies.
@@ -430,6 +519,7 @@ impl Metrics {
         let labels = self.bounded(labels);
         HttpCounters {
             requests: self.requests.get_or_create(&labels).clone(),
+            authz: None,
             latency: self.latency.get_or_create(&labels).clone(),
             responses: Mutex::default(),
             labels,
@@ -510,15 +600,27 @@ impl Metrics {
 pub struct HttpCounters {
     labels: TcpLabels,
     requests: Counter,
+    /// Inbound: the `inbound_http_authz_*` counter each request is also counted in.
+    authz: Option<Counter>,
     latency: Histogram,
     /// `response_total` by status and classification, as they were first seen.
     responses: Mutex<Vec<(u16, bool, Counter)>>,
 }
 
 impl HttpCounters {
+    /// These counters, also counting each request in `authz` (the inbound
+    /// authorization counter of the connection's client, from [`Metrics::http_authz`]).
+    pub fn with_authz(mut self, authz: Option<Counter>) -> Self {
+        self.authz = authz;
+        self
+    }
+
     /// Records a request.
     pub fn request(&self) {
         self.requests.inc();
+        if let Some(authz) = &self.authz {
+            authz.inc();
+        }
     }
 
     /// Records how long a request's response head took.
@@ -555,3 +657,6 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -37,65 +37,215 @@ fn cidrs_hold_what_they_should() {
     }
 }
 
-#[test]
-fn a_client_is_allowed_by_the_first_rule_that_names_it() {
-    let policy: InboundPolicy = InboundPolicyUpdate {
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const OTHER: &str = "spiffe://cluster.local/ns/shop/sa/other";
+
+fn policy(rules: Vec<v1::Authorization>) -> InboundPolicy {
+    InboundPolicyUpdate {
         protocol: "detect".into(),
-        authorizations: vec![
-            rule(
-                "serverauthorization/web",
-                &["spiffe://cluster.local/ns/shop/sa/web"],
-                false,
-                &[],
-            ),
-            rule(
-                "serverauthorization/probes",
-                &[],
-                true,
-                &[("198.18.0.0/16", &["198.18.9.0/24"])],
-            ),
-        ],
+        authorizations: rules,
         config_version: String::new(),
     }
-    .into();
-    let ip = "198.18.1.1".parse().unwrap();
-    let web = Some("spiffe://cluster.local/ns/shop/sa/web");
+    .into()
+}
+
+fn client<'a>(identity: Option<&'a str>, ip: &str) -> Client<'a> {
+    Client {
+        identity,
+        ip: ip.parse().unwrap(),
+    }
+}
+
+fn allowed(authorization: &str) -> Decision<'_> {
+    Decision::Allowed { authorization }
+}
+
+fn names(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// The port of the tests below: the web ServiceAccount by identity, a probes network
+/// unauthenticated (less one subnet).
+fn shop() -> InboundPolicy {
+    policy(vec![
+        rule("serverauthorization/web", &[WEB], false, &[]),
+        rule(
+            "serverauthorization/probes",
+            &[],
+            true,
+            &[("198.18.0.0/16", &["198.18.9.0/24"])],
+        ),
+    ])
+}
+
+#[test]
+fn a_named_identity_is_allowed_by_the_first_rule_that_names_it() {
     assert_eq!(
-        authorize(&policy, Client { identity: web, ip }),
-        Some("serverauthorization/web")
+        authorize(&shop(), client(Some(WEB), "10.0.0.1")),
+        allowed("serverauthorization/web")
     );
+    // From the probes network too, where the second rule would allow it as well.
     assert_eq!(
-        authorize(&policy, Client { identity: None, ip }),
-        Some("serverauthorization/probes")
+        authorize(&shop(), client(Some(WEB), "198.18.1.1")),
+        allowed("serverauthorization/web")
     );
-    let excluded = "198.18.9.9".parse().unwrap();
+}
+
+#[test]
+fn a_service_account_is_allowed_by_its_identity_and_any_identity_by_a_star() {
+    // The operator turns a ServiceAccount into the SPIFFE id of its workloads.
+    let policy = policy(vec![
+        rule(
+            "serverauthorization/friends",
+            &["spiffe://cluster.local/ns/shop/sa/friend"],
+            false,
+            &[],
+        ),
+        rule("default:all-authenticated", &["*"], false, &[]),
+    ]);
     assert_eq!(
         authorize(
             &policy,
-            Client {
-                identity: None,
-                ip: excluded
-            }
+            client(Some("spiffe://cluster.local/ns/shop/sa/friend"), "10.0.0.1")
         ),
-        None
+        allowed("serverauthorization/friends")
     );
-    let outside = "127.0.0.1".parse().unwrap();
     assert_eq!(
-        authorize(
-            &policy,
-            Client {
-                identity: Some("spiffe://cluster.local/ns/shop/sa/other"),
-                ip: outside
-            }
-        ),
-        None
+        authorize(&policy, client(Some(OTHER), "10.0.0.1")),
+        allowed("default:all-authenticated")
     );
+}
+
+#[test]
+fn an_unauthenticated_client_is_allowed_by_its_network() {
+    assert_eq!(
+        authorize(&shop(), client(None, "198.18.1.1")),
+        allowed("serverauthorization/probes")
+    );
+    // An identity does not keep a client out of a rule for unauthenticated clients.
+    assert_eq!(
+        authorize(&shop(), client(Some(OTHER), "198.18.1.1")),
+        allowed("serverauthorization/probes")
+    );
+}
+
+#[test]
+fn a_client_without_identity_where_every_rule_asks_for_one_is_denied_as_unauthenticated() {
+    let policy = policy(vec![
+        rule("serverauthorization/web", &[WEB], false, &[]),
+        rule("default:all-authenticated", &["*"], false, &[]),
+    ]);
+    assert_eq!(
+        authorize(&policy, client(None, "10.0.0.1")),
+        Decision::Denied(Denial::Unauthenticated {
+            authorizations: names(&["serverauthorization/web", "default:all-authenticated"])
+        })
+    );
+}
+
+#[test]
+fn a_port_without_rules_denies_everyone_by_the_deny_default() {
     let deny = InboundPolicy::from(InboundPolicyUpdate::default());
-    assert_eq!(authorize(&deny, Client { identity: web, ip }), None);
-    let any = InboundPolicy::from(InboundPolicyUpdate {
-        authorizations: vec![rule("default:all-authenticated", &["*"], false, &[])],
-        ..Default::default()
+    for who in [Some(WEB), None] {
+        assert_eq!(
+            authorize(&deny, client(who, "10.0.0.1")),
+            Decision::Denied(Denial::DefaultDeny)
+        );
+    }
+    assert_eq!(Denial::DefaultDeny.policy(), "default:deny");
+}
+
+#[test]
+fn a_client_no_rule_names_is_denied_naming_the_rules() {
+    let denied = Decision::Denied(Denial::NoMatch {
+        authorizations: names(&["serverauthorization/web", "serverauthorization/probes"]),
     });
-    assert!(authorize(&any, Client { identity: web, ip }).is_some());
-    assert!(authorize(&any, Client { identity: None, ip }).is_none());
+    // An identity no rule names, from outside the unauthenticated network.
+    assert_eq!(authorize(&shop(), client(Some(OTHER), "127.0.0.1")), denied);
+    // Unauthenticated from the network's excluded subnet: a rule admits
+    // unauthenticated clients, just not from there.
+    assert_eq!(authorize(&shop(), client(None, "198.18.9.9")), denied);
+    let Decision::Denied(denial) = denied else {
+        unreachable!()
+    };
+    assert_eq!(
+        denial.policy(),
+        "serverauthorization/web,serverauthorization/probes"
+    );
+}
+
+#[test]
+fn a_refusal_reads_the_same_in_its_header_and_its_words() {
+    let refusal = Refusal {
+        server: 8080,
+        client: Some(OTHER.into()),
+        denial: Denial::NoMatch {
+            authorizations: names(&["serverauthorization/a", "serverauthorization/b"]),
+        },
+    };
+    assert_eq!(
+        refusal.header(),
+        "denied; server=8080; policy=serverauthorization/a,serverauthorization/b; \
+         client=spiffe://cluster.local/ns/shop/sa/other"
+    );
+    assert_eq!(
+        refusal.message(),
+        "Weft denied the request: no authorization of port 8080 \
+         (serverauthorization/a, serverauthorization/b) admits client \
+         spiffe://cluster.local/ns/shop/sa/other."
+    );
+
+    let unauthenticated = Refusal {
+        server: 80,
+        client: None,
+        denial: Denial::Unauthenticated {
+            authorizations: names(&["default:all-authenticated"]),
+        },
+    };
+    assert_eq!(
+        unauthenticated.header(),
+        "denied; server=80; policy=default:all-authenticated; client=unauthenticated"
+    );
+    assert!(
+        unauthenticated.message().contains("no mesh identity"),
+        "{}",
+        unauthenticated.message()
+    );
+
+    let deny = Refusal {
+        server: 80,
+        client: None,
+        denial: Denial::DefaultDeny,
+    };
+    assert_eq!(
+        deny.header(),
+        "denied; server=80; policy=default:deny; client=unauthenticated"
+    );
+    assert!(
+        deny.message().contains("default:deny"),
+        "{}",
+        deny.message()
+    );
+}
+
+#[test]
+fn a_refusal_header_holds_only_visible_ascii_and_its_own_separators() {
+    let refusal = Refusal {
+        server: 1,
+        client: Some("spiffe://td/ns/é; x=\"y\"\r\n".into()),
+        denial: Denial::NoMatch {
+            authorizations: names(&["a,b", "c"]),
+        },
+    };
+    let header = refusal.header();
+    assert_eq!(
+        header,
+        "denied; server=1; policy=a_b,c; client=spiffe://td/ns/___x=_y___"
+    );
+    assert!(http::HeaderValue::from_str(&header).is_ok());
+    let message = refusal.message();
+    assert!(
+        message.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+        "{message}"
+    );
 }

@@ -2,6 +2,14 @@
 //! over the destination's endpoints, its route's timeout, classification and retries
 //! applied, sent on a pooled connection to the chosen endpoint (mTLS to a meshed one),
 //! and counted; an upgrade joined as TCP once the endpoint accepts it.
+//!
+//! Inbound, a client the port's policy refused gets every request answered by the
+//! proxy, saying why ([`Refusal`]): 403 with a `weft-authz` header
+//! (`denied; server=<port>; policy=<rules or default:deny>; client=<SPIFFE id or
+//! unauthenticated>`) and the same in a line of `text/plain`; a gRPC request (a
+//! `content-type` of `application/grpc…`) gets a trailers-only 200 with
+//! `grpc-status: 7` (PERMISSION_DENIED), that line percent-encoded in `grpc-message`,
+//! and the same `weft-authz`.
 
 use std::{
     net::SocketAddr,
@@ -9,9 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::{Body as _, Incoming};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::{Body as _, Bytes, Incoming};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use weft_proxy_api::v1::{Endpoint, Resolution};
 
@@ -21,6 +31,7 @@ use super::{
     pool::{Sender, handshake},
 };
 use crate::{
+    authz::Refusal,
     balance::{Balancer, Prepared, PreparedCache, label_endpoint},
     metrics::{Direction, HttpCounters, Metrics, RouteLabels, TcpLabels},
     profile::Budget,
@@ -46,8 +57,12 @@ pub struct Destination {
     /// outbound, its direction and authority (each endpoint adds its own); inbound,
     /// also the client's identity and `tls`.
     pub labels: TcpLabels,
-    /// Every request is answered 403: the port's policy does not let the client in.
-    pub forbidden: bool,
+    /// Every request is answered by the proxy with why: the port's policy does not
+    /// let the client in.
+    pub refused: Option<Arc<Refusal>>,
+    /// Inbound: the `inbound_http_authz_*` counter of the client, each request counted
+    /// in it; `None` where no policy applies.
+    pub authz: Option<Counter>,
     /// The resolution prepared for requests, shared by the destination's connections.
     pub prepared: Arc<PreparedCache>,
     pub resolution: watch::Receiver<Option<Arc<Resolution>>>,
@@ -73,10 +88,13 @@ type EndpointSlots = Vec<Option<Arc<HttpCounters>>>;
 impl Destination {
     pub(super) async fn proxy(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        if self.forbidden {
+        if let Some(authz) = &self.authz {
+            authz.inc();
+        }
+        if let Some(refusal) = &self.refused {
             let counters = self.own_counters();
             counters.request();
-            return self.answer(&counters, started, StatusCode::FORBIDDEN);
+            return self.refuse(&counters, started, refusal, is_grpc(request.headers()));
         }
         let prepared = self.prepared();
         let routes = &prepared.routes;
@@ -251,6 +269,52 @@ impl Destination {
         status_only(status)
     }
 
+    /// The proxy's answer to a refused client's request: 403 with the refusal in a
+    /// `weft-authz` header and in words; to a `grpc` request, a trailers-only 200 with
+    /// `grpc-status: 7` and the words in `grpc-message`. Counted like the endpoint's
+    /// answer would be (the gRPC one a failure).
+    fn refuse(
+        &self,
+        counters: &HttpCounters,
+        started: Instant,
+        refusal: &Refusal,
+        grpc: bool,
+    ) -> Response<Body> {
+        counters.latency(started.elapsed());
+        let message = refusal.message();
+        let mut response = if grpc {
+            counters.response(&self.metrics, 200, true);
+            let mut response = status_only(StatusCode::OK);
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert(
+                "grpc-status",
+                HeaderValue::from_static(GRPC_PERMISSION_DENIED),
+            );
+            headers.insert(
+                "grpc-message",
+                header_value(&grpc_percent_encoded(&message)),
+            );
+            response
+        } else {
+            counters.response(&self.metrics, 403, false);
+            let mut response = Response::new(Body::Full(Full::new(Bytes::from(message + "\n"))));
+            *response.status_mut() = StatusCode::FORBIDDEN;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response
+        };
+        response
+            .headers_mut()
+            .insert(AUTHZ_HEADER, header_value(&refusal.header()));
+        response
+    }
+
     /// The counters of the proxy's own answers (403, 503): the connection's labels.
     fn own_counters(&self) -> Arc<HttpCounters> {
         let own = &self.counters.own;
@@ -291,6 +355,33 @@ impl Destination {
     }
 }
 
+/// The header a refused request's answer explains the refusal in.
+pub const AUTHZ_HEADER: &str = "weft-authz";
+/// gRPC's PERMISSION_DENIED.
+const GRPC_PERMISSION_DENIED: &str = "7";
+
+/// `text` as a header value; text that cannot be one (it has been made visible ASCII
+/// before, so never) reads `denied`.
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("denied"))
+}
+
+/// `text` percent-encoded as gRPC's `grpc-message` requires: every byte outside
+/// printable ASCII (space to `~`), and `%` itself, as `%XX`.
+fn grpc_percent_encoded(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (b' '..=b'~').contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            // Writing into a String cannot fail.
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
+}
+
 /// The head of `request` (method, URI, version, headers), without its body.
 fn head_of<B>(request: &Request<B>) -> Request<()> {
     let mut head = Request::new(());
@@ -309,4 +400,15 @@ async fn join_upgraded(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade
     };
     let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_percent_encoded;
+
+    #[test]
+    fn grpc_messages_are_percent_encoded_outside_printable_ascii() {
+        assert_eq!(grpc_percent_encoded("port 80: denied."), "port 80: denied.");
+        assert_eq!(grpc_percent_encoded("100% é\n"), "100%25 %C3%A9%0A");
+    }
 }

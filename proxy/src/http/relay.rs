@@ -40,6 +40,7 @@ use std::{
     time::Instant,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
@@ -54,11 +55,14 @@ use crate::metrics::{Direction, HttpCounters, Metrics, TcpLabels};
 const BUFFER: usize = 16 * 1024;
 
 /// Relays the HTTP/1 connection `client` to the application at `app`, counting its
-/// messages with `labels`; drained once `shutdown` turns true.
+/// messages with `labels` (and each request in `authz`, the client's
+/// `inbound_http_authz_allow_total`, when the port has a policy); drained once
+/// `shutdown` turns true.
 pub async fn serve<C>(
     client: C,
     app: SocketAddr,
     labels: &TcpLabels,
+    authz: Option<Counter>,
     metrics: &Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) where
@@ -75,7 +79,7 @@ pub async fn serve<C>(
         closing: false,
         draining: false,
         stopping: Box::pin(stopping(shutdown)),
-        counters: metrics.http_counters(labels),
+        counters: metrics.http_counters(labels).with_authz(authz),
         metrics: metrics.clone(),
     };
     relay.run(app).await;

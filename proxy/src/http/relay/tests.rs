@@ -32,8 +32,9 @@ async fn exchange(request: &[u8], answer: &'static [u8]) -> (String, bool) {
     let metrics = Arc::new(Metrics::new());
     let (_stop, shutdown) = watch::channel(false);
     let labels = TcpLabels::new(Direction::Inbound);
-    let relay =
-        tokio::spawn(async move { serve(proxy_side, app_addr, &labels, &metrics, shutdown).await });
+    let relay = tokio::spawn(async move {
+        serve(proxy_side, app_addr, &labels, None, &metrics, shutdown).await
+    });
     client.write_all(request).await.unwrap();
     let mut got = Vec::new();
     tokio::time::timeout(PATIENCE, client.read_to_end(&mut got))
