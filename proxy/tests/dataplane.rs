@@ -29,7 +29,7 @@ use weft_proxy::{
     metrics::{Direction, Metrics},
     tls::Tls,
 };
-use weft_proxy_api::v1::{ProtocolHint, Resolution};
+use weft_proxy_api::v1::{Endpoint, ProtocolHint, Resolution};
 
 /// An application: answers each connection with `<name>:` and everything it read
 /// until the client's half-close. With `greeting`, it speaks first.
@@ -226,29 +226,105 @@ async fn the_inbound_policy_decides_who_gets_in() {
     let app = app("web", None).await;
     let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
 
+    let port = app.port().to_string();
+    let judged = |authorization, client_id| {
+        [
+            ("server", port.clone()),
+            ("authorization", authorization),
+            ("client_id", client_id),
+        ]
+    };
+    let count = |name: &str, labels: [(&str, String); 3]| {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        sample_sum(&server.metrics.encode(), name, &labels)
+    };
+    let (test, meshed) = (
+        "serverauthorization/test".to_string(),
+        CLIENT_ID.to_string(),
+    );
+
     *server.policies.0.lock().unwrap() =
         Some(allow(&["spiffe://cluster.local/ns/shop/sa/admin"], false));
-    // Not an allowed identity.
+    // Not an allowed identity: closed, and counted with who was refused where, by
+    // what.
     refused(client.addr, "hello").await;
-    assert!(has_sample(
-        &server.metrics.encode(),
-        "inbound_tcp_authz_deny_total",
-        &[]
-    ));
+    let deny = "inbound_tcp_authz_deny_total";
+    assert_eq!(count(deny, judged(test.clone(), meshed.clone())), 1.0);
 
     *server.policies.0.lock().unwrap() = Some(allow(&[CLIENT_ID], false));
     assert_eq!(exchange(client.addr, "hello").await, "web:hello");
+    let allowed = "inbound_tcp_authz_allow_total";
+    assert_eq!(count(allowed, judged(test.clone(), meshed.clone())), 1.0);
 
     // Plaintext straight to the inbound side: unauthenticated, so refused...
     refused(server.addr, "hello").await;
+    let unauthenticated = "unauthenticated".to_string();
+    assert_eq!(
+        count(deny, judged(test.clone(), unauthenticated.clone())),
+        1.0
+    );
     // ...until unauthenticated clients are allowed.
     *server.policies.0.lock().unwrap() = Some(allow(&[], true));
     assert_eq!(exchange(server.addr, "hello").await, "web:hello");
+    assert_eq!(count(allowed, judged(test, unauthenticated.clone())), 1.0);
     assert!(has_sample(
         &server.metrics.encode(),
         "tcp_open_total",
         &[("direction", "inbound"), ("tls", "false")]
     ));
+
+    // Under the deny default (a policy without rules), everyone is refused by it.
+    *server.policies.0.lock().unwrap() = Some(Default::default());
+    refused(client.addr, "hello").await;
+    refused(server.addr, "hello").await;
+    let default_deny = "default:deny".to_string();
+    assert_eq!(count(deny, judged(default_deny.clone(), meshed)), 1.0);
+    assert_eq!(count(deny, judged(default_deny, unauthenticated)), 1.0);
+}
+
+#[tokio::test]
+async fn an_opaque_port_closes_a_refused_client_even_one_that_speaks_http() {
+    let ca = Ca::new();
+    let app = app("web", None).await;
+    let settings = InboundSettings {
+        opaque_ports: vec![app.port()],
+        ..InboundSettings::default()
+    };
+    let (server, client) = meshed_pair(&ca, app, settings).await;
+    // The client proxy knows the port is opaque too: its bytes go over mTLS as they
+    // are.
+    let opaque = Endpoint {
+        protocol_hint: ProtocolHint::Opaque as i32,
+        ..endpoint(server.addr, SERVER_ID)
+    };
+    client.resolver.set(SERVICE, known(vec![opaque], "2"));
+    *server.policies.0.lock().unwrap() =
+        Some(allow(&["spiffe://cluster.local/ns/shop/sa/admin"], false));
+    // An HTTP request, but the port is opaque: no 403, the connection is closed,
+    // meshed or not.
+    let request = "GET / HTTP/1.1\r\nhost: web\r\n\r\n";
+    refused(client.addr, request).await;
+    refused(server.addr, request).await;
+
+    let text = server.metrics.encode();
+    let port = app.port().to_string();
+    for client_id in [CLIENT_ID, "unauthenticated"] {
+        let denied = [
+            ("server", port.as_str()),
+            ("authorization", "serverauthorization/test"),
+            ("client_id", client_id),
+        ];
+        assert_eq!(
+            sample_sum(&text, "inbound_tcp_authz_deny_total", &denied),
+            1.0,
+            "{client_id} in\n{text}"
+        );
+    }
+    assert_eq!(
+        sample_sum(&text, "inbound_http_authz_deny_total", &[]),
+        0.0,
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -561,22 +561,95 @@ async fn the_server_proxy_serves_each_request_and_counts_it_with_the_client_iden
     }
 }
 
-async fn a_client_the_policy_refuses_gets_403_for_each_request(version: Version) {
-    let (server, _client, mut http) = web_pair(version).await;
-    *server.policies.0.lock().unwrap() =
-        Some(allow(&["spiffe://cluster.local/ns/shop/sa/admin"], false));
+/// An identity the client proxy is not: a port that allows only it refuses the client.
+const ADMIN: &str = "spiffe://cluster.local/ns/shop/sa/admin";
+
+/// Sends a GET for `/books`; the status, the headers and the body.
+async fn get(http: &mut HttpClient) -> (u16, HeaderMap, String) {
+    let request = http
+        .request("GET", "/books")
+        .body(Channel::empty())
+        .unwrap();
+    let response = http.send(request).await;
+    let (head, body) = response.into_parts();
+    let body = tokio::time::timeout(PATIENCE, body.collect())
+        .await
+        .unwrap_or_else(|_| panic!("the body did not end within {PATIENCE:?}"))
+        .unwrap()
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    (head.status.as_u16(), head.headers, body)
+}
+
+async fn a_refused_client_gets_403_naming_the_port_the_policy_and_itself(version: Version) {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, version).await;
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    *server.policies.0.lock().unwrap() = Some(allow(&[ADMIN], false));
+    let port = app.port().to_string();
 
     // Meshed, but not an identity the port allows.
+    let mut http = HttpClient::connect(client.addr, version).await;
     for _ in 0..2 {
-        assert_eq!(http.call("GET", Vec::new()).await.0, 403);
+        let (status, headers, body) = get(&mut http).await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(
+            headers["weft-authz"],
+            format!("denied; server={port}; policy=serverauthorization/test; client={CLIENT_ID}")
+        );
+        assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(
+            body,
+            format!(
+                "Weft denied the request: no authorization of port {port} \
+                 (serverauthorization/test) admits client {CLIENT_ID}.\n"
+            )
+        );
     }
-    // Unmeshed (plaintext, straight to the server proxy).
+    // Unmeshed (plaintext, straight to the server proxy), where every rule asks for
+    // an identity.
     let mut plain = HttpClient::connect(server.addr, version).await;
-    assert_eq!(plain.call("GET", Vec::new()).await.0, 403);
+    let (status, headers, body) = get(&mut plain).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        headers["weft-authz"],
+        format!("denied; server={port}; policy=serverauthorization/test; client=unauthenticated")
+    );
+    assert!(body.contains("this client has no mesh identity"), "{body}");
 
     let text = server.metrics.encode();
-    assert!(
-        has_sample(&text, "inbound_tcp_authz_deny_total", &[]),
+    let denied = |client_id| {
+        [
+            ("server", port.as_str()),
+            ("authorization", "serverauthorization/test"),
+            ("client_id", client_id),
+        ]
+    };
+    // Each request counted, with who was refused where and by what...
+    assert_eq!(
+        sample_sum(&text, "inbound_http_authz_deny_total", &denied(CLIENT_ID)),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample_sum(
+            &text,
+            "inbound_http_authz_deny_total",
+            &denied("unauthenticated")
+        ),
+        1.0,
+        "{text}"
+    );
+    // ...and each connection.
+    for client_id in [CLIENT_ID, "unauthenticated"] {
+        assert!(
+            has_sample(&text, "inbound_tcp_authz_deny_total", &denied(client_id)),
+            "{client_id} in\n{text}"
+        );
+    }
+    assert_eq!(
+        sample_sum(&text, "inbound_http_authz_allow_total", &[]),
+        0.0,
         "{text}"
     );
     assert!(
@@ -591,6 +664,39 @@ async fn a_client_the_policy_refuses_gets_403_for_each_request(version: Version)
         ),
         "{text}"
     );
+}
+
+async fn an_admitted_client_is_counted_by_the_rule_that_admitted_it(version: Version) {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, version).await;
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    *server.policies.0.lock().unwrap() = Some(allow(&[CLIENT_ID], false));
+    let mut http = HttpClient::connect(client.addr, version).await;
+    for _ in 0..3 {
+        assert_eq!(http.call("GET", Vec::new()).await, (200, "web:0".into()));
+    }
+    let text = server.metrics.encode();
+    let port = app.port().to_string();
+    let allowed = [
+        ("server", port.as_str()),
+        ("authorization", "serverauthorization/test"),
+        ("client_id", CLIENT_ID),
+    ];
+    assert_eq!(
+        sample_sum(&text, "inbound_http_authz_allow_total", &allowed),
+        3.0,
+        "{text}"
+    );
+    assert!(
+        has_sample(&text, "inbound_tcp_authz_allow_total", &allowed),
+        "{text}"
+    );
+    for denials in [
+        "inbound_http_authz_deny_total",
+        "inbound_tcp_authz_deny_total",
+    ] {
+        assert_eq!(sample_sum(&text, denials, &[]), 0.0, "{text}");
+    }
 }
 
 /// An application for ServiceProfile routes: `/flaky` fails (503) every other time,
@@ -864,7 +970,8 @@ for_both_versions!(
     a_request_that_could_not_be_sent_goes_to_another_endpoint,
     a_shutdown_drains_the_requests_in_flight_then_closes,
     the_server_proxy_serves_each_request_and_counts_it_with_the_client_identity,
-    a_client_the_policy_refuses_gets_403_for_each_request,
+    a_refused_client_gets_403_naming_the_port_the_policy_and_itself,
+    an_admitted_client_is_counted_by_the_rule_that_admitted_it,
     profile_routes_time_out_retry_and_are_counted,
     a_client_that_resets_mid_stream_costs_only_its_own_request,
     a_request_is_offered_to_three_endpoints_at_most_then_answered_502,
@@ -1116,6 +1223,104 @@ async fn grpc_unary_and_streaming_calls_keep_their_status_and_trailers() {
         };
         assert_eq!((count("success"), count("failure")), (1.0, 2.0), "{text}");
     }
+}
+
+#[tokio::test]
+async fn a_refused_grpc_call_is_permission_denied_saying_why() {
+    let ca = Ca::new();
+    let app = grpc_app().await;
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    *server.policies.0.lock().unwrap() = Some(allow(&[ADMIN], false));
+    let port = app.port();
+    let why = format!(
+        "Weft denied the request: no authorization of port {port} \
+         (serverauthorization/test) admits client {CLIENT_ID}."
+    );
+
+    // A meshed client's call, as its gRPC library sees it.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = destination_client::DestinationClient::new(channel);
+    let ack = weft_proxy_api::v1::AckRequest {
+        pod: "web-1".into(),
+        ..Default::default()
+    };
+    let status = tokio::time::timeout(PATIENCE, grpc.ack(ack))
+        .await
+        .unwrap_or_else(|_| panic!("the call not answered within {PATIENCE:?}"))
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.message(), why);
+    assert_eq!(
+        status.metadata().get("weft-authz").unwrap(),
+        &format!("denied; server={port}; policy=serverauthorization/test; client={CLIENT_ID}")
+    );
+
+    // An unmeshed client's, on the wire: a trailers-only response (the status in
+    // headers that end the stream), the message percent-encoded.
+    let mut h2 = HttpClient::connect(server.addr, Version::Http2).await;
+    let request = h2
+        .request("POST", "/weft.proxy.v1.Destination/Ack")
+        .header("content-type", "application/grpc+proto")
+        .header("te", "trailers")
+        .body(Channel::full(vec![0u8; 5]))
+        .unwrap();
+    let response = h2.send(request).await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["grpc-status"], "7");
+    assert_eq!(headers["content-type"], "application/grpc");
+    let message = headers["grpc-message"].to_str().unwrap().to_string();
+    assert_eq!(
+        message,
+        format!(
+            "Weft denied the request: port {port} admits only meshed clients \
+             (authorizations: serverauthorization/test), and this client has no mesh \
+             identity."
+        )
+    );
+    assert_eq!(
+        headers["weft-authz"],
+        format!("denied; server={port}; policy=serverauthorization/test; client=unauthenticated")
+    );
+    assert!(response.body().is_end_stream(), "a body after the status");
+    let rest = response.into_body().collect().await.unwrap();
+    assert!(
+        rest.trailers().is_none(),
+        "trailers after a trailers-only answer"
+    );
+    assert!(rest.to_bytes().is_empty());
+
+    let text = server.metrics.encode();
+    for client_id in [CLIENT_ID, "unauthenticated"] {
+        let denied = [
+            ("server", &*port.to_string()),
+            ("authorization", "serverauthorization/test"),
+            ("client_id", client_id),
+        ];
+        assert_eq!(
+            sample_sum(&text, "inbound_http_authz_deny_total", &denied),
+            1.0,
+            "{client_id} in\n{text}"
+        );
+    }
+    // Answered 200, a failure by its gRPC status.
+    assert_eq!(
+        sample_sum(
+            &text,
+            "response_total",
+            &[
+                ("direction", "inbound"),
+                ("status_code", "200"),
+                ("classification", "failure")
+            ]
+        ),
+        2.0,
+        "{text}"
+    );
 }
 
 /// Sends `bytes` on a fresh connection to `proxy` and reads what comes back until the
