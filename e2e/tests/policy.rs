@@ -206,9 +206,11 @@ async fn a_pod_under_a_deny_policy_is_ready_through_its_probes_and_refuses_the_n
         let from_node = http_status_from_host(&ip, 8080, "/hostname");
         assert_eq!(from_node, "403", "the node got through a deny policy");
 
-        // Anyone else is refused: a meshed client gets 403 from the server's proxy.
+        // Anyone else is refused: a meshed client gets 403 from the server's proxy,
+        // counted as refused by the deny default.
         let url = format!("http://locked.{ns}.svc.cluster.local/hostname");
-        let denied_before = metric_sum(&metrics, "inbound_tcp_authz_deny_total", &[]);
+        let by_default = [("authorization", "default:deny")];
+        let denied_before = metric_sum(&metrics, "inbound_tcp_authz_deny_total", &by_default);
         assert_eq!(
             status_from(&ns, "caller", &url).expect("curl runs"),
             "403",
@@ -217,7 +219,7 @@ async fn a_pod_under_a_deny_policy_is_ready_through_its_probes_and_refuses_the_n
         let denied_after = metric_sum(
             &proxy_metrics(&ns, &name),
             "inbound_tcp_authz_deny_total",
-            &[],
+            &by_default,
         );
         assert!(
             denied_after > denied_before,
@@ -279,15 +281,19 @@ spec:
         let allowed = metric_sum(
             &metrics,
             "inbound_tcp_authz_allow_total",
-            &[("authz", "serverauthorization/web-friends")],
+            &[("authorization", "serverauthorization/web-friends")],
         );
         assert!(
             allowed >= 1.0,
             "the friend's connection was not counted as allowed by web-friends:\n{metrics}"
         );
         // ...and a pod outside the mesh (plaintext, no identity) is refused too, and
-        // counted.
-        let denied_before = metric_sum(&metrics, "inbound_tcp_authz_deny_total", &[]);
+        // counted as such.
+        let outsider = [
+            ("authorization", "serverauthorization/web-friends"),
+            ("client_id", "unauthenticated"),
+        ];
+        let denied_before = metric_sum(&metrics, "inbound_tcp_authz_deny_total", &outsider);
         assert_eq!(
             status_from(&ns, "outsider", &url).expect("curl runs"),
             "403"
@@ -295,7 +301,7 @@ spec:
         let denied_after = metric_sum(
             &proxy_metrics(&ns, &web),
             "inbound_tcp_authz_deny_total",
-            &[],
+            &outsider,
         );
         assert!(
             denied_after > denied_before,
