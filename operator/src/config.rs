@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use crate::discovery::proxies::{self, StreamLimits};
+
 /// The Weft operator: the control plane of the Weft service mesh.
 #[derive(Clone, Debug, clap::Parser)]
 #[command(name = "weft-operator", version, about)]
@@ -51,9 +53,53 @@ pub struct Args {
     #[arg(long, env = "WEFT_BUNDLE_PROPAGATION_SECONDS", default_value_t = 120)]
     pub bundle_propagation_seconds: u64,
 
+    /// The most Destination streams one pod's proxy may hold open on this operator.
+    #[arg(
+        long,
+        env = "WEFT_MAX_STREAMS_PER_POD",
+        default_value_t = proxies::MAX_STREAMS_PER_POD,
+        value_parser = at_least_one()
+    )]
+    pub max_streams_per_pod: usize,
+
+    /// The most Destination streams the pods of one ServiceAccount (one mesh identity)
+    /// may hold open on this operator.
+    #[arg(
+        long,
+        env = "WEFT_MAX_STREAMS_PER_IDENTITY",
+        default_value_t = proxies::MAX_STREAMS_PER_IDENTITY,
+        value_parser = at_least_one()
+    )]
+    pub max_streams_per_identity: usize,
+
+    /// The most Destination streams this operator holds open in total.
+    #[arg(
+        long,
+        env = "WEFT_MAX_STREAMS",
+        default_value_t = proxies::MAX_STREAMS,
+        value_parser = at_least_one()
+    )]
+    pub max_streams: usize,
+
     /// The operator's pod name, to tell replicas apart in Events.
     #[arg(long, env = "WEFT_POD_NAME", default_value = "")]
     pub pod_name: String,
+}
+
+impl Args {
+    /// The limits on Destination streams.
+    pub fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            per_pod: self.max_streams_per_pod,
+            per_identity: self.max_streams_per_identity,
+            total: self.max_streams,
+        }
+    }
+}
+
+/// A count of at least one.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// A log format.
@@ -75,6 +121,7 @@ mod tests {
         let args = Args::try_parse_from(["weft-operator"]).unwrap();
         assert_eq!(args.admin_addr, "0.0.0.0:9990".parse().unwrap());
         assert_eq!(args.log_format, LogFormat::Plain);
+        assert_eq!(args.stream_limits(), StreamLimits::default());
         let args = Args::try_parse_from([
             "weft-operator",
             "--log-format=json",
@@ -83,6 +130,21 @@ mod tests {
         .unwrap();
         assert_eq!(args.log_format, LogFormat::Json);
         assert_eq!(args.admin_addr.port(), 1);
+        let args = Args::try_parse_from([
+            "weft-operator",
+            "--max-streams-per-pod=8",
+            "--max-streams-per-identity=16",
+            "--max-streams=32",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.stream_limits(),
+            StreamLimits {
+                per_pod: 8,
+                per_identity: 16,
+                total: 32
+            }
+        );
     }
 
     #[test]
@@ -91,5 +153,7 @@ mod tests {
         assert!(err.to_string().contains("--admin-addr"), "{err}");
         let err = Args::try_parse_from(["weft-operator", "--log-format=xml"]).unwrap_err();
         assert!(err.to_string().contains("--log-format"), "{err}");
+        let err = Args::try_parse_from(["weft-operator", "--max-streams-per-pod=0"]).unwrap_err();
+        assert!(err.to_string().contains("--max-streams-per-pod"), "{err}");
     }
 }

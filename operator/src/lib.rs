@@ -179,7 +179,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ],
         }
     };
-    let proxies = discovery::proxies::Proxies::default();
+    let proxies = discovery::proxies::Proxies::with_limits(args.stream_limits());
     let destination =
         discovery::server::DestinationService::new(index.clone(), proxies.clone(), metrics.clone());
     let lease = {

@@ -3,6 +3,13 @@
 //! The serving certificate is issued by the operator from the current authority, for
 //! its own SPIFFE id and the Service's DNS names, so proxies verify it against the trust
 //! bundle they already mount ([`crate::serving`]).
+//!
+//! Each service decodes request messages only up to what its largest legitimate request
+//! needs, with margin ([`MAX_CERTIFY_REQUEST_BYTES`],
+//! [`MAX_REQUEST_BYTES`](crate::discovery::server::MAX_REQUEST_BYTES) for Destination),
+//! far below tonic's default of 4 MiB: tonic refuses a longer message from its length
+//! prefix with OUT_OF_RANGE, before buffering it. A connection may have at most
+//! [`MAX_CONCURRENT_STREAMS`] HTTP/2 streams in flight.
 
 use std::{
     net::SocketAddr,
@@ -26,6 +33,19 @@ use crate::{
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest Certify request message, in bytes. A legitimate one holds a SPIFFE id
+/// (under 600 bytes), a projected ServiceAccount token (a JWT naming the pod, its node
+/// and its ServiceAccount: 1 to 2 KiB, under 5 KiB even with long names and a 4096-bit
+/// signature) and a P-256 CSR (under 1 KiB): 64 KiB leaves a wide margin for how
+/// issuers shape their tokens.
+pub const MAX_CERTIFY_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The most HTTP/2 streams one connection may have in flight (its
+/// SETTINGS_MAX_CONCURRENT_STREAMS; tonic sets none). Above the Destination service's
+/// own per-connection cap, so that a stream beyond that cap is refused with a status
+/// that says why, with room for the acknowledgements in flight beside the streams.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// Binds `addr` and serves the proxy API until `shutdown` resolves.
 pub async fn serve<R: TokenReviewer>(
@@ -99,8 +119,14 @@ pub fn serve_on<R: TokenReviewer>(
     let incoming =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) });
     let server = tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(certify))
-        .add_service(DestinationServer::new(destination))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .add_service(
+            IdentityServer::new(certify).max_decoding_message_size(MAX_CERTIFY_REQUEST_BYTES),
+        )
+        .add_service(
+            DestinationServer::new(destination)
+                .max_decoding_message_size(crate::discovery::server::MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown);
     Ok(tokio::spawn(async move {
         if let Err(error) = server.await {

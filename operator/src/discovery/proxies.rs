@@ -6,6 +6,35 @@
 //! is what MeshStatus's `IN-SYNC` counts: a fact reported by the proxy, not a guess.
 //! Streams are registered when they open and forgotten when they close, together with
 //! their acknowledgements.
+//!
+//! # Bounds
+//!
+//! Everything kept here is bounded, because every entry is made by a client: a stream
+//! name is a checked authority or port, an acknowledged version is at most
+//! [`MAX_CONFIG_VERSION`] bytes (the server refuses longer ones) and lives only under
+//! the name of a stream that is open, and the streams themselves are admitted within
+//! [`StreamLimits`] ([`Proxies::admit`]) before the server subscribes them to anything:
+//!
+//! - **per pod**, [`MAX_STREAMS_PER_POD`] (1024). A proxy holds one InboundPolicy
+//!   stream per declared port, one for port 0 and at most 64 more for undeclared ports
+//!   used on demand, and one Resolve stream per destination in use, at most 256: about
+//!   330 at the very most, on one connection (which the server caps at 512). 1024 is
+//!   twice a connection's cap, so a proxy that reconnects while the operator still
+//!   holds its old connection's streams is never refused.
+//! - **in total**, [`MAX_STREAMS`] (8192), set by memory. An open stream costs the
+//!   operator about 14 KiB even when idle (measured in-process over mutual TLS: most of it is the
+//!   8 KiB buffer tonic keeps to encode each response stream, then the stream's task,
+//!   channel, HTTP/2 state and entry here), so 8192 streams take about 110 MiB: less
+//!   than half of the 256 MiB memory limit `deploy/` gives the operator, leaving the
+//!   rest to the index and the watches. That serves some 500 proxies holding 15
+//!   streams each; a larger mesh runs more operator replicas (the streams spread over
+//!   them) or raises this limit together with the memory limit.
+//! - **per identity** (a ServiceAccount's SPIFFE id), [`MAX_STREAMS_PER_IDENTITY`]
+//!   (4096), half the total: however many pods one ServiceAccount runs, and whatever
+//!   they ask, the other ServiceAccounts keep at least half of the operator.
+//!
+//! A stream beyond a limit is refused ([`LimitReached`] names the limit and its value);
+//! the server answers RESOURCE_EXHAUSTED and counts it.
 
 use std::{
     collections::HashMap,
@@ -15,6 +44,63 @@ use std::{
 use tokio::sync::watch;
 
 use super::key::Key;
+use crate::identity::SpiffeId;
+
+/// The longest config version an acknowledgement may carry, in bytes. Versions are
+/// 12 hex digits ([`weft_proxy_api::ConfigVersion::of`]); the rest is margin.
+pub const MAX_CONFIG_VERSION: usize = 128;
+
+/// The default of [`StreamLimits::per_pod`].
+pub const MAX_STREAMS_PER_POD: usize = 1024;
+/// The default of [`StreamLimits::per_identity`].
+pub const MAX_STREAMS_PER_IDENTITY: usize = 4096;
+/// The default of [`StreamLimits::total`].
+pub const MAX_STREAMS: usize = 8192;
+
+/// The most streams the operator holds, per pod, per caller identity and in total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub per_pod: usize,
+    pub per_identity: usize,
+    pub total: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            per_pod: MAX_STREAMS_PER_POD,
+            per_identity: MAX_STREAMS_PER_IDENTITY,
+            total: MAX_STREAMS,
+        }
+    }
+}
+
+/// Why a stream was not admitted: the limit it would exceed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitReached {
+    #[error(
+        "the per-pod stream limit ({limit}) is reached: pod {}/{} already holds that many",
+        .pod.namespace, .pod.name
+    )]
+    Pod { pod: Key, limit: usize },
+    #[error(
+        "the per-identity stream limit ({limit}) is reached: {identity} already holds that many"
+    )]
+    Identity { identity: SpiffeId, limit: usize },
+    #[error("the total stream limit ({limit}) is reached: this operator holds that many")]
+    Total { limit: usize },
+}
+
+impl LimitReached {
+    /// The refusal's reason, as metrics count it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Pod { .. } => "TooManyStreamsPerPod",
+            Self::Identity { .. } => "TooManyStreamsPerIdentity",
+            Self::Total { .. } => "TooManyStreamsInTotal",
+        }
+    }
+}
 
 /// Reads the version a stream carries now.
 type CurrentVersion = Box<dyn Fn() -> String + Send>;
@@ -37,6 +123,15 @@ struct ProxyState {
 struct Inner {
     next_id: u64,
     pods: HashMap<Key, ProxyState>,
+    admitted: Admitted,
+}
+
+/// The streams admitted and not yet closed, counted for [`StreamLimits`].
+#[derive(Default)]
+struct Admitted {
+    total: usize,
+    pods: HashMap<Key, usize>,
+    identities: HashMap<SpiffeId, usize>,
 }
 
 /// What the operator knows of one connected proxy.
@@ -62,14 +157,12 @@ pub enum AckError {
 pub struct Proxies {
     inner: Arc<Mutex<Inner>>,
     changed: Arc<watch::Sender<u64>>,
+    limits: StreamLimits,
 }
 
 impl Default for Proxies {
     fn default() -> Self {
-        Self {
-            inner: Arc::default(),
-            changed: Arc::new(watch::channel(0).0),
-        }
+        Self::with_limits(StreamLimits::default())
     }
 }
 
@@ -80,6 +173,64 @@ impl std::fmt::Debug for Proxies {
 }
 
 impl Proxies {
+    /// A registry that admits streams within `limits`.
+    pub fn with_limits(limits: StreamLimits) -> Self {
+        Self {
+            inner: Arc::default(),
+            changed: Arc::new(watch::channel(0).0),
+            limits,
+        }
+    }
+
+    /// Admits one more stream that `identity` opens for `pod`, unless that would exceed
+    /// a limit (checked in the order pod, identity, total). It counts until the
+    /// returned [`Admission`] drops.
+    pub fn admit(&self, identity: &SpiffeId, pod: &Key) -> Result<Admission, LimitReached> {
+        let mut inner = self.lock();
+        let admitted = &mut inner.admitted;
+        let limits = self.limits;
+        if admitted.pods.get(pod).copied().unwrap_or(0) >= limits.per_pod {
+            return Err(LimitReached::Pod {
+                pod: pod.clone(),
+                limit: limits.per_pod,
+            });
+        }
+        if admitted.identities.get(identity).copied().unwrap_or(0) >= limits.per_identity {
+            return Err(LimitReached::Identity {
+                identity: identity.clone(),
+                limit: limits.per_identity,
+            });
+        }
+        if admitted.total >= limits.total {
+            return Err(LimitReached::Total {
+                limit: limits.total,
+            });
+        }
+        admitted.total += 1;
+        *admitted.pods.entry(pod.clone()).or_default() += 1;
+        *admitted.identities.entry(identity.clone()).or_default() += 1;
+        Ok(Admission {
+            proxies: self.clone(),
+            identity: identity.clone(),
+            pod: pod.clone(),
+        })
+    }
+
+    /// How many streams are admitted now: in total, and for `pod`.
+    pub fn admitted(&self, pod: &Key) -> (usize, usize) {
+        let inner = self.lock();
+        let admitted = &inner.admitted;
+        (admitted.total, admitted.pods.get(pod).copied().unwrap_or(0))
+    }
+
+    fn release(&self, identity: &SpiffeId, pod: &Key) {
+        let mut inner = self.lock();
+        let admitted = &mut inner.admitted;
+        admitted.total = admitted.total.saturating_sub(1);
+        release_one(&mut admitted.pods, pod);
+        release_one(&mut admitted.identities, identity);
+    }
+
     /// Registers a stream of `pod` named `name` (`resolve:<authority>`,
     /// `inbound:<port>`), whose current version `current` reads. It is forgotten when
     /// the returned guard drops.
@@ -189,6 +340,30 @@ impl Proxies {
     }
 }
 
+/// Takes one from `key`'s count, forgetting the key at zero.
+fn release_one<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = counts.get_mut(key) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// A stream counted against the [`StreamLimits`]; dropping it gives its place back.
+#[derive(Debug)]
+pub struct Admission {
+    proxies: Proxies,
+    identity: SpiffeId,
+    pod: Key,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.proxies.release(&self.identity, &self.pod);
+    }
+}
+
 /// An open stream; dropping it forgets the stream and its acknowledgement.
 #[derive(Debug)]
 pub struct StreamGuard {
@@ -255,5 +430,57 @@ mod tests {
         drop(inbound);
         assert!(changes.has_changed().unwrap());
         assert_eq!(proxies.report(&pod), None, "no stream left");
+    }
+
+    #[test]
+    fn streams_are_admitted_within_each_limit_and_give_their_place_back() {
+        let proxies = Proxies::with_limits(StreamLimits {
+            per_pod: 2,
+            per_identity: 3,
+            total: 4,
+        });
+        let web = SpiffeId::new("cluster.local", "shop", "web");
+        let db = SpiffeId::new("cluster.local", "shop", "db");
+        let (web_1, web_2, db_1) = (
+            Key::new("shop", "web-1"),
+            Key::new("shop", "web-2"),
+            Key::new("shop", "db-1"),
+        );
+        let first = proxies.admit(&web, &web_1).unwrap();
+        let _second = proxies.admit(&web, &web_1).unwrap();
+        let refused = proxies.admit(&web, &web_1).unwrap_err();
+        assert_eq!(
+            refused,
+            LimitReached::Pod {
+                pod: web_1.clone(),
+                limit: 2
+            }
+        );
+        assert_eq!(refused.reason(), "TooManyStreamsPerPod");
+        assert!(
+            refused.to_string().contains("per-pod stream limit (2)"),
+            "{refused}"
+        );
+        let _third = proxies.admit(&web, &web_2).unwrap();
+        let refused = proxies.admit(&web, &web_2).unwrap_err();
+        assert_eq!(refused.reason(), "TooManyStreamsPerIdentity", "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("per-identity stream limit (3)"),
+            "{refused}"
+        );
+        let _fourth = proxies.admit(&db, &db_1).unwrap();
+        let refused = proxies.admit(&db, &db_1).unwrap_err();
+        assert_eq!(refused, LimitReached::Total { limit: 4 });
+        assert!(
+            refused.to_string().contains("total stream limit (4)"),
+            "{refused}"
+        );
+
+        drop(first);
+        assert_eq!(proxies.admitted(&web_1), (3, 1));
+        let _again = proxies.admit(&web, &web_1).expect("a place was given back");
+        assert_eq!(proxies.admitted(&web_1), (4, 2));
     }
 }

@@ -5,9 +5,23 @@
 //! the caller's SPIFFE id is read from its certificate (the TLS layer already checked
 //! the chain against the trust bundle) and a call without one is refused. The pod a
 //! call names must be one the index knows, in the caller's namespace and running under
-//! the caller's ServiceAccount. A connection may hold at most
-//! [`MAX_STREAMS_PER_CONNECTION`] streams; more get RESOURCE_EXHAUSTED. Every refusal
-//! is counted by reason.
+//! the caller's ServiceAccount; so must the pod an acknowledgement is for, so that no
+//! proxy can mark another ServiceAccount's pod in sync.
+//!
+//! What a client can make the operator hold is bounded. A request message is at most
+//! [`MAX_REQUEST_BYTES`] (tonic refuses a longer one from its length prefix, before
+//! reading it); every string the operator keeps is checked against a limit and refused
+//! with INVALID_ARGUMENT naming the field and the limit: a pod name is a DNS subdomain
+//! of at most 253 bytes, an authority at most
+//! [`MAX_AUTHORITY`](super::authority::MAX_AUTHORITY) bytes, an acknowledged stream
+//! name at most [`MAX_STREAM_NAME`] and a config version at most
+//! [`MAX_CONFIG_VERSION`] bytes. Streams are capped per connection
+//! ([`MAX_STREAMS_PER_CONNECTION`]) and, by [`Proxies::admit`], per pod, per caller
+//! identity and in total (defaults and their reasons in [`super::proxies`]); a stream
+//! beyond a cap gets RESOURCE_EXHAUSTED naming the cap and its value, before anything
+//! is subscribed for it. Every refusal is counted by reason. Not bounded here: what
+//! HTTP/2 buffers for a client that stops reading its streams (hyper's send buffer,
+//! up to 400 KiB a stream, which tonic does not let us set).
 
 use std::{
     collections::HashMap,
@@ -29,13 +43,28 @@ use weft_proxy_api::v1::{
 };
 
 use super::{
-    authority::parse_authority, index::Index, key::Key, outbound::Resolution as Resolved,
-    policy::Policy, profile::Profile, proxies::Proxies,
+    authority::parse_authority,
+    index::Index,
+    key::Key,
+    outbound::Resolution as Resolved,
+    policy::Policy,
+    profile::Profile,
+    proxies::{Admission, MAX_CONFIG_VERSION, Proxies},
 };
 use crate::{identity::SpiffeId, metrics::Metrics};
 
-/// The most streams one proxy connection may hold open.
+/// The most streams one proxy connection may hold open: a proxy holds at most about
+/// 330 (see [`super::proxies`]), all on one connection.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 512;
+
+/// The longest stream name an acknowledgement may carry, in bytes: `resolve:` and an
+/// authority of at most [`MAX_AUTHORITY`](super::authority::MAX_AUTHORITY) bytes fit.
+pub const MAX_STREAM_NAME: usize = 300;
+
+/// The largest Destination request message, in bytes. The largest legitimate one is
+/// an acknowledgement: a pod name (253), a stream name ([`MAX_STREAM_NAME`]) and a
+/// version ([`MAX_CONFIG_VERSION`]) with their tags, under 700 bytes.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
 
 /// The Destination service.
 #[derive(Clone)]
@@ -102,7 +131,9 @@ impl DestinationService {
         if name.is_empty() || name.len() > 253 || !crate::identity::spiffe::is_dns_subdomain(name) {
             return Err(self.refuse(
                 "BadPod",
-                Status::invalid_argument(format!("{name:.64?} is not a pod name")),
+                Status::invalid_argument(format!(
+                    "pod {name:.64?} is not a pod name (a DNS subdomain of at most 253 bytes)"
+                )),
             ));
         }
         let key = Key::new(caller.id.namespace(), name);
@@ -125,6 +156,16 @@ impl DestinationService {
         }
     }
 
+    /// Admits one more stream of `caller` for `pod` within the [`Proxies`] limits.
+    fn admit(&self, caller: &Caller, pod: &Key) -> Result<Admission, Status> {
+        self.proxies.admit(&caller.id, pod).map_err(|limit| {
+            self.refuse(
+                limit.reason(),
+                Status::resource_exhausted(limit.to_string()),
+            )
+        })
+    }
+
     /// Takes one of the connection's stream slots, given back when the guard drops.
     fn slot<T>(&self, request: &Request<T>) -> Result<StreamSlot, Status> {
         let remote = request
@@ -140,9 +181,10 @@ impl DestinationService {
         if *open >= MAX_STREAMS_PER_CONNECTION {
             drop(streams);
             return Err(self.refuse(
-                "TooManyStreams",
+                "TooManyStreamsPerConnection",
                 Status::resource_exhausted(format!(
-                    "this connection already holds {MAX_STREAMS_PER_CONNECTION} streams"
+                    "the per-connection stream limit ({MAX_STREAMS_PER_CONNECTION}) is \
+                     reached: this connection already holds that many"
                 )),
             ));
         }
@@ -171,6 +213,12 @@ impl Drop for StreamSlot {
             }
         }
     }
+}
+
+/// What an open stream holds of the limits, given back when it ends.
+struct Held {
+    _slot: StreamSlot,
+    _admission: Admission,
 }
 
 /// Who is calling.
@@ -209,21 +257,30 @@ impl Destination for DestinationService {
         let caller = self.caller(&request)?;
         let slot = self.slot(&request)?;
         let ResolveRequest { authority, pod } = request.into_inner();
-        let (pod, rx) = {
-            let mut index = self
+        let (pod, target) = {
+            let index = self
                 .index
                 .lock()
                 .map_err(|_| Status::internal("poisoned"))?;
             let target = parse_authority(&authority, index.cluster_domain()).map_err(|e| {
                 self.refuse("BadAuthority", Status::invalid_argument(e.to_string()))
             })?;
-            let pod = self.own_pod(&caller, &pod, &index)?;
-            (pod, index.subscribe(&target))
+            (self.own_pod(&caller, &pod, &index)?, target)
         };
+        let admission = self.admit(&caller, &pod)?;
+        let rx = self
+            .index
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?
+            .subscribe(&target);
         tracing::debug!(caller = %caller.id, %authority, "resolve stream opened");
         let name = format!("resolve:{authority}");
+        let held = Held {
+            _slot: slot,
+            _admission: admission,
+        };
         Ok(Response::new(
-            self.serve(rx, pod, name, caller, slot, to_proto),
+            self.serve(rx, pod, name, caller, held, to_proto),
         ))
     }
 
@@ -240,25 +297,32 @@ impl Destination for DestinationService {
                 Status::invalid_argument(format!("{port} is not a port (0 to 65535)")),
             )
         })?;
-        let (pod, rx) = {
-            let mut index = self
+        let pod = {
+            let index = self
                 .index
                 .lock()
                 .map_err(|_| Status::internal("poisoned"))?;
-            let pod = self.own_pod(&caller, &pod, &index)?;
-            let rx = index
-                .subscribe_policy(&pod, port)
-                .ok_or_else(|| Status::not_found("the pod is gone"))?;
-            (pod, rx)
+            self.own_pod(&caller, &pod, &index)?
         };
+        let admission = self.admit(&caller, &pod)?;
+        let rx = self
+            .index
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?
+            .subscribe_policy(&pod, port)
+            .ok_or_else(|| Status::not_found("the pod is gone"))?;
         tracing::debug!(caller = %caller.id, port, "inbound policy stream opened");
         let name = format!("inbound:{port}");
+        let held = Held {
+            _slot: slot,
+            _admission: admission,
+        };
         Ok(Response::new(self.serve(
             rx,
             pod,
             name,
             caller,
-            slot,
+            held,
             policy_to_proto,
         )))
     }
@@ -266,13 +330,27 @@ impl Destination for DestinationService {
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         let caller = self.caller(&request)?;
         let ack = request.into_inner();
-        if ack.pod.is_empty() || ack.pod.len() > 253 || ack.stream.len() > 300 {
-            return Err(self.refuse(
-                "BadAck",
-                Status::invalid_argument("pod must be a pod name and stream at most 300 bytes"),
-            ));
+        for (field, value, limit) in [
+            ("stream", &ack.stream, MAX_STREAM_NAME),
+            ("config_version", &ack.config_version, MAX_CONFIG_VERSION),
+        ] {
+            if value.len() > limit {
+                return Err(self.refuse(
+                    "BadAck",
+                    Status::invalid_argument(format!(
+                        "{field} is {} bytes long; it may be at most {limit} bytes",
+                        value.len()
+                    )),
+                ));
+            }
         }
-        let pod = Key::new(caller.id.namespace(), &ack.pod);
+        let pod = {
+            let index = self
+                .index
+                .lock()
+                .map_err(|_| Status::internal("poisoned"))?;
+            self.own_pod(&caller, &ack.pod, &index)?
+        };
         self.proxies
             .ack(&pod, &ack.stream, ack.config_version)
             .map_err(|e| {
@@ -308,7 +386,7 @@ impl DestinationService {
         pod: Key,
         name: String,
         caller: Caller,
-        slot: StreamSlot,
+        held: Held,
         to_proto: fn(&V) -> P,
     ) -> Pin<Box<dyn Stream<Item = Result<P, Status>> + Send>>
     where
@@ -326,7 +404,7 @@ impl DestinationService {
         let metrics = self.metrics.clone();
         let mut stopping = self.stopping.subscribe();
         async_stream(move |tx| async move {
-            let _slot = slot;
+            let _held = held;
             let _registered = registered;
             loop {
                 if *stopping.borrow_and_update() {
