@@ -1,15 +1,19 @@
 //! The Destination service in-process, over real sockets and mutual TLS, with a proxy
 //! certified through the real Certify path: a subscriber gets the initial state and
 //! every change, acknowledgements are recorded, and callers without a workload
-//! certificate or with a bad authority are refused with a reason.
+//! certificate or with a bad authority are refused with a reason. What a client can
+//! make the operator hold is bounded: request sizes, the fields kept, streams per pod,
+//! per identity and in total; and a proxy acknowledges only for its own pods.
 
 use serde_json::json;
 use tonic::Code;
 use weft_operator::discovery::index::Key;
-use weft_operator::identity::test_util::{TestProxyApi, proxy_api};
+use weft_operator::discovery::proxies::{Proxies, StreamLimits};
+use weft_operator::identity::test_util::{TestProxyApi, csr, proxy_api};
 use weft_proxy::config::ControlAddr;
 use weft_proxy_api::v1::{
-    AckRequest, InboundPolicyRequest, ResolveRequest, destination_client::DestinationClient,
+    AckRequest, CertifyRequest, InboundPolicyRequest, ResolveRequest,
+    destination_client::DestinationClient, identity_client::IdentityClient,
 };
 
 struct Server {
@@ -25,6 +29,19 @@ async fn start() -> Server {
     }
 }
 
+/// A server as an operator started with stream `limits` serves.
+async fn start_with(limits: StreamLimits) -> Server {
+    let mut api = proxy_api().await;
+    api.stop().await;
+    api.proxies = Proxies::with_limits(limits);
+    api.restart().await;
+    let api = api.ready().await;
+    Server {
+        control: api.control(),
+        api,
+    }
+}
+
 /// A workload certificate for `shop/web`, and its trust bundle file.
 async fn certify(server: &Server) -> (weft_proxy::identity::Credentials, String) {
     server.api.certify("shop", "web").await
@@ -32,7 +49,15 @@ async fn certify(server: &Server) -> (weft_proxy::identity::Credentials, String)
 
 /// A Destination client holding a workload certificate for `shop/web`.
 async fn certified_client(server: &Server) -> DestinationClient<tonic::transport::Channel> {
-    let (credentials, _) = certify(server).await;
+    client_as(server, "web").await
+}
+
+/// A Destination client holding a workload certificate for `shop/<service_account>`.
+async fn client_as(
+    server: &Server,
+    service_account: &str,
+) -> DestinationClient<tonic::transport::Channel> {
+    let (credentials, _) = server.api.certify("shop", service_account).await;
     let channel = weft_proxy::identity::connect_as(
         &server.control,
         &server.api.bundle,
@@ -465,4 +490,265 @@ async fn an_undeclared_port_named_by_a_server_authorization_gets_its_policy_on_f
             .is_some_and(|p| p.authorizations[0].name == "serverauthorization/web-admin")
     })
     .await;
+}
+
+/// Opens the inbound policy stream of `pod`'s `port` and reads its first update.
+async fn policy_stream(
+    client: &DestinationClient<tonic::transport::Channel>,
+    pod: &str,
+    port: u32,
+) -> Result<
+    (
+        tonic::Streaming<weft_proxy_api::v1::InboundPolicyUpdate>,
+        String,
+    ),
+    tonic::Status,
+> {
+    let mut stream = client
+        .clone()
+        .inbound_policy(InboundPolicyRequest {
+            pod: pod.into(),
+            port,
+        })
+        .await?
+        .into_inner();
+    let first = next(&mut stream, "the initial policy").await;
+    Ok((stream, first.config_version))
+}
+
+/// How many Destination calls were refused for `reason`.
+fn refusals(server: &Server, reason: &str) -> u64 {
+    let line = format!("weft_operator_destination_refusals_total{{reason=\"{reason}\"}} ");
+    server
+        .api
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn acknowledged_fields_over_their_limits_are_refused_naming_the_field_and_the_limit() {
+    let server = start().await;
+    feed_pod(&server, "web-1", "web");
+    let client = certified_client(&server).await;
+    let (_stream, version) = policy_stream(&client, "web-1", 8080).await.unwrap();
+    let web_1 = Key::new("shop", "web-1");
+    let ack = |stream: &str, version: String| AckRequest {
+        pod: "web-1".into(),
+        stream: stream.into(),
+        config_version: version,
+    };
+
+    let err = client
+        .clone()
+        .ack(ack("inbound:8080", "v".repeat(129)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().contains("config_version") && err.message().contains("at most 128 bytes"),
+        "{err}"
+    );
+    let err = client
+        .clone()
+        .ack(ack(&"s".repeat(301), version.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().contains("stream") && err.message().contains("at most 300 bytes"),
+        "{err}"
+    );
+    assert!(
+        server.api.proxies.acked(&web_1).is_empty(),
+        "nothing refused was kept"
+    );
+    assert_eq!(refusals(&server, "BadAck"), 2);
+
+    // A version at the limit is kept (and, not being the stream's, is not in sync).
+    client
+        .clone()
+        .ack(ack("inbound:8080", "v".repeat(128)))
+        .await
+        .expect("a version of 128 bytes is acknowledged");
+    assert_eq!(server.api.proxies.acked(&web_1)["inbound:8080"].len(), 128);
+    client
+        .clone()
+        .ack(ack("inbound:8080", version))
+        .await
+        .unwrap();
+    assert!(server.api.proxies.report(&web_1).unwrap().in_sync);
+}
+
+#[tokio::test]
+async fn request_messages_over_the_limit_are_refused_before_they_are_read() {
+    let server = start().await;
+    feed_pod(&server, "web-1", "web");
+    let client = certified_client(&server).await;
+    let (_stream, version) = policy_stream(&client, "web-1", 8080).await.unwrap();
+
+    // Over Destination's message limit: tonic refuses it from its length, so the
+    // handler (which would answer INVALID_ARGUMENT for the version) never sees it.
+    let err = client
+        .clone()
+        .ack(AckRequest {
+            pod: "web-1".into(),
+            stream: "inbound:8080".into(),
+            config_version: "v".repeat(8 * 1024),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    assert!(err.message().contains("the limit is: 4096 bytes"), "{err}");
+
+    // Over Certify's: an outsized token never reaches the token review.
+    let channel = weft_proxy::identity::connect(&server.control, &server.api.bundle)
+        .await
+        .expect("a channel to the proxy API");
+    let web = "spiffe://cluster.local/ns/shop/sa/web";
+    let err = IdentityClient::new(channel)
+        .certify(CertifyRequest {
+            identity: web.into(),
+            token: format!("shop/web{}", " ".repeat(100 * 1024)),
+            csr: csr(web),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    assert!(err.message().contains("the limit is: 65536 bytes"), "{err}");
+
+    // The same connection carries on.
+    client
+        .clone()
+        .ack(AckRequest {
+            pod: "web-1".into(),
+            stream: "inbound:8080".into(),
+            config_version: version,
+        })
+        .await
+        .expect("a request within the limit is served");
+}
+
+#[tokio::test]
+async fn streams_beyond_a_limit_are_refused_while_other_clients_keep_streaming() {
+    let server = start_with(StreamLimits {
+        per_pod: 3,
+        per_identity: 4,
+        total: 6,
+    })
+    .await;
+    for (pod, service_account) in [("web-1", "web"), ("web-2", "web"), ("db-1", "db")] {
+        feed_pod(&server, pod, service_account);
+    }
+    let (web, db) = (
+        client_as(&server, "web").await,
+        client_as(&server, "db").await,
+    );
+
+    // web-1 holds as many streams as a pod may...
+    let mut held = Vec::new();
+    for port in [0, 8080, 9000] {
+        held.push(policy_stream(&web, "web-1", port).await.expect("a stream"));
+    }
+    // ...and its next one is refused, naming the limit.
+    let err = policy_stream(&web, "web-1", 9001).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("per-pod stream limit (3)"), "{err}");
+    // Another pod of the same ServiceAccount reaches the identity's limit...
+    held.push(policy_stream(&web, "web-2", 8080).await.expect("a stream"));
+    let err = policy_stream(&web, "web-2", 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(
+        err.message().contains("per-identity stream limit (4)"),
+        "{err}"
+    );
+    // ...while another ServiceAccount's pod is served up to the total.
+    let (mut db_stream, _) = policy_stream(&db, "db-1", 8080).await.expect("a stream");
+    let _db_other = policy_stream(&db, "db-1", 0).await.expect("a stream");
+    let err = policy_stream(&db, "db-1", 9000).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("total stream limit (6)"), "{err}");
+
+    // The streams held keep streaming: a change reaches every one of them.
+    server.api.index.lock().unwrap().apply_authorization(
+        Key::new("shop", "all-http"),
+        Some(1),
+        &serde_json::from_value(json!({
+            "server": {"podSelector": {}, "port": "http"},
+            "client": {"unauthenticated": true},
+        }))
+        .unwrap(),
+    );
+    let update = next(&mut db_stream, "db-1's change").await;
+    assert_eq!(
+        update.authorizations[0].name,
+        "serverauthorization/all-http"
+    );
+    let update = next(&mut held[1].0, "web-1's change").await;
+    assert_eq!(
+        update.authorizations[0].name,
+        "serverauthorization/all-http"
+    );
+
+    // A closed stream gives its place back.
+    drop(held.remove(0));
+    let mut reopened = None;
+    for _ in 0..100 {
+        match policy_stream(&web, "web-1", 9001).await {
+            Ok(stream) => {
+                reopened = Some(stream);
+                break;
+            }
+            Err(err) => {
+                assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(reopened.is_some(), "web-1's freed place was not given back");
+
+    // Each refusal is counted under its limit (web-1's may have been retried above).
+    assert!(refusals(&server, "TooManyStreamsPerPod") >= 1);
+    assert_eq!(refusals(&server, "TooManyStreamsPerIdentity"), 1);
+    assert_eq!(refusals(&server, "TooManyStreamsInTotal"), 1);
+}
+
+#[tokio::test]
+async fn an_acknowledgement_for_another_service_accounts_pod_is_refused_and_changes_nothing() {
+    let server = start().await;
+    feed_pod(&server, "web-1", "web");
+    feed_pod(&server, "db-1", "db");
+    let (web, db) = (
+        client_as(&server, "web").await,
+        client_as(&server, "db").await,
+    );
+    let (_db_stream, version) = policy_stream(&db, "db-1", 8080).await.expect("a stream");
+    let db_1 = Key::new("shop", "db-1");
+    let ack = AckRequest {
+        pod: "db-1".into(),
+        stream: "inbound:8080".into(),
+        config_version: version,
+    };
+
+    // web, a pod of the same namespace under another ServiceAccount, acknowledges
+    // db-1's current version for it.
+    let err = web.clone().ack(ack.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(
+        err.message()
+            .contains("spiffe://cluster.local/ns/shop/sa/db"),
+        "{err}"
+    );
+    assert!(server.api.proxies.acked(&db_1).is_empty());
+    assert!(
+        !server.api.proxies.report(&db_1).unwrap().in_sync,
+        "db-1 is still not in sync"
+    );
+    assert_eq!(refusals(&server, "PodIdentityMismatch"), 1);
+
+    // db-1's own proxy's acknowledgement is what makes it in sync.
+    db.clone().ack(ack).await.expect("acknowledged");
+    assert!(server.api.proxies.report(&db_1).unwrap().in_sync);
 }
