@@ -410,9 +410,17 @@ impl Index {
     /// Forgets the addresses of `old` (pod `key` as it was) that are no longer its,
     /// unless another pod has taken them; returns them.
     fn forget_ips(&mut self, key: &Key, old: &PodInfo) -> Vec<std::net::IpAddr> {
-        let now = self.pods.get(key).map(|p| p.ips.clone()).unwrap_or_default();
-        let gone: Vec<std::net::IpAddr> =
-            old.ips.iter().filter(|ip| !now.contains(ip)).copied().collect();
+        let now = self
+            .pods
+            .get(key)
+            .map(|p| p.ips.clone())
+            .unwrap_or_default();
+        let gone: Vec<std::net::IpAddr> = old
+            .ips
+            .iter()
+            .filter(|ip| !now.contains(ip))
+            .copied()
+            .collect();
         for ip in &gone {
             if self.pods_by_ip.get(ip) == Some(key) {
                 self.pods_by_ip.remove(ip);

@@ -251,7 +251,10 @@ fn a_pods_own_address_resolves_to_the_pod_with_its_identity() {
     let mut idx = index();
     let target = Target::Address("198.18.0.9:5432".parse().unwrap());
     let mut rx = idx.subscribe(&target);
-    assert!(rx.borrow().endpoints.is_empty(), "no pod has the address yet");
+    assert!(
+        rx.borrow().endpoints.is_empty(),
+        "no pod has the address yet"
+    );
 
     let mut db = pod("shop", "db-0", "db", true);
     let with_ip = |p: &mut Pod, ip: &str| {
@@ -279,7 +282,11 @@ fn a_pods_own_address_resolves_to_the_pod_with_its_identity() {
     let mut next = pod("shop", "db-1", "db", false);
     with_ip(&mut next, "198.18.0.9");
     idx.apply_pod(&next);
-    assert_eq!(rx.borrow_and_update().endpoints[0].identity, None, "not meshed");
+    assert_eq!(
+        rx.borrow_and_update().endpoints[0].identity,
+        None,
+        "not meshed"
+    );
     idx.delete_pod(&Key::new("shop", "db-1"));
     assert!(rx.borrow_and_update().endpoints.is_empty());
 
