@@ -167,7 +167,7 @@ impl OutboundInputs<'_> {
             if let Some(workload) = &info.workload {
                 labels.insert("workload".into(), workload.label());
             }
-            if info.meshed {
+            if info.meshed && !info.uncaptured_ports.contains(&port) {
                 identity = Some(format!(
                     "spiffe://{}/ns/{namespace}/sa/{}",
                     self.trust_domain, info.service_account

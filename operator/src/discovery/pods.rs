@@ -31,6 +31,9 @@ pub struct PodInfo {
     /// Its own addresses (none for a pod on the node's network, whose address is the
     /// node's).
     pub ips: Vec<std::net::IpAddr>,
+    /// Ports its proxy does not capture (its admin port, skipped inbound ports): no
+    /// proxy terminates mTLS there, so clients reach them in plaintext.
+    pub uncaptured_ports: BTreeSet<u16>,
 }
 
 /// The workload a pod belongs to.
@@ -113,6 +116,7 @@ pub(super) fn pod_info(pod: &Pod) -> PodInfo {
         default_policy: annotations
             .and_then(|a| a.get(weft_api::annotations::DEFAULT_INBOUND_POLICY))
             .and_then(|v| policy::parse_default_policy(v)),
+        uncaptured_ports: uncaptured_ports(pod),
         ips: if spec.and_then(|s| s.host_network) == Some(true) {
             Vec::new()
         } else {
@@ -123,6 +127,36 @@ pub(super) fn pod_info(pod: &Pod) -> PodInfo {
                 .collect()
         },
     }
+}
+
+/// The ports the pod's injected proxy leaves alone, read from its environment.
+fn uncaptured_ports(pod: &Pod) -> BTreeSet<u16> {
+    let spec = pod.spec.as_ref();
+    let proxy = spec.into_iter().flat_map(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(&s.containers)
+            .filter(|c| c.name == crate::inject::PROXY_CONTAINER)
+    });
+    let mut ports = BTreeSet::new();
+    for container in proxy {
+        for var in container.env.iter().flatten() {
+            let value = var.value.as_deref().unwrap_or_default();
+            if var.name == weft_sidecar::ENV_ADMIN_LISTEN_ADDR {
+                if let Ok(addr) = value.parse::<std::net::SocketAddr>() {
+                    ports.insert(addr.port());
+                }
+            } else if var.name == weft_sidecar::ENV_SKIP_INBOUND_PORTS {
+                ports.extend(
+                    value
+                        .split(',')
+                        .filter_map(|p| p.trim().parse::<u16>().ok()),
+                );
+            }
+        }
+    }
+    ports
 }
 
 /// The TCP ports a pod's containers declare, (name, number), sorted and deduplicated.
