@@ -55,6 +55,8 @@ struct Parts {
     /// Every connection's destination, instead of `SO_ORIGINAL_DST` (tests, benches).
     fixed_target: Option<SocketAddr>,
     inbound: InboundSettings,
+    /// How long an outbound connection waits for a new destination's resolution.
+    resolve_timeout: Option<Duration>,
 }
 
 impl Parts {
@@ -67,6 +69,8 @@ impl Parts {
                 self.resolver,
                 self.tls,
                 self.inbound.detect_timeout,
+                self.resolve_timeout
+                    .unwrap_or(crate::outbound::DEFAULT_RESOLVE_TIMEOUT),
             )),
             Direction::Inbound => Side::Inbound(Inbound::new(
                 self.policies,
@@ -120,6 +124,13 @@ impl Forwarder {
                 Direction::Inbound => self.parts.policies = Some(Arc::new(discovery)),
             }
         }
+        self
+    }
+
+    /// An outbound connection to a new destination waits `timeout` for its
+    /// resolution, then fails.
+    pub fn with_resolve_timeout(mut self, timeout: Duration) -> Self {
+        self.parts.resolve_timeout = Some(timeout);
         self
     }
 

@@ -121,6 +121,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             .map_err(bind_error(what, addr))?
             .with_discovery(discovery.clone())
             .with_tls(tls.clone())
+            .with_resolve_timeout(config.resolve_timeout)
             .with_inbound_settings(inbound::InboundSettings {
                 detect_timeout: config.detect_timeout,
                 opaque_ports: config.inbound_opaque_ports.clone(),

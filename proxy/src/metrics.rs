@@ -40,6 +40,12 @@ struct RefreshLabels {
     result: &'static str,
 }
 
+/// Labels of `outbound_resolve_failed_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// Which side of the pod a connection came from: the `direction` label, `inbound` or
 /// `outbound`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -248,6 +254,7 @@ pub struct Metrics {
     http_authz_deny: AuthzFamily,
     tls_errors: Family<TcpLabels, Counter>,
     detect_errors: Counter,
+    resolve_failures: Family<ReasonLabels, Counter>,
     http_errors: Family<TcpLabels, Counter>,
     route_requests: Family<RouteLabels, Counter>,
     route_actual_requests: Family<RouteLabels, Counter>,
@@ -361,6 +368,14 @@ impl Metrics {
             "Connections that failed while their protocol was being detected",
             detect_errors.clone(),
         );
+        let resolve_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "outbound_resolve_failed",
+            "Outbound connections closed because their destination could not be resolved \
+             (reason: timeout, limit), rather than sent in plaintext to what could be a \
+             meshed pod",
+            resolve_failures.clone(),
+        );
         let http_errors = Family::<TcpLabels, Counter>::default();
         registry.register(
             "http_client_errors",
@@ -428,6 +443,7 @@ impl Metrics {
             http_authz_deny,
             tls_errors,
             detect_errors,
+            resolve_failures,
             http_errors,
             route_requests,
             route_actual_requests,
@@ -567,6 +583,15 @@ impl Metrics {
     /// Records a connection that failed during protocol detection.
     pub fn detect_failed(&self) {
         self.detect_errors.inc();
+    }
+
+    /// Records an outbound connection closed because its destination could not be
+    /// resolved.
+    pub fn resolve_failed(&self, failure: crate::outbound::ResolveFailure) {
+        let reason = failure.as_str();
+        self.resolve_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Records a new certificate expiring at `not_after` (Unix seconds).

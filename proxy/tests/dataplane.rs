@@ -365,6 +365,63 @@ async fn unmeshed_endpoints_get_plaintext_and_unknown_destinations_go_as_they_we
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
+/// Resolves nothing: every destination is beyond what the proxy may follow.
+struct AtTheLimit;
+
+impl weft_proxy::outbound::Resolve for AtTheLimit {
+    fn resolve(&self, _authority: &str) -> Option<watch::Receiver<Option<Arc<Resolution>>>> {
+        None
+    }
+}
+
+#[tokio::test]
+async fn a_destination_discovery_does_not_answer_for_is_closed_never_sent_as_it_was() {
+    // The original destination: a listener that counts what reaches it.
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let reached = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = reached.clone();
+    tokio::spawn(async move {
+        while target.accept().await.is_ok() {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let ca = Ca::new();
+    let silent: Arc<dyn weft_proxy::outbound::Resolve> = Arc::new(FakeResolver::default());
+    for (resolver, reason) in [(silent, "timeout"), (Arc::new(AtTheLimit) as _, "limit")] {
+        let (_tx, rx) = watch::channel(Some(ca.credentials(CLIENT_ID)));
+        let metrics = Arc::new(Metrics::new());
+        let forwarder = Forwarder::bind(Direction::Outbound, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+            .with_fixed_target(target_addr)
+            .with_tls(Tls::new(rx))
+            .with_resolver(resolver)
+            .with_resolve_timeout(Duration::from_millis(200));
+        let addr = forwarder.local_addr();
+        let (_stop, shutdown) = watch::channel(false);
+        forwarder.spawn(metrics.clone(), shutdown);
+
+        refused(addr, "hi").await;
+        let text = metrics.encode();
+        assert_eq!(
+            sample_sum(
+                &text,
+                "outbound_resolve_failed_total",
+                &[("reason", reason)]
+            ),
+            1.0,
+            "{text}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "an unresolved destination was reached as it was (in plaintext)"
+    );
+}
+
 #[tokio::test]
 async fn connections_spread_over_endpoints_and_follow_their_removal() {
     let ca = Ca::new();

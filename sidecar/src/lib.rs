@@ -115,6 +115,12 @@ pub const PASSTHROUGH_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 
 pub const ENV_OUTBOUND_IDLE_TIMEOUT: &str = "WEFT_PROXY_OUTBOUND_IDLE_TIMEOUT";
 pub const DEFAULT_OUTBOUND_IDLE_TIMEOUT: &str = "60s";
 
+/// How long a connection to a destination seen for the first time waits for the
+/// operator's answer before it is closed (never sent in plaintext on a guess). The
+/// Mesh's `proxy.resolveTimeout`.
+pub const ENV_RESOLVE_TIMEOUT: &str = "WEFT_PROXY_RESOLVE_TIMEOUT";
+pub const DEFAULT_RESOLVE_TIMEOUT: &str = "5s";
+
 pub const ENV_DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
 pub const DEFAULT_DEFAULT_INBOUND_POLICY: &str = "all-unauthenticated";
 
@@ -141,6 +147,7 @@ pub struct Config {
     pub pod_name: Option<String>,
     pub inbound_ports: Vec<u16>,
     pub outbound_idle_timeout: Duration,
+    pub resolve_timeout: Duration,
     pub pod_ip: Option<std::net::IpAddr>,
     pub inbound_to_loopback: bool,
     pub probes: probe::Probes,
@@ -270,6 +277,8 @@ impl Config {
             parse_duration,
         );
 
+        let resolve_timeout =
+            vars.get(ENV_RESOLVE_TIMEOUT, DEFAULT_RESOLVE_TIMEOUT, parse_duration);
         let pod_ip = vars.get(ENV_POD_IP, DEFAULT_POD_IP, parse_optional_ip);
         let inbound_to_loopback = vars.get(
             ENV_INBOUND_TO_LOOPBACK,
@@ -324,6 +333,7 @@ impl Config {
                 pod_name: pod_name?,
                 inbound_ports: inbound_ports?,
                 outbound_idle_timeout: outbound_idle_timeout?,
+                resolve_timeout: resolve_timeout?,
                 pod_ip: pod_ip?,
                 inbound_to_loopback: inbound_to_loopback?,
                 probes: probes?,

@@ -8,8 +8,8 @@
 //!   port follows port 0's policy.
 //! - **Outbound**: a Resolve stream per destination, opened on its first use, kept
 //!   while it is used, and dropped after [`Settings::idle`] without use. At most
-//!   [`Settings::max_resolutions`] are held; beyond that a destination is forwarded
-//!   as-is, unresolved.
+//!   [`Settings::max_resolutions`] are held; beyond that a new destination is not
+//!   resolved, and its connections fail (see [`crate::outbound`]).
 //! - Every update applied is acknowledged with its config version, so the operator
 //!   knows this proxy is in sync.
 //! - **When the operator is away**, every stream retries with jittered exponential
@@ -148,19 +148,20 @@ impl Discovery {
         discovery
     }
 
-    /// The resolution of `authority` (`ip:port`), following it from now on. Empty
-    /// until the operator answers, or when too many destinations are resolved already.
-    pub fn resolve(&self, authority: &str) -> watch::Receiver<Option<Arc<Resolution>>> {
+    /// The resolution of `authority` (`ip:port`), following it from now on: empty
+    /// until the operator answers. `None` when as many destinations as the proxy may
+    /// follow are followed already.
+    pub fn resolve(&self, authority: &str) -> Option<watch::Receiver<Option<Arc<Resolution>>>> {
         let mut outbound = lock(&self.inner.outbound);
         if let Some(entry) = outbound.get_mut(authority) {
             entry.last_used = Instant::now();
-            return entry.resolution.clone();
+            return Some(entry.resolution.clone());
         }
-        let (tx, rx) = watch::channel(None);
         if outbound.len() >= self.inner.settings.max_resolutions {
             tracing::debug!(authority, "too many destinations resolved; not resolving");
-            return rx;
+            return None;
         }
+        let (tx, rx) = watch::channel(None);
         let task = tokio::spawn(self.clone().outbound(authority.to_string(), tx)).abort_handle();
         outbound.insert(
             authority.to_string(),
@@ -170,7 +171,7 @@ impl Discovery {
                 task,
             },
         );
-        rx
+        Some(rx)
     }
 
     /// The applied policy of inbound `port`: its own, else the pod's policy for ports

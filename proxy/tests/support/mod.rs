@@ -104,11 +104,13 @@ impl FakeResolver {
 }
 
 impl Resolve for FakeResolver {
-    fn resolve(&self, authority: &str) -> watch::Receiver<Option<Arc<Resolution>>> {
+    fn resolve(&self, authority: &str) -> Option<watch::Receiver<Option<Arc<Resolution>>>> {
         let mut map = self.0.lock().unwrap();
-        map.entry(authority.to_string())
+        let rx = map
+            .entry(authority.to_string())
             .or_insert_with(|| watch::channel(None).0)
-            .subscribe()
+            .subscribe();
+        Some(rx)
     }
 }
 
@@ -159,6 +161,7 @@ pub fn allow(identities: &[&str], unauthenticated: bool) -> InboundPolicyUpdate 
             networks: Vec::new(),
         }],
         config_version: "v".into(),
+        ..InboundPolicyUpdate::default()
     }
 }
 
