@@ -386,6 +386,11 @@ fn proxy_env(
         ),
         (proxy::ENV_UID, mesh.proxy.uid.to_string(), None),
         (
+            proxy::ENV_RESOLVE_TIMEOUT,
+            format!("{}ms", mesh.proxy.resolve_timeout.get().as_millis()),
+            None,
+        ),
+        (
             proxy::ENV_SKIP_INBOUND_PORTS,
             joined(
                 list(&mesh.injection.skip_inbound_ports),

@@ -234,6 +234,15 @@ pub struct ProxySpec {
     /// complete. When false, the proxy is a regular container placed first.
     #[serde(default = "default_true")]
     pub native_sidecar: bool,
+
+    /// How long a connection to a destination the proxy sees for the first time waits
+    /// for the operator's answer (is it meshed, and with which identity?). With no
+    /// answer in that time the connection is closed and counted in the proxy's
+    /// `outbound_resolve_failed_total{reason="timeout"}`: it could be a meshed pod, and
+    /// plaintext on a guess would break the mesh's promise. 100ms to 1m.
+    #[serde(default = "default_resolve_timeout")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('100ms') && duration(self) <= duration('1m')").message("resolveTimeout must be between 100ms and 1m"))]
+    pub resolve_timeout: Duration,
 }
 
 /// A proxy log format.
@@ -410,6 +419,10 @@ fn default_workload_lifetime() -> Duration {
     Duration::from_hours(24)
 }
 
+fn default_resolve_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
 fn default_log_level() -> String {
     "warn,weft=info".to_string()
 }
@@ -486,6 +499,7 @@ impl Default for ProxySpec {
             ports: ProxyPorts::default(),
             uid: default_proxy_uid(),
             native_sidecar: true,
+            resolve_timeout: default_resolve_timeout(),
         }
     }
 }
