@@ -452,6 +452,11 @@ pub async fn mesh_namespace(client: &Client, ns: &str) -> String {
     .await
 }
 
+/// The port of the operator's proxy API, as a proxy dials it (the Service's port and
+/// the operator's container port alike): a rule on it in a pod's network namespace
+/// cuts that pod's proxy off from the control plane.
+pub const CONTROL_PORT: &str = "8090";
+
 /// The network namespace (a file to `nsenter --net=`) of the pod with address `ip`.
 pub fn pod_netns(ip: &str) -> PathBuf {
     let dir = Path::new("/run/weft-cluster/containerd/state/io.containerd.grpc.v1.cri/netns");

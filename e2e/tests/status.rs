@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weft_e2e::{
-    eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, pod_netns,
-    web_service, with_temp_ns,
+    CONTROL_PORT, eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace,
+    pod_netns, web_service, with_temp_ns,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -39,9 +39,6 @@ async fn wait_for(ns: &str, meshed: &str, in_sync: &str) -> Value {
     )
     .await
 }
-
-/// The proxy API's port, which a cut-off proxy cannot reach.
-const CONTROL_PORT: &str = "8090";
 
 #[tokio::test]
 async fn in_sync_counts_only_the_proxies_that_acknowledged_their_configuration() {

@@ -1,0 +1,178 @@
+//! No silent plaintext when discovery is away, on the real cluster: a meshed client
+//! whose proxy cannot reach the operator (its traffic to the proxy API refused in the
+//! pod's own network namespace) and that calls a meshed pod it has never called before
+//! gets its connection closed after the resolve timeout, counted in
+//! `outbound_resolve_failed_total{reason="timeout"}` — and the server's proxy sees no
+//! plaintext connection at all. Once the operator is reachable again the same call
+//! goes through over mTLS.
+
+use std::time::Duration;
+
+use weft_e2e::{
+    APP_AFTER_PROXY, CONTROL_PORT, eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin,
+    mesh_namespace, metric_sum, pod_netns, proxy_metrics, with_temp_ns,
+};
+
+/// A meshed pod `name` serving HTTP on 8080 under ServiceAccount `name`.
+fn server(ns: &str, name: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {name}, namespace: {ns}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {ns}, labels: {{weft.dev/e2e-app: {name}}}}}
+spec:
+  serviceAccountName: {name}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: weft.local/testapp:dev
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "{APP_AFTER_PROXY}"]
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+"#
+    )
+}
+
+/// `curl` from the caller's app container to `url`: the HTTP status, `000` when the
+/// connection failed.
+fn curl(ns: &str, url: &str) -> String {
+    let out = kubectl(&[
+        "exec",
+        "-n",
+        ns,
+        "caller",
+        "-c",
+        "app",
+        "--",
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "20",
+        url,
+    ]);
+    out.stdout.trim().to_string()
+}
+
+#[tokio::test]
+async fn a_new_destination_is_not_sent_in_plaintext_while_discovery_is_away() {
+    with_temp_ns("resolve-timeout", |client, ns| async move {
+        mesh_namespace(&client, &ns).await;
+        let caller = format!(
+            r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: caller, namespace: {ns}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: caller, namespace: {ns}, labels: {{weft.dev/e2e-app: caller}}}}
+spec:
+  serviceAccountName: caller
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: app, image: weft.local/testapp:dev, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}
+"#
+        );
+        let objects = [server(&ns, "seen"), server(&ns, "fresh"), caller].join("---");
+        let out = kubectl_stdin(&["apply", "-f", "-"], &objects);
+        assert!(out.success, "{}", out.stderr);
+        for pod in ["seen", "fresh", "caller"] {
+            kubectl_ok(&[
+                "wait", "-n", &ns, "--for=condition=Ready", &format!("pod/{pod}"),
+                "--timeout=180s",
+            ]);
+        }
+        let ip_of = |pod: &str| {
+            kubectl_ok(&["get", "pod", pod, "-n", &ns, "-o", "jsonpath={.status.podIP}"])
+                .trim()
+                .to_string()
+        };
+        let (seen, fresh, caller_ip) = (ip_of("seen"), ip_of("fresh"), ip_of("caller"));
+
+        // The mesh works for this caller: a first destination, resolved while the
+        // operator is reachable.
+        let seen_url = format!("http://{seen}:8080/hostname");
+        assert_eq!(curl(&ns, &seen_url), "200", "{seen_url} with discovery up");
+
+        // Discovery goes away for the caller's proxy alone.
+        let netns = pod_netns(&caller_ip);
+        let rule = [
+            "OUTPUT", "-p", "tcp", "--dport", CONTROL_PORT, "-j", "REJECT", "--reject-with",
+            "tcp-reset",
+        ];
+        let iptables = |op: &str| {
+            let mut args = vec!["iptables", "-w", op];
+            args.extend(rule);
+            in_netns(&netns, &args);
+        };
+        iptables("-I");
+
+        // A destination never seen: its answer cannot come.
+        let fresh_url = format!("http://{fresh}:8080/hostname");
+        let status = curl(&ns, &fresh_url);
+        // What was already resolved keeps working on the last answer.
+        let still = curl(&ns, &seen_url);
+        let caller_metrics = proxy_metrics(&ns, "caller");
+        let fresh_metrics = proxy_metrics(&ns, "fresh");
+        iptables("-D");
+
+        assert_ne!(
+            status, "200",
+            "{fresh_url} answered while the caller's proxy could not resolve it: it went \
+             around discovery (in plaintext)"
+        );
+        let failed = metric_sum(
+            &caller_metrics,
+            "outbound_resolve_failed_total",
+            &[("reason", "timeout")],
+        );
+        assert!(
+            failed >= 1.0,
+            "the closed connection is not counted in outbound_resolve_failed_total:\n\
+             {caller_metrics}"
+        );
+        let plaintext = metric_sum(
+            &fresh_metrics,
+            "tcp_open_total",
+            &[("direction", "inbound"), ("tls", "false")],
+        );
+        assert_eq!(
+            plaintext, 0.0,
+            "the server's proxy saw plaintext connections while the caller's discovery was \
+             away:\n{fresh_metrics}"
+        );
+        assert_eq!(still, "200", "{seen_url}, resolved before discovery went away");
+
+        // Discovery back: the same call goes through, over mTLS with the caller's
+        // identity.
+        eventually(
+            "the new destination is reached once discovery is back",
+            Duration::from_secs(60),
+            || async {
+                match curl(&ns, &fresh_url) {
+                    ok if ok == "200" => Ok(()),
+                    other => Err(format!("HTTP {other}")),
+                }
+            },
+        )
+        .await;
+        let fresh_metrics = proxy_metrics(&ns, "fresh");
+        let identity = format!("spiffe://cluster.local/ns/{ns}/sa/caller");
+        let over_mtls = metric_sum(
+            &fresh_metrics,
+            "response_total",
+            &[("direction", "inbound"), ("tls", "true"), ("client_id", &identity)],
+        );
+        assert!(over_mtls >= 1.0, "no request over mTLS from {identity}:\n{fresh_metrics}");
+    })
+    .await;
+}
