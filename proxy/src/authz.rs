@@ -29,6 +29,9 @@ pub struct InboundPolicy {
     pub protocol: String,
     /// The rules, in order; the first that allows a client names it.
     pub authorizations: Vec<Authorization>,
+    /// Audit mode: a client no rule allows is let through, counted and logged as a
+    /// would-be denial.
+    pub audit: bool,
     pub version: ConfigVersion,
 }
 
@@ -67,6 +70,7 @@ impl From<v1::InboundPolicyUpdate> for InboundPolicy {
                 .into_iter()
                 .map(Authorization::from)
                 .collect(),
+            audit: update.audit,
             version: update.config_version.into(),
         }
     }

@@ -28,6 +28,7 @@ impl From<DefaultPolicy> for InboundPolicy {
                 }
                 DefaultPolicy::Deny => Vec::new(),
             },
+            audit: false,
             version: weft_proxy_api::ConfigVersion::default(),
         }
     }

@@ -21,9 +21,15 @@
 //! (gRPC: `grpc-status: 7` and a `grpc-message`; see [`crate::http::client`]). Any
 //! other refused connection is closed. Every connection is counted in
 //! `inbound_tcp_authz_{allow,deny}_total`, and each HTTP request on it in
-//! `inbound_http_authz_{allow,deny}_total` ([`crate::metrics`]). Each refusal is
-//! logged at debug, and at info at most once per [`DENIAL_LOG_EVERY`] for a port and
-//! a client, so a client retrying in a loop does not flood the log.
+//! `inbound_http_authz_{allow,deny}_total` ([`crate::metrics`]), labelled with the
+//! policy's `mode`. Each refusal is logged at debug, and at info at most once per
+//! [`DENIAL_LOG_EVERY`] for a port and a client, so a client retrying in a loop does
+//! not flood the log.
+//!
+//! A policy in audit mode refuses no one: a client it denies is let through, and
+//! counted and logged exactly as its refusal would have been, as a would-be denial
+//! (`..._deny_total{mode="audit"}`, "would be denied by the inbound policy (audit
+//! mode)").
 
 use std::{
     collections::HashMap,
@@ -45,7 +51,7 @@ use crate::{
     detect::{self, Prefixed, Protocol},
     discovery::Discovery,
     http::{self, Destination, Pool, Version, server::serve_counted},
-    metrics::{AuthzLabels, Direction, Metrics, TcpLabels, Verdict},
+    metrics::{AuthzLabels, Direction, Metrics, Mode, TcpLabels, Verdict},
     tcp::relay,
     tls::{self, ALPN_HTTP, Tls},
     transport,
@@ -62,6 +68,10 @@ pub const OPAQUE_DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A refusal of a client at a port is logged at info at most this often; every
 /// refusal is logged at debug.
 pub const DENIAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// What a refusal is logged as.
+const DENIED: &str = "denied by the inbound policy";
+/// What a would-be refusal, in audit mode, is logged as.
+const WOULD_BE_DENIED: &str = "would be denied by the inbound policy (audit mode)";
 /// The most (port, client) pairs whose last info line is remembered; beyond, and
 /// none of them older than [`DENIAL_LOG_EVERY`], refusals are logged at debug only.
 const DENIAL_LOG_PAIRS: usize = 1024;
@@ -320,7 +330,11 @@ impl Inbound {
     ) -> Admission {
         let Some(policy) = policy else {
             // No policy at all (no discovery and no default): nothing to enforce.
-            return Admission::default();
+            return Admission {
+                labels: None,
+                verdict: Verdict::Allow,
+                refusal: None,
+            };
         };
         let client = authz::Client {
             identity,
@@ -328,16 +342,19 @@ impl Inbound {
         };
         let client_id = identity.unwrap_or(authz::UNAUTHENTICATED).to_string();
         let server = port.to_string();
+        let mode = Mode::of(policy.audit);
         match authz::authorize(policy, client) {
             Decision::Allowed { authorization } => {
                 let labels = AuthzLabels {
                     server,
                     authorization: authorization.to_string(),
                     client_id,
+                    mode,
                 };
                 metrics.tcp_authz(Verdict::Allow, &labels);
                 Admission {
                     labels: Some(labels),
+                    verdict: Verdict::Allow,
                     refusal: None,
                 }
             }
@@ -346,6 +363,7 @@ impl Inbound {
                     server,
                     authorization: denial.policy(),
                     client_id,
+                    mode,
                 };
                 metrics.tcp_authz(Verdict::Deny, &labels);
                 let refusal = Refusal {
@@ -353,44 +371,54 @@ impl Inbound {
                     client: identity.map(str::to_string),
                     denial,
                 };
-                self.log_refusal(&refusal, peer);
+                self.log_refusal(&refusal, peer, mode);
                 Admission {
                     labels: Some(labels),
-                    refusal: Some(Arc::new(refusal)),
+                    verdict: Verdict::Deny,
+                    // Audit mode: a would-be denial, let through.
+                    refusal: (mode == Mode::Enforce).then(|| Arc::new(refusal)),
                 }
             }
         }
     }
 
-    /// Logs `refusal` of the client at `peer`: at info if it is the first of its port
-    /// and client for [`DENIAL_LOG_EVERY`], else at debug.
-    fn log_refusal(&self, refusal: &Refusal, peer: SocketAddr) {
+    /// Logs `refusal` of the client at `peer` (in audit mode, as a would-be denial):
+    /// at info if it is the first of its port and client for [`DENIAL_LOG_EVERY`],
+    /// else at debug.
+    fn log_refusal(&self, refusal: &Refusal, peer: SocketAddr, mode: Mode) {
         let client = refusal.client_name();
         let (server, policy) = (refusal.server, refusal.denial.policy());
         let reason = refusal.denial.reason();
+        let what = match mode {
+            Mode::Enforce => DENIED,
+            Mode::Audit => WOULD_BE_DENIED,
+        };
         if self
             .denials
             .first_in_a_while(server, client, Instant::now())
         {
             tracing::info!(
                 %peer, server, client, policy, reason,
-                "denied by the inbound policy (this client's further refusals at this port \
-                 within {}s are logged at debug)",
+                "{what} (this client's further refusals at this port within {}s are logged \
+                 at debug)",
                 DENIAL_LOG_EVERY.as_secs()
             );
         } else {
-            tracing::debug!(%peer, server, client, policy, reason, "denied by the inbound policy");
+            tracing::debug!(%peer, server, client, policy, reason, "{what}");
         }
     }
 }
 
 /// What the port's policy said about a connection's client: what the connection is
 /// served and counted with.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Admission {
     /// The labels of the client's inbound authorization counters; `None` where no
     /// policy applies (nothing is enforced, nothing counted).
     labels: Option<AuthzLabels>,
+    /// Whether the policy allowed the client: in audit mode, a client it denies is
+    /// not refused but still counted as denied.
+    verdict: Verdict,
     /// Why the client is refused; `None`: it may go on.
     refusal: Option<Arc<Refusal>>,
 }
@@ -399,12 +427,8 @@ impl Admission {
     /// The `inbound_http_authz_*` counter each of the connection's requests is
     /// counted in: allowed, or denied.
     fn http_counter(&self, metrics: &Metrics) -> Option<Counter> {
-        let verdict = match self.refusal {
-            None => Verdict::Allow,
-            Some(_) => Verdict::Deny,
-        };
         let labels = self.labels.as_ref()?;
-        Some(metrics.http_authz(verdict, labels))
+        Some(metrics.http_authz(self.verdict, labels))
     }
 }
 

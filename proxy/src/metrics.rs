@@ -7,12 +7,17 @@
 //! carries) and per HTTP request on those connections (`inbound_http_authz_allow_total`,
 //! `inbound_http_authz_deny_total`), each labelled ([`AuthzLabels`]) `server` (the
 //! port), `authorization` (the rule that admitted the client; for a denial, the policy
-//! that refused it: its rules' names, comma-separated, or `default:deny`) and
-//! `client_id` (the client's SPIFFE id, or `unauthenticated`). Their cardinality is
+//! that refused it: its rules' names, comma-separated, `default:deny`, or `unknown`
+//! when the port's policy was not known in time), `client_id` (the client's SPIFFE id,
+//! or `unauthenticated`) and `mode` (`enforce`, or `audit` for a policy in audit mode,
+//! whose would-be denials are counted in `..._deny_total{mode="audit"}` and let
+//! through); see [`authz`] for those families. Their cardinality is
 //! bounded: each of these families labels at most [`MAX_AUTHZ_CLIENT_IDS`] distinct
 //! client ids and [`MAX_AUTHZ_SERVERS`] distinct ports, and counts any further one
 //! as `client_id="other"` / `server="other"`, so neither many identities nor a scan of
 //! the pod's ports grows the proxy's memory or its `/metrics` without bound.
+
+pub mod authz;
 
 use std::{
     collections::HashSet,
@@ -26,6 +31,11 @@ use prometheus_client::{
     },
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
+};
+
+use self::authz::Authz;
+pub use self::authz::{
+    AUTHZ_OTHER, AuthzLabels, MAX_AUTHZ_CLIENT_IDS, MAX_AUTHZ_SERVERS, Mode, Verdict,
 };
 
 /// Labels of `proxy_build_info`.
@@ -166,69 +176,6 @@ struct RouteResponseLabels {
     classification: &'static str,
 }
 
-/// The most distinct `client_id`s each inbound authorization family labels; any
-/// further client is counted as `client_id="other"`.
-pub const MAX_AUTHZ_CLIENT_IDS: usize = 100;
-/// The most distinct `server`s (ports) each inbound authorization family labels; any
-/// further port is counted as `server="other"`.
-pub const MAX_AUTHZ_SERVERS: usize = 100;
-/// What stands for the client ids and ports beyond those limits.
-pub const AUTHZ_OTHER: &str = "other";
-
-/// Labels of the inbound authorization counters (`inbound_{tcp,http}_authz_*`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AuthzLabels {
-    /// The port the client connected to.
-    pub server: String,
-    /// The rule that admitted the client; for a denial, the policy that refused it
-    /// (its rules' names, comma-separated, or `default:deny`).
-    pub authorization: String,
-    /// The client's SPIFFE id, or `unauthenticated`.
-    pub client_id: String,
-}
-
-/// Whether an inbound authorization counter counts admissions or refusals.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Allow,
-    Deny,
-}
-
-/// One inbound authorization family, with the client ids and ports it labels so far.
-#[derive(Debug, Default)]
-struct AuthzFamily {
-    counters: Family<AuthzLabels, Counter>,
-    clients: Mutex<HashSet<String>>,
-    servers: Mutex<HashSet<String>>,
-}
-
-impl AuthzFamily {
-    /// The counter of `labels`, its client id and port folded into
-    /// [`AUTHZ_OTHER`] beyond the limits.
-    fn counter(&self, labels: &AuthzLabels) -> Counter {
-        let labels = AuthzLabels {
-            server: admitted(&self.servers, &labels.server, MAX_AUTHZ_SERVERS),
-            authorization: labels.authorization.clone(),
-            client_id: admitted(&self.clients, &labels.client_id, MAX_AUTHZ_CLIENT_IDS),
-        };
-        self.counters.get_or_create(&labels).clone()
-    }
-}
-
-/// `value`, if `seen` holds it or has room for it (then it does); else
-/// [`AUTHZ_OTHER`].
-fn admitted(seen: &Mutex<HashSet<String>>, value: &str, max: usize) -> String {
-    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    if seen.contains(value) {
-        return value.to_string();
-    }
-    if seen.len() < max {
-        seen.insert(value.to_string());
-        return value.to_string();
-    }
-    AUTHZ_OTHER.to_string()
-}
-
 /// The `tcp_*` family, per direction.
 #[derive(Debug, Default)]
 struct Tcp {
@@ -248,10 +195,7 @@ pub struct Metrics {
     cert_refreshes: Family<RefreshLabels, Counter>,
     tcp: Tcp,
     tcp_label_sets: Mutex<HashSet<TcpLabels>>,
-    tcp_authz_allow: AuthzFamily,
-    tcp_authz_deny: AuthzFamily,
-    http_authz_allow: AuthzFamily,
-    http_authz_deny: AuthzFamily,
+    authz: Authz,
     tls_errors: Family<TcpLabels, Counter>,
     detect_errors: Counter,
     resolve_failures: Family<ReasonLabels, Counter>,
@@ -332,30 +276,7 @@ impl Metrics {
             "Captured connections whose destination could not be reached",
             tcp.connect_errors.clone(),
         );
-        let (tcp_authz_allow, tcp_authz_deny) = (AuthzFamily::default(), AuthzFamily::default());
-        let (http_authz_allow, http_authz_deny) = (AuthzFamily::default(), AuthzFamily::default());
-        registry.register(
-            "inbound_tcp_authz_allow",
-            "Inbound connections allowed, by port, the rule that allowed them and client",
-            tcp_authz_allow.counters.clone(),
-        );
-        registry.register(
-            "inbound_tcp_authz_deny",
-            "Inbound connections no rule of their port's policy allowed, by port, \
-             policy and client",
-            tcp_authz_deny.counters.clone(),
-        );
-        registry.register(
-            "inbound_http_authz_allow",
-            "Inbound HTTP requests allowed, by port, the rule that allowed them and client",
-            http_authz_allow.counters.clone(),
-        );
-        registry.register(
-            "inbound_http_authz_deny",
-            "Inbound HTTP requests refused by their port's policy, by port, policy and \
-             client",
-            http_authz_deny.counters.clone(),
-        );
+        let authz = Authz::register(&mut registry);
         let tls_errors = Family::<TcpLabels, Counter>::default();
         registry.register(
             "tls_handshake_errors",
@@ -437,10 +358,7 @@ impl Metrics {
             responses,
             latency,
             tcp_label_sets: Mutex::default(),
-            tcp_authz_allow,
-            tcp_authz_deny,
-            http_authz_allow,
-            http_authz_deny,
+            authz,
             tls_errors,
             detect_errors,
             resolve_failures,
@@ -501,25 +419,6 @@ impl Metrics {
             .connect_errors
             .get_or_create(&TcpLabels::new(direction))
             .inc();
-    }
-
-    /// Records an inbound connection allowed or denied, with `labels`.
-    pub fn tcp_authz(&self, verdict: Verdict, labels: &AuthzLabels) {
-        let family = match verdict {
-            Verdict::Allow => &self.tcp_authz_allow,
-            Verdict::Deny => &self.tcp_authz_deny,
-        };
-        family.counter(labels).inc();
-    }
-
-    /// The counter of the HTTP requests allowed or denied with `labels`, looked up
-    /// once for a connection's requests; each request increments it.
-    pub fn http_authz(&self, verdict: Verdict, labels: &AuthzLabels) -> Counter {
-        let family = match verdict {
-            Verdict::Allow => &self.http_authz_allow,
-            Verdict::Deny => &self.http_authz_deny,
-        };
-        family.counter(labels)
     }
 
     /// Records a failed TLS handshake between proxies.

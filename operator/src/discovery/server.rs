@@ -467,6 +467,8 @@ fn policy_to_proto(policy: &Policy) -> InboundPolicyUpdate {
             })
             .collect(),
         config_version: policy.version.clone(),
+        // Audit mode arrives with the operator's side of it.
+        audit: false,
     }
 }
 

@@ -44,7 +44,7 @@ fn policy(rules: Vec<v1::Authorization>) -> InboundPolicy {
     InboundPolicyUpdate {
         protocol: "detect".into(),
         authorizations: rules,
-        config_version: String::new(),
+        ..InboundPolicyUpdate::default()
     }
     .into()
 }
@@ -248,4 +248,15 @@ fn a_refusal_header_holds_only_visible_ascii_and_its_own_separators() {
         message.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
         "{message}"
     );
+}
+
+#[test]
+fn audit_mode_is_carried_from_the_update() {
+    let update = InboundPolicyUpdate {
+        protocol: "detect".into(),
+        audit: true,
+        ..InboundPolicyUpdate::default()
+    };
+    assert!(InboundPolicy::from(update).audit);
+    assert!(!InboundPolicy::from(InboundPolicyUpdate::default()).audit);
 }

@@ -5,6 +5,7 @@ fn labels(server: &str, client_id: &str) -> AuthzLabels {
         server: server.into(),
         authorization: "serverauthorization/web".into(),
         client_id: client_id.into(),
+        mode: Mode::Enforce,
     }
 }
 
@@ -27,7 +28,7 @@ fn authorization_counters_label_each_port_authorization_and_client() {
     let text = metrics.encode();
     let sample = |client_id| {
         format!(
-            "{{server=\"8080\",authorization=\"serverauthorization/web\",client_id=\"{client_id}\"}}"
+            "{{server=\"8080\",authorization=\"serverauthorization/web\",client_id=\"{client_id}\",mode=\"enforce\"}}"
         )
     };
     assert_eq!(
@@ -74,7 +75,7 @@ fn authorization_counters_fold_clients_and_ports_beyond_their_limits_into_other(
     assert!(
         denied.contains(
             &"inbound_tcp_authz_deny_total{server=\"8080\",\
-              authorization=\"serverauthorization/web\",client_id=\"other\"} 5"
+              authorization=\"serverauthorization/web\",client_id=\"other\",mode=\"enforce\"} 5"
         ),
         "{text}"
     );
@@ -82,7 +83,7 @@ fn authorization_counters_fold_clients_and_ports_beyond_their_limits_into_other(
         denied.contains(
             &"inbound_tcp_authz_deny_total{server=\"8080\",\
               authorization=\"serverauthorization/web\",\
-              client_id=\"spiffe://cluster.local/ns/shop/sa/client-0\"} 2"
+              client_id=\"spiffe://cluster.local/ns/shop/sa/client-0\",mode=\"enforce\"} 2"
         ),
         "{text}"
     );
@@ -92,7 +93,7 @@ fn authorization_counters_fold_clients_and_ports_beyond_their_limits_into_other(
     assert!(
         allowed.contains(
             &"inbound_tcp_authz_allow_total{server=\"other\",\
-              authorization=\"serverauthorization/web\",client_id=\"unauthenticated\"} 5"
+              authorization=\"serverauthorization/web\",client_id=\"unauthenticated\",mode=\"enforce\"} 5"
         ),
         "{text}"
     );
@@ -100,7 +101,9 @@ fn authorization_counters_fold_clients_and_ports_beyond_their_limits_into_other(
     let requests = metrics.http_authz(Verdict::Allow, &labels("8080", "spiffe://x/new"));
     requests.inc();
     assert!(
-        metrics.encode().contains("client_id=\"spiffe://x/new\"} 1"),
+        metrics
+            .encode()
+            .contains("client_id=\"spiffe://x/new\",mode=\"enforce\"} 1"),
         "{text}"
     );
 }
