@@ -21,6 +21,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// The `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 /// Every metric of the operator.
 #[derive(Debug)]
 pub struct Metrics {
@@ -32,6 +38,17 @@ pub struct Metrics {
     injector: Injector,
     destination_streams: Gauge,
     destination_refusals: Family<ReasonLabel, Counter>,
+    certify: CertifyMetrics,
+}
+
+/// Certify's answers and its token cache.
+#[derive(Debug, Default)]
+struct CertifyMetrics {
+    requests: Family<ResultLabel, Counter>,
+    refusals: Family<ReasonLabel, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_entries: Gauge,
 }
 
 /// The injection webhook's metrics.
@@ -125,6 +142,34 @@ impl Metrics {
             "Destination calls refused, by reason",
             destination_refusals.clone(),
         );
+        let certify = CertifyMetrics::default();
+        registry.register(
+            "certify_requests",
+            "Certify calls answered, by result: issued, refused (the request or its token \
+             is not good) or limited (over a rate limit)",
+            certify.requests.clone(),
+        );
+        registry.register(
+            "certify_refusals",
+            "Certify calls refused or limited, by reason",
+            certify.refusals.clone(),
+        );
+        registry.register(
+            "certify_token_cache_hits",
+            "Certify calls whose token was known (from the token cache, or a review of \
+             the same token under way): no TokenReview of their own",
+            certify.cache_hits.clone(),
+        );
+        registry.register(
+            "certify_token_cache_misses",
+            "Certify calls whose token was not known: a TokenReview",
+            certify.cache_misses.clone(),
+        );
+        registry.register(
+            "certify_token_cache_entries",
+            "Tokens in Certify's token cache, as of its last miss",
+            certify.cache_entries.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -134,6 +179,7 @@ impl Metrics {
             injector,
             destination_streams,
             destination_refusals,
+            certify,
         }
     }
 
@@ -185,6 +231,37 @@ impl Metrics {
         self.certificate_refusals
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Counts one answered Certify call: its `result` (`issued`, `refused`, `limited`)
+    /// and, unless issued, its `reason`.
+    pub fn certify_answered(&self, result: &'static str, reason: Option<&'static str>) {
+        self.certify
+            .requests
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        if let Some(reason) = reason {
+            self.certify
+                .refusals
+                .get_or_create(&ReasonLabel { reason })
+                .inc();
+        }
+    }
+
+    /// Counts one Certify token lookup: known (`hit`) or to be reviewed.
+    pub fn certify_token_cache(&self, hit: bool) {
+        if hit {
+            self.certify.cache_hits.inc();
+        } else {
+            self.certify.cache_misses.inc();
+        }
+    }
+
+    /// Sets how many tokens the cache holds.
+    pub fn certify_token_cache_entries(&self, entries: usize) {
+        self.certify
+            .cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     /// Counts a Destination stream opening (`true`) or closing.
