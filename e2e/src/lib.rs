@@ -539,3 +539,90 @@ impl Drop for RestoreOperator {
         scale_operator(1);
     }
 }
+
+/// The HTTP status `curl` in the `app` container of pod `pod` gets for `url`; `000`
+/// when no response came (refused, reset, or nothing within 20 s).
+pub fn http_status(ns: &str, pod: &str, url: &str) -> String {
+    let out = kubectl(&[
+        "exec",
+        "-n",
+        ns,
+        pod,
+        "-c",
+        "app",
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "20",
+        url,
+    ]);
+    out.stdout.trim().to_string()
+}
+
+/// A pod `name` (labelled `weft.dev/e2e-app: <name>`) under its own ServiceAccount
+/// `name`, whose `app` container serves HTTP on 8080 once its proxy is ready
+/// ([`APP_AFTER_PROXY`]); with `serve: false` it only sleeps (a client).
+pub fn testapp_pod(ns: &str, name: &str, serve: bool) -> String {
+    let app = if serve {
+        format!(
+            r#"command: [sh, -c, "{APP_AFTER_PROXY}"]
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}"#
+        )
+    } else {
+        r#"command: [sleep, "3600"]"#.to_string()
+    };
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {name}, namespace: {ns}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {ns}, labels: {{weft.dev/e2e-app: {name}}}}}
+spec:
+  serviceAccountName: {name}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: weft.local/testapp:dev
+    imagePullPolicy: IfNotPresent
+    {app}
+"#
+    )
+}
+
+/// Waits until each of `pods` in `ns` is Ready (3 minutes at most).
+pub fn wait_ready(ns: &str, pods: &[&str]) {
+    for pod in pods {
+        kubectl_ok(&[
+            "wait",
+            "-n",
+            ns,
+            "--for=condition=Ready",
+            &format!("pod/{pod}"),
+            "--timeout=180s",
+        ]);
+    }
+}
+
+/// The address of pod `pod` in `ns`.
+pub fn pod_ip(ns: &str, pod: &str) -> String {
+    kubectl_ok(&[
+        "get",
+        "pod",
+        pod,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.status.podIP}",
+    ])
+    .trim()
+    .to_string()
+}

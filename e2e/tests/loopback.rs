@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use weft_e2e::{eventually, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, with_temp_ns};
+use weft_e2e::{eventually, http_status, kubectl_ok, kubectl_stdin, mesh_namespace, with_temp_ns};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -36,29 +36,6 @@ spec:
     command: [sh, -c, "timeout 5 wget -q -O /dev/null http://127.0.0.1:4191/ready; {daemons}exec sleep 3600"]
 "#
     )
-}
-
-/// The HTTP status `curl` in pod `client` gets for `url` (`000`: no response).
-fn status_from(ns: &str, client: &str, url: &str) -> String {
-    let out = kubectl(&[
-        "exec",
-        "-n",
-        ns,
-        client,
-        "-c",
-        "app",
-        "--",
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "10",
-        url,
-    ]);
-    out.stdout.trim().to_string()
 }
 
 #[tokio::test]
@@ -105,21 +82,24 @@ async fn a_loopback_listener_is_not_reachable_through_the_proxy() {
         // The port bound to all addresses answers; the app's own httpd is up on both
         // (checked from inside the pod, on loopback).
         eventually("the open port to answer", TIMEOUT, || async {
-            match status_from(&ns, "caller", &format!("http://{private}:8080/hostname")) {
+            match http_status(&ns, "caller", &format!("http://{private}:8080/hostname")) {
                 s if s == "200" => Ok(()),
                 s => Err(s),
             }
         })
         .await;
         assert_eq!(
-            status_from(&ns, "private", "http://127.0.0.1:6060/hostname"),
+            http_status(&ns, "private", "http://127.0.0.1:6060/hostname"),
             "200"
         );
-        // The loopback-only one is not reachable from another pod.
-        let got = status_from(&ns, "caller", &format!("http://{private}:6060/hostname"));
-        assert_ne!(
-            got, "200",
-            "a loopback-only listener was reachable from another pod"
+        // The loopback-only one is not reachable from another pod: the server proxy
+        // finds nothing listening on the pod's address and answers 502 at once (not a
+        // timeout, which would also be "not 200").
+        let got = http_status(&ns, "caller", &format!("http://{private}:6060/hostname"));
+        assert_eq!(
+            got, "502",
+            "a loopback-only listener: want the server proxy's 502 (nothing listens on the \
+             pod's address); 200 means it was reachable from another pod"
         );
 
         // Opted in: the application that listens on loopback only is served.
@@ -127,7 +107,7 @@ async fn a_loopback_listener_is_not_reachable_through_the_proxy() {
             "the opted-in loopback application to answer",
             TIMEOUT,
             || async {
-                match status_from(&ns, "caller", &format!("http://{legacy}:8080/hostname")) {
+                match http_status(&ns, "caller", &format!("http://{legacy}:8080/hostname")) {
                     s if s == "200" => Ok(()),
                     s => Err(s),
                 }

@@ -9,104 +9,41 @@
 use std::time::Duration;
 
 use weft_e2e::{
-    APP_AFTER_PROXY, CONTROL_PORT, eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin,
-    mesh_namespace, metric_sum, pod_netns, proxy_metrics, with_temp_ns,
+    CONTROL_PORT, eventually, http_status, in_netns, kubectl_stdin, mesh_namespace, metric_sum,
+    pod_ip, pod_netns, proxy_metrics, testapp_pod, wait_ready, with_temp_ns,
 };
-
-/// A meshed pod `name` serving HTTP on 8080 under ServiceAccount `name`.
-fn server(ns: &str, name: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: {name}, namespace: {ns}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: {ns}, labels: {{weft.dev/e2e-app: {name}}}}}
-spec:
-  serviceAccountName: {name}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: app
-    image: weft.local/testapp:dev
-    imagePullPolicy: IfNotPresent
-    command: [sh, -c, "{APP_AFTER_PROXY}"]
-    ports: [{{name: http, containerPort: 8080}}]
-    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
-"#
-    )
-}
-
-/// `curl` from the caller's app container to `url`: the HTTP status, `000` when the
-/// connection failed.
-fn curl(ns: &str, url: &str) -> String {
-    let out = kubectl(&[
-        "exec",
-        "-n",
-        ns,
-        "caller",
-        "-c",
-        "app",
-        "--",
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "20",
-        url,
-    ]);
-    out.stdout.trim().to_string()
-}
 
 #[tokio::test]
 async fn a_new_destination_is_not_sent_in_plaintext_while_discovery_is_away() {
     with_temp_ns("resolve-timeout", |client, ns| async move {
         mesh_namespace(&client, &ns).await;
-        let caller = format!(
-            r#"
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: caller, namespace: {ns}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: caller, namespace: {ns}, labels: {{weft.dev/e2e-app: caller}}}}
-spec:
-  serviceAccountName: caller
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {{name: app, image: weft.local/testapp:dev, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}
-"#
-        );
-        let objects = [server(&ns, "seen"), server(&ns, "fresh"), caller].join("---");
+        let objects = [
+            testapp_pod(&ns, "seen", true),
+            testapp_pod(&ns, "fresh", true),
+            testapp_pod(&ns, "caller", false),
+        ]
+        .join("---");
         let out = kubectl_stdin(&["apply", "-f", "-"], &objects);
         assert!(out.success, "{}", out.stderr);
-        for pod in ["seen", "fresh", "caller"] {
-            kubectl_ok(&[
-                "wait", "-n", &ns, "--for=condition=Ready", &format!("pod/{pod}"),
-                "--timeout=180s",
-            ]);
-        }
-        let ip_of = |pod: &str| {
-            kubectl_ok(&["get", "pod", pod, "-n", &ns, "-o", "jsonpath={.status.podIP}"])
-                .trim()
-                .to_string()
-        };
-        let (seen, fresh, caller_ip) = (ip_of("seen"), ip_of("fresh"), ip_of("caller"));
+        wait_ready(&ns, &["seen", "fresh", "caller"]);
+        let curl = |url: &str| http_status(&ns, "caller", url);
 
         // The mesh works for this caller: a first destination, resolved while the
         // operator is reachable.
-        let seen_url = format!("http://{seen}:8080/hostname");
-        assert_eq!(curl(&ns, &seen_url), "200", "{seen_url} with discovery up");
+        let seen_url = format!("http://{}:8080/hostname", pod_ip(&ns, "seen"));
+        assert_eq!(curl(&seen_url), "200", "{seen_url} with discovery up");
 
         // Discovery goes away for the caller's proxy alone.
-        let netns = pod_netns(&caller_ip);
+        let netns = pod_netns(&pod_ip(&ns, "caller"));
         let rule = [
-            "OUTPUT", "-p", "tcp", "--dport", CONTROL_PORT, "-j", "REJECT", "--reject-with",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            CONTROL_PORT,
+            "-j",
+            "REJECT",
+            "--reject-with",
             "tcp-reset",
         ];
         let iptables = |op: &str| {
@@ -117,10 +54,10 @@ spec:
         iptables("-I");
 
         // A destination never seen: its answer cannot come.
-        let fresh_url = format!("http://{fresh}:8080/hostname");
-        let status = curl(&ns, &fresh_url);
+        let fresh_url = format!("http://{}:8080/hostname", pod_ip(&ns, "fresh"));
+        let status = curl(&fresh_url);
         // What was already resolved keeps working on the last answer.
-        let still = curl(&ns, &seen_url);
+        let still = curl(&seen_url);
         let caller_metrics = proxy_metrics(&ns, "caller");
         let fresh_metrics = proxy_metrics(&ns, "fresh");
         iptables("-D");
@@ -150,7 +87,10 @@ spec:
             "the server's proxy saw plaintext connections while the caller's discovery was \
              away:\n{fresh_metrics}"
         );
-        assert_eq!(still, "200", "{seen_url}, resolved before discovery went away");
+        assert_eq!(
+            still, "200",
+            "{seen_url}, resolved before discovery went away"
+        );
 
         // Discovery back: the same call goes through, over mTLS with the caller's
         // identity.
@@ -158,7 +98,7 @@ spec:
             "the new destination is reached once discovery is back",
             Duration::from_secs(60),
             || async {
-                match curl(&ns, &fresh_url) {
+                match curl(&fresh_url) {
                     ok if ok == "200" => Ok(()),
                     other => Err(format!("HTTP {other}")),
                 }
@@ -170,9 +110,16 @@ spec:
         let over_mtls = metric_sum(
             &fresh_metrics,
             "response_total",
-            &[("direction", "inbound"), ("tls", "true"), ("client_id", &identity)],
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", &identity),
+            ],
         );
-        assert!(over_mtls >= 1.0, "no request over mTLS from {identity}:\n{fresh_metrics}");
+        assert!(
+            over_mtls >= 1.0,
+            "no request over mTLS from {identity}:\n{fresh_metrics}"
+        );
     })
     .await;
 }

@@ -4,8 +4,8 @@
 //! of those requests `tls="true"` with the caller's SPIFFE id, and none in plaintext.
 
 use weft_e2e::{
-    APP_AFTER_PROXY, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, metric_sum, proxy_metrics,
-    with_temp_ns,
+    APP_AFTER_PROXY, http_status, kubectl_stdin, mesh_namespace, metric_sum, pod_ip, proxy_metrics,
+    testapp_pod, wait_ready, with_temp_ns,
 };
 
 #[tokio::test]
@@ -17,10 +17,6 @@ async fn a_statefulset_pod_is_reached_over_mtls_by_name_headless_name_and_ip() {
 apiVersion: v1
 kind: ServiceAccount
 metadata: {{name: db, namespace: {ns}}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: caller, namespace: {ns}}}
 ---
 apiVersion: v1
 kind: Service
@@ -50,36 +46,20 @@ spec:
         ports: [{{name: http, containerPort: 8080}}]
         readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
 ---
-apiVersion: v1
-kind: Pod
-metadata: {{name: caller, namespace: {ns}, labels: {{weft.dev/e2e-app: caller}}}}
-spec:
-  serviceAccountName: caller
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {{name: app, image: weft.local/testapp:dev, imagePullPolicy: IfNotPresent, command: [sleep, "3600"]}}
-"#
+{}"#,
+            testapp_pod(&ns, "caller", false)
         );
         let out = kubectl_stdin(&["apply", "-f", "-"], &objects);
         assert!(out.success, "{}", out.stderr);
-        for pod in ["db-0", "caller"] {
-            kubectl_ok(&[
-                "wait", "-n", &ns, "--for=condition=Ready", &format!("pod/{pod}"),
-                "--timeout=180s",
-            ]);
-        }
-        let ip = kubectl_ok(&["get", "pod", "db-0", "-n", &ns, "-o", "jsonpath={.status.podIP}"]);
+        wait_ready(&ns, &["db-0", "caller"]);
+        let ip = pod_ip(&ns, "db-0");
         let urls = [
             format!("http://db-0.db.{ns}.svc.cluster.local:8080/hostname"),
             format!("http://db.{ns}.svc.cluster.local:8080/hostname"),
             format!("http://{ip}:8080/hostname"),
         ];
         for url in &urls {
-            let out = kubectl(&[
-                "exec", "-n", &ns, "caller", "-c", "app", "--", "curl", "-sS", "-o", "/dev/null",
-                "-w", "%{http_code}", "--max-time", "10", url,
-            ]);
-            assert_eq!(out.stdout.trim(), "200", "{url}: {}", out.stderr);
+            assert_eq!(http_status(&ns, "caller", url), "200", "{url}");
         }
 
         let metrics = proxy_metrics(&ns, "db-0");
@@ -87,7 +67,11 @@ spec:
         let over_mtls = metric_sum(
             &metrics,
             "response_total",
-            &[("direction", "inbound"), ("tls", "true"), ("client_id", &caller)],
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", &caller),
+            ],
         );
         let plaintext = metric_sum(
             &metrics,
