@@ -2,7 +2,10 @@
 
 use std::net::SocketAddr;
 
-use crate::discovery::proxies::{self, StreamLimits};
+use crate::{
+    discovery::proxies::{self, StreamLimits},
+    identity::certify::{Limits, Rate, limit},
+};
 
 /// The Weft operator: the control plane of the Weft service mesh.
 #[derive(Clone, Debug, clap::Parser)]
@@ -81,6 +84,83 @@ pub struct Args {
     )]
     pub max_streams: usize,
 
+    /// Certificates Certify issues per second to the pods of one ServiceAccount, after
+    /// a burst of `--certify-burst-per-service-account`; beyond, RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "WEFT_CERTIFY_RATE_PER_SERVICE_ACCOUNT",
+        default_value_t = limit::PER_SERVICE_ACCOUNT.per_second,
+        value_parser = positive_rate
+    )]
+    pub certify_rate_per_service_account: f64,
+
+    /// The burst of `--certify-rate-per-service-account`.
+    #[arg(
+        long,
+        env = "WEFT_CERTIFY_BURST_PER_SERVICE_ACCOUNT",
+        default_value_t = limit::PER_SERVICE_ACCOUNT.burst,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub certify_burst_per_service_account: u32,
+
+    /// Certificates Certify issues per second in total, after a burst of
+    /// `--certify-burst`.
+    #[arg(
+        long,
+        env = "WEFT_CERTIFY_RATE",
+        default_value_t = limit::GLOBAL.per_second,
+        value_parser = positive_rate
+    )]
+    pub certify_rate: f64,
+
+    /// The burst of `--certify-rate`.
+    #[arg(
+        long,
+        env = "WEFT_CERTIFY_BURST",
+        default_value_t = limit::GLOBAL.burst,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub certify_burst: u32,
+
+    /// TokenReviews per second that Certify calls from one peer address may cause
+    /// (tokens already reviewed cause none), after a burst of
+    /// `--token-review-burst-per-peer`.
+    #[arg(
+        long,
+        env = "WEFT_TOKEN_REVIEW_RATE_PER_PEER",
+        default_value_t = limit::REVIEWS_PER_PEER.per_second,
+        value_parser = positive_rate
+    )]
+    pub token_review_rate_per_peer: f64,
+
+    /// The burst of `--token-review-rate-per-peer`.
+    #[arg(
+        long,
+        env = "WEFT_TOKEN_REVIEW_BURST_PER_PEER",
+        default_value_t = limit::REVIEWS_PER_PEER.burst,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub token_review_burst_per_peer: u32,
+
+    /// TokenReviews per second that Certify calls may cause in total, after a burst
+    /// of `--token-review-burst`.
+    #[arg(
+        long,
+        env = "WEFT_TOKEN_REVIEW_RATE",
+        default_value_t = limit::REVIEWS.per_second,
+        value_parser = positive_rate
+    )]
+    pub token_review_rate: f64,
+
+    /// The burst of `--token-review-rate`.
+    #[arg(
+        long,
+        env = "WEFT_TOKEN_REVIEW_BURST",
+        default_value_t = limit::REVIEWS.burst,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub token_review_burst: u32,
+
     /// The operator's pod name, to tell replicas apart in Events.
     #[arg(long, env = "WEFT_POD_NAME", default_value = "")]
     pub pod_name: String,
@@ -94,6 +174,35 @@ impl Args {
             per_identity: self.max_streams_per_identity,
             total: self.max_streams,
         }
+    }
+}
+
+impl Args {
+    /// The limits of Certify.
+    pub fn certify_limits(&self) -> Limits {
+        Limits {
+            per_service_account: Rate::new(
+                self.certify_rate_per_service_account,
+                self.certify_burst_per_service_account,
+            ),
+            global: Rate::new(self.certify_rate, self.certify_burst),
+            reviews_per_peer: Rate::new(
+                self.token_review_rate_per_peer,
+                self.token_review_burst_per_peer,
+            ),
+            reviews: Rate::new(self.token_review_rate, self.token_review_burst),
+            ..Limits::default()
+        }
+    }
+}
+
+/// A rate per second: a finite number above zero.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if rate.is_finite() && rate > 0.0 {
+        Ok(rate)
+    } else {
+        Err(format!("{text} is not a rate above zero"))
     }
 }
 
@@ -122,6 +231,7 @@ mod tests {
         assert_eq!(args.admin_addr, "0.0.0.0:9990".parse().unwrap());
         assert_eq!(args.log_format, LogFormat::Plain);
         assert_eq!(args.stream_limits(), StreamLimits::default());
+        assert_eq!(args.certify_limits(), Limits::default());
         let args = Args::try_parse_from([
             "weft-operator",
             "--log-format=json",
@@ -155,5 +265,41 @@ mod tests {
         assert!(err.to_string().contains("--log-format"), "{err}");
         let err = Args::try_parse_from(["weft-operator", "--max-streams-per-pod=0"]).unwrap_err();
         assert!(err.to_string().contains("--max-streams-per-pod"), "{err}");
+        for bad in ["--certify-rate=0", "--certify-rate=-1", "--certify-rate=inf"] {
+            let err = Args::try_parse_from(["weft-operator", bad]).unwrap_err();
+            assert!(err.to_string().contains("--certify-rate"), "{err}");
+        }
+        let err = Args::try_parse_from(["weft-operator", "--certify-burst-per-service-account=0"])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("--certify-burst-per-service-account"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn certify_limits_from_flags() {
+        let args = Args::try_parse_from([
+            "weft-operator",
+            "--certify-rate-per-service-account=0.5",
+            "--certify-burst-per-service-account=3",
+            "--certify-rate=40",
+            "--certify-burst=80",
+            "--token-review-rate-per-peer=2",
+            "--token-review-burst-per-peer=4",
+            "--token-review-rate=8",
+            "--token-review-burst=16",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.certify_limits(),
+            Limits {
+                per_service_account: Rate::new(0.5, 3),
+                global: Rate::new(40.0, 80),
+                reviews_per_peer: Rate::new(2.0, 4),
+                reviews: Rate::new(8.0, 16),
+                ..Limits::default()
+            }
+        );
     }
 }

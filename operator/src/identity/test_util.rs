@@ -65,6 +65,8 @@ pub struct TestProxyApi {
     pub index: std::sync::Arc<std::sync::Mutex<crate::discovery::index::Index>>,
     /// The connected proxies and what they acknowledged.
     pub proxies: crate::discovery::proxies::Proxies,
+    /// The limits of its Certify.
+    certify_limits: super::certify::Limits,
     authority: tokio::sync::watch::Sender<Option<std::sync::Arc<super::Authority>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     serving: Option<tokio::task::JoinHandle<()>>,
@@ -108,6 +110,11 @@ impl TestProxyApi {
 /// Starts a [`TestProxyApi`]. Its serving certificate is issued asynchronously, so a
 /// client may have to retry its first connection for a moment.
 pub async fn proxy_api() -> TestProxyApi {
+    proxy_api_with(super::certify::Limits::default()).await
+}
+
+/// [`proxy_api`] with Certify's `limits`.
+pub async fn proxy_api_with(certify_limits: super::certify::Limits) -> TestProxyApi {
     let (anchor, authority) = authority();
     let (authority, _) = tokio::sync::watch::channel(Some(authority));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
@@ -125,6 +132,7 @@ pub async fn proxy_api() -> TestProxyApi {
             "cluster.local",
         ))),
         proxies: Default::default(),
+        certify_limits,
         authority,
         stop: None,
         serving: None,
@@ -142,10 +150,11 @@ impl TestProxyApi {
             service_account: "weft-operator".into(),
             dns_names: vec!["localhost".into()],
         };
-        let certify = super::certify::Certify::new(
+        let certify = super::certify::Certify::with_limits(
             self.authority.subscribe(),
             SlashTokens,
             self.metrics.clone(),
+            self.certify_limits,
         );
         let destination = crate::discovery::server::DestinationService::new(
             self.index.clone(),

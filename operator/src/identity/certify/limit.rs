@@ -120,20 +120,30 @@ pub struct Limits {
     pub review_timeout: Duration,
 }
 
-/// Defaults: a ServiceAccount may get 20 certificates a second after a burst of 100
-/// (a Deployment of 100 replicas starting at once, then a rollout's pace), the operator
-/// 500 a second after a burst of 1000. A peer address may cause 20 TokenReviews a
-/// second after a burst of 100, the operator 200 a second after 400. A call may take
-/// 10 s, its TokenReview 5 s of that.
+/// The default issuance rate of one ServiceAccount: a Deployment of 100 replicas
+/// starting at once, then a rollout's pace.
+pub const PER_SERVICE_ACCOUNT: Rate = Rate::new(20.0, 100);
+/// The default issuance rate of the operator.
+pub const GLOBAL: Rate = Rate::new(500.0, 1000);
+/// The default TokenReview rate of one peer address (a pod's proxy needs one review
+/// per certificate; the node's clients share the node's address).
+pub const REVIEWS_PER_PEER: Rate = Rate::new(20.0, 100);
+/// The default TokenReview rate of the operator.
+pub const REVIEWS: Rate = Rate::new(200.0, 400);
+/// The longest one Certify call may take.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+/// The longest one TokenReview may take.
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            per_service_account: Rate::new(20.0, 100),
-            global: Rate::new(500.0, 1000),
-            reviews_per_peer: Rate::new(20.0, 100),
-            reviews: Rate::new(200.0, 400),
-            deadline: Duration::from_secs(10),
-            review_timeout: Duration::from_secs(5),
+            per_service_account: PER_SERVICE_ACCOUNT,
+            global: GLOBAL,
+            reviews_per_peer: REVIEWS_PER_PEER,
+            reviews: REVIEWS,
+            deadline: DEADLINE,
+            review_timeout: REVIEW_TIMEOUT,
         }
     }
 }
