@@ -163,10 +163,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         kube::runtime::events::Recorder::new(client.clone(), reporter(&args.pod_name)),
         wait_for(shutdown_rx.clone()),
     ));
-    let certify = identity::certify::Certify::new(
+    let certify = identity::certify::Certify::with_limits(
         authority_rx.clone(),
         identity::certify::KubeTokenReviewer::new(client.clone()),
         metrics.clone(),
+        args.certify_limits(),
     );
     let serving_as = |service: &str| {
         let service = format!("{service}.{}.svc", args.namespace);
