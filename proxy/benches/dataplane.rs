@@ -463,7 +463,7 @@ fn proxy_process(role: &str) {
                 .with_resolver(resolver)
         } else {
             let policies = Arc::new(FakePolicies::default());
-            *policies.0.lock().unwrap() = Some(allow(&[CLIENT_ID], false));
+            policies.set(allow(&[CLIENT_ID], false));
             Forwarder::bind(Direction::Inbound, any)
                 .await
                 .unwrap()

@@ -3,10 +3,15 @@
 //!
 //! A rule allows a client when the client comes from one of its networks (any, when
 //! it names none) and either the rule allows unauthenticated clients or the client's
-//! mesh identity is one it names (`*` for any). No rule allowing it: denied. A port
-//! whose policy has not arrived yet is governed by the pod's policy for undeclared
-//! ports; with no policy at all (the operator never answered) nothing is enforced,
-//! which the proxy logs.
+//! mesh identity is one it names (`*` for any). No rule allowing it: denied.
+//!
+//! Every port is judged by its own policy ([`InboundPolicies`]): a port the pod
+//! declares by the update of its own stream; any other port by the update of port 0,
+//! which carries the policy of every port a ServerAuthorization selects besides the
+//! default of the ports none selects. Until that update has arrived, a port's policy
+//! is [`PortPolicy::Unknown`], and its clients are refused
+//! ([`Denial::PolicyUnknown`]) rather than judged by a policy that may not be its own.
+//! Only a proxy without discovery at all (tests, benches) enforces nothing.
 //!
 //! [`authorize`] says which rule admitted a client, or why none did ([`Denial`]): the
 //! port has no rules at all (the `deny` default, the only policy streamed without
@@ -18,7 +23,7 @@
 //! The rules are the proxy's own plain types ([`InboundPolicy`]), converted from the
 //! operator's messages where the stream arrives ([`crate::discovery`]).
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use weft_proxy_api::{ConfigVersion, v1};
 
@@ -94,6 +99,157 @@ impl From<v1::Authorization> for Authorization {
     }
 }
 
+/// The policies of the ports an update of port 0 carries (those a ServerAuthorization
+/// selects), each with the update's version.
+pub fn selected_ports(update: &v1::InboundPolicyUpdate) -> BTreeMap<u16, InboundPolicy> {
+    update
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let port = u16::try_from(p.port).ok()?;
+            let policy = InboundPolicy {
+                protocol: p.protocol.clone(),
+                authorizations: p
+                    .authorizations
+                    .iter()
+                    .cloned()
+                    .map(Authorization::from)
+                    .collect(),
+                audit: p.audit,
+                version: update.config_version.clone().into(),
+            };
+            Some((port, policy))
+        })
+        .collect()
+}
+
+/// Every inbound policy of the pod the proxy holds now: what a connection to any port
+/// is judged by. Cheap to clone (the policies are shared).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InboundPolicies {
+    /// Nothing is enforced: the proxy has no discovery at all (tests, benches).
+    unenforced: bool,
+    /// Each declared port's own policy; `None` until its stream answered.
+    declared: BTreeMap<u16, Option<Arc<InboundPolicy>>>,
+    /// Port 0's update: `None` until it arrived.
+    undeclared: Option<Undeclared>,
+}
+
+/// What port 0's update says: the policy of each port a ServerAuthorization selects,
+/// and the default of every other port.
+#[derive(Clone, Debug, PartialEq)]
+struct Undeclared {
+    default: Arc<InboundPolicy>,
+    selected: BTreeMap<u16, Arc<InboundPolicy>>,
+}
+
+/// What the proxy knows of one port's policy.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PortPolicy {
+    /// The port's own policy.
+    Known(Arc<InboundPolicy>),
+    /// Not known yet: a connection waits for it, then is refused.
+    Unknown,
+    /// Nothing is enforced (no discovery at all).
+    Unenforced,
+}
+
+impl InboundPolicies {
+    /// No policy known yet, for a pod that declares `declared`.
+    pub fn awaiting(declared: &[u16]) -> Self {
+        Self {
+            unenforced: false,
+            declared: declared
+                .iter()
+                .filter(|port| **port != 0)
+                .map(|port| (*port, None))
+                .collect(),
+            undeclared: None,
+        }
+    }
+
+    /// Nothing enforced on any port.
+    pub fn unenforced() -> Self {
+        Self {
+            unenforced: true,
+            ..Self::default()
+        }
+    }
+
+    /// `policy` on every port (tests, benches).
+    pub fn every_port(policy: InboundPolicy) -> Self {
+        Self {
+            undeclared: Some(Undeclared {
+                default: Arc::new(policy),
+                selected: BTreeMap::new(),
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// Applies the update of `port`'s stream: a declared port's own policy, or for
+    /// port 0 the default and the `selected` ports' policies.
+    pub fn apply(
+        &mut self,
+        port: u16,
+        policy: InboundPolicy,
+        selected: BTreeMap<u16, InboundPolicy>,
+    ) {
+        if port == 0 {
+            self.undeclared = Some(Undeclared {
+                default: Arc::new(policy),
+                selected: selected
+                    .into_iter()
+                    .map(|(port, policy)| (port, Arc::new(policy)))
+                    .collect(),
+            });
+        } else {
+            self.declared.insert(port, Some(Arc::new(policy)));
+        }
+    }
+
+    /// The policy `port` is judged by now: a declared port's own; else the one port
+    /// 0's update carries for it (it carries every port a ServerAuthorization
+    /// selects), or, for a port the pod does not declare, that update's default.
+    pub fn policy(&self, port: u16) -> PortPolicy {
+        if self.unenforced {
+            return PortPolicy::Unenforced;
+        }
+        let declared = match self.declared.get(&port) {
+            Some(Some(own)) => return PortPolicy::Known(own.clone()),
+            Some(None) => true,
+            None => false,
+        };
+        let Some(undeclared) = &self.undeclared else {
+            return PortPolicy::Unknown;
+        };
+        match undeclared.selected.get(&port) {
+            Some(selected) => PortPolicy::Known(selected.clone()),
+            // A declared port's own stream has not answered: the default may not be
+            // its policy.
+            None if declared => PortPolicy::Unknown,
+            None => PortPolicy::Known(undeclared.default.clone()),
+        }
+    }
+
+    /// The streams whose update has not arrived yet: declared ports, and 0.
+    pub fn missing(&self) -> Vec<u16> {
+        if self.unenforced {
+            return Vec::new();
+        }
+        let undeclared = self.undeclared.is_none().then_some(0);
+        undeclared
+            .into_iter()
+            .chain(
+                self.declared
+                    .iter()
+                    .filter(|(_, policy)| policy.is_none())
+                    .map(|(port, _)| *port),
+            )
+            .collect()
+    }
+}
+
 /// Who is connecting.
 #[derive(Clone, Copy, Debug)]
 pub struct Client<'a> {
@@ -121,10 +277,16 @@ pub enum Denial {
     /// No rule of the port (named) admits this client: its identity is not one they
     /// name, or it comes from outside their networks.
     NoMatch { authorizations: Vec<String> },
+    /// The port's policy was not known within the wait: nothing may be admitted by a
+    /// policy that may not be its own.
+    PolicyUnknown,
 }
 
 /// The name a port under the `deny` default has for its policy.
 pub const DEFAULT_DENY: &str = "default:deny";
+
+/// The name of the policy of a port whose policy is not known.
+pub const UNKNOWN_POLICY: &str = "unknown";
 
 /// How the proxy names a client without a mesh identity.
 pub const UNAUTHENTICATED: &str = "unauthenticated";
@@ -136,14 +298,16 @@ impl Denial {
             Self::DefaultDeny => "default-deny",
             Self::Unauthenticated { .. } => "unauthenticated",
             Self::NoMatch { .. } => "no-match",
+            Self::PolicyUnknown => "policy-unknown",
         }
     }
 
     /// The policy the client was refused by: its rules' names, comma-separated, or
-    /// [`DEFAULT_DENY`].
+    /// [`DEFAULT_DENY`], or [`UNKNOWN_POLICY`].
     pub fn policy(&self) -> String {
         match self {
             Self::DefaultDeny => DEFAULT_DENY.to_string(),
+            Self::PolicyUnknown => UNKNOWN_POLICY.to_string(),
             Self::Unauthenticated { authorizations } | Self::NoMatch { authorizations } => {
                 authorizations.join(",")
             }
@@ -200,12 +364,13 @@ impl Refusal {
     }
 
     /// The value of the `weft-authz` header of a refused request:
-    /// `denied; server=<port>; policy=<rules, comma-separated, or default:deny>;
-    /// client=<SPIFFE id, or unauthenticated>`. Visible ASCII only: any other
+    /// `denied; server=<port>; policy=<rules, comma-separated, default:deny, or
+    /// unknown>; client=<SPIFFE id, or unauthenticated>`. Visible ASCII only: any other
     /// character, and the separators `;` `,` `"` `\` within a name, read `_`.
     pub fn header(&self) -> String {
         let policy = match &self.denial {
             Denial::DefaultDeny => DEFAULT_DENY.to_string(),
+            Denial::PolicyUnknown => UNKNOWN_POLICY.to_string(),
             Denial::Unauthenticated { authorizations } | Denial::NoMatch { authorizations } => {
                 authorizations
                     .iter()
@@ -247,6 +412,10 @@ impl Refusal {
                  client {}.",
                 names(authorizations),
                 plain(self.client_name())
+            ),
+            Denial::PolicyUnknown => format!(
+                "Weft denied the request: the policy of port {port} is not known yet (the \
+                 operator has not sent it), and no client is admitted without it."
             ),
         }
     }

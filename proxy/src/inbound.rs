@@ -16,6 +16,18 @@
 //! ([`crate::http::relay`]), HTTP/2 is served by [`crate::http`]. Anything else is
 //! relayed as bytes (an opaque port always is).
 //!
+//! Every port is judged by its own policy ([`crate::authz::InboundPolicies`]). A
+//! connection to a port whose policy is not known yet (the operator has not answered
+//! since the proxy started) waits for it, up to [`POLICY_TIMEOUT`], and is then
+//! refused like any other client ([`authz::Denial::PolicyUnknown`], counted with
+//! `authorization="unknown"`) — never admitted by a policy that is not the port's.
+//!
+//! HTTP is judged request by request, by the policy in force when each request
+//! arrives: a change of policy applies to the next request of a kept-alive
+//! connection, both ways. A connection relayed as bytes is judged when it opens, and
+//! closed when a change of policy no longer admits its client (counted in
+//! `inbound_tcp_authz_revoked_total`, logged).
+//!
 //! A client the policy refuses is told why, if it speaks HTTP: each of its requests is
 //! answered 403 with a `weft-authz` header naming the port, the policy and the client
 //! (gRPC: `grpc-status: 7` and a `grpc-message`; see [`crate::http::client`]). Any
@@ -47,7 +59,7 @@ use tokio::{
 use weft_proxy_api::v1::{Endpoint, Resolution};
 
 use crate::{
-    authz::{self, Decision, InboundPolicy, Refusal},
+    authz::{self, Decision, InboundPolicies, PortPolicy, Refusal},
     detect::{self, Prefixed, Protocol},
     discovery::Discovery,
     http::{self, Destination, Pool, Version, server::serve_counted},
@@ -65,11 +77,17 @@ pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// connected, so a client silent this long is an application whose server speaks
 /// first (MySQL, SMTP), passed through after this short wait.
 pub const OPAQUE_DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a connection to a port whose policy is not known yet waits for it before
+/// it is refused.
+pub const POLICY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A refusal of a client at a port is logged at info at most this often; every
 /// refusal is logged at debug.
 pub const DENIAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// What a refusal is logged as.
 const DENIED: &str = "denied by the inbound policy";
+/// What a refusal for want of the port's policy is logged as.
+const POLICY_UNKNOWN: &str =
+    "denied: the port's inbound policy is not known (the operator has not sent it)";
 /// What a would-be refusal, in audit mode, is logged as.
 const WOULD_BE_DENIED: &str = "would be denied by the inbound policy (audit mode)";
 /// The most (port, client) pairs whose last info line is remembered; beyond, and
@@ -78,13 +96,13 @@ const DENIAL_LOG_PAIRS: usize = 1024;
 
 /// Where inbound policies come from: discovery, or a test's stand-in.
 pub trait Policies: Send + Sync + 'static {
-    /// The policy of `port`, or `None` while none is known.
-    fn inbound_policy(&self, port: u16) -> Option<InboundPolicy>;
+    /// The pod's inbound policies, followed: every change shows in the receiver.
+    fn inbound_policies(&self) -> watch::Receiver<InboundPolicies>;
 }
 
 impl Policies for Discovery {
-    fn inbound_policy(&self, port: u16) -> Option<InboundPolicy> {
-        Discovery::inbound_policy(self, port)
+    fn inbound_policies(&self) -> watch::Receiver<InboundPolicies> {
+        Discovery::inbound_policies(self)
     }
 }
 
@@ -97,8 +115,8 @@ pub struct InboundSettings {
     pub opaque_detect_timeout: Duration,
     /// Ports treated as opaque whatever the policy says (the Mesh's and the pod's).
     pub opaque_ports: Vec<u16>,
-    /// The policy in force until the operator's arrives.
-    pub default_policy: Option<InboundPolicy>,
+    /// How long a connection to a port whose policy is not known waits for it.
+    pub policy_timeout: Duration,
     /// Reach the application on loopback rather than on the address the client
     /// dialled (the pod's), which would expose the pod's loopback-only listeners.
     pub to_loopback: bool,
@@ -110,7 +128,7 @@ impl Default for InboundSettings {
             detect_timeout: DETECT_TIMEOUT,
             opaque_detect_timeout: OPAQUE_DETECT_TIMEOUT,
             opaque_ports: Vec::new(),
-            default_policy: None,
+            policy_timeout: POLICY_TIMEOUT,
             to_loopback: false,
         }
     }
@@ -124,9 +142,7 @@ pub(crate) struct Inbound {
     /// Every connection's application, instead of the original port on loopback
     /// (tests, benches).
     fixed_target: Option<SocketAddr>,
-    /// HTTP connections to the application, for reuse.
-    pool: Arc<Pool>,
-    denials: DenialLog,
+    denials: Arc<DenialLog>,
 }
 
 impl Inbound {
@@ -141,8 +157,7 @@ impl Inbound {
             tls,
             settings,
             fixed_target,
-            pool: Arc::default(),
-            denials: DenialLog::default(),
+            denials: Arc::default(),
         }
     }
 
@@ -162,13 +177,13 @@ impl Inbound {
             // stays private to the pod.
             None => target,
         };
-        let policy = self
-            .policies
-            .as_ref()
-            .and_then(|p| p.inbound_policy(port))
-            .or_else(|| self.settings.default_policy.clone());
+        let policies = match &self.policies {
+            Some(policies) => policies.inbound_policies(),
+            None => watch::channel(InboundPolicies::unenforced()).1,
+        };
+        let policy = wait_for_policy(policies.clone(), port, self.settings.policy_timeout).await;
         let opaque = self.settings.opaque_ports.contains(&port)
-            || policy.as_ref().is_some_and(InboundPolicy::is_opaque);
+            || matches!(&policy, PortPolicy::Known(p) if p.is_opaque());
         let timeout = if opaque {
             self.settings.opaque_detect_timeout
         } else {
@@ -202,13 +217,16 @@ impl Inbound {
             let Some(accepted) = transport::accept_mtls(tls, client, peer, metrics).await else {
                 return;
             };
-            let admission = self.admit(
-                policy.as_ref(),
-                Some(&accepted.client_id),
-                peer,
+            let gate = Arc::new(Gate {
+                policies,
                 port,
-                metrics,
-            );
+                identity: Some(accepted.client_id.clone()),
+                peer,
+                metrics: metrics.clone(),
+                denials: self.denials.clone(),
+                last: Mutex::default(),
+            });
+            let admission = gate.admit(&policy);
             labels.tls = Some("true");
             labels.client_id = Some(accepted.client_id);
             let mut stream = accepted.stream;
@@ -225,6 +243,7 @@ impl Inbound {
                 let app = App {
                     addr: app,
                     admission,
+                    gate,
                 };
                 return self
                     .serve_app(stream, Some(version), app, labels, metrics, shutdown)
@@ -233,16 +252,27 @@ impl Inbound {
             let app = App {
                 addr: app,
                 admission,
+                gate,
             };
             self.serve_app(stream, None, app, labels, metrics, shutdown)
                 .await;
         } else {
-            let admission = self.admit(policy.as_ref(), None, peer, port, metrics);
+            let gate = Arc::new(Gate {
+                policies,
+                port,
+                identity: None,
+                peer,
+                metrics: metrics.clone(),
+                denials: self.denials.clone(),
+                last: Mutex::default(),
+            });
+            let admission = gate.admit(&policy);
             labels.tls = Some("false");
             let version = Version::detected(&protocol).filter(|_| !opaque);
             let app = App {
                 addr: app,
                 admission,
+                gate,
             };
             self.serve_app(client, version, app, labels, metrics, shutdown)
                 .await;
@@ -251,9 +281,10 @@ impl Inbound {
 
     /// Hands the client's connection `io` to the application: as HTTP in `version`
     /// (HTTP/1 relayed as it came when the client is allowed, else served request by
-    /// request and every request refused, saying why), or without one as bytes, if the
-    /// client is allowed (else closed). A peer proxy's mTLS and a plaintext client end
-    /// the same way here.
+    /// request; either way each request judged by the policy in force when it
+    /// arrives), or without one as bytes, if the client is allowed (else closed), until
+    /// a change of policy no longer allows it. A peer proxy's mTLS and a plaintext
+    /// client end the same way here.
     async fn serve_app<I>(
         &self,
         io: I,
@@ -265,14 +296,16 @@ impl Inbound {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let App { addr, admission } = app;
+        let App {
+            addr,
+            admission,
+            gate,
+        } = app;
         if let Some(version) = version {
-            let authz = admission.http_counter(metrics);
             if admission.refusal.is_none() && version == Version::Http1 {
-                return http::relay::serve(io, addr, &labels, authz, metrics, shutdown).await;
+                return http::relay::serve(io, addr, &labels, Some(gate), metrics, shutdown).await;
             }
-            let refused = admission.refusal;
-            let destination = self.app_destination(addr, labels, refused, authz, metrics);
+            let destination = self.app_destination(addr, labels, gate, metrics);
             return serve_counted(io, version, destination, shutdown).await;
         }
         if admission.refusal.is_some() {
@@ -282,17 +315,23 @@ impl Inbound {
         let Some(server) = transport::connect(addr, Direction::Inbound, metrics).await else {
             return;
         };
-        relay(io, server, &labels, metrics).await;
+        tokio::select! {
+            () = relay(io, server, &labels, metrics) => {}
+            // Dropping the relay closes both connections.
+            () = gate.revoked() => {}
+        }
     }
 
-    /// Where an inbound HTTP connection's requests go: the application at `app`,
-    /// unless the client is `refused`; each request counted in `authz`.
+    /// Where an inbound HTTP connection's requests go: the application at `app`, each
+    /// request judged by `gate`.
+    /// The client connection gets connections to the application of its own, closed
+    /// with it: on one shared with other clients, a client that holds streams or
+    /// never opens its flow-control window would stall the others' requests.
     fn app_destination(
         &self,
         app: SocketAddr,
         labels: TcpLabels,
-        refused: Option<Arc<Refusal>>,
-        authz: Option<Counter>,
+        gate: Arc<Gate>,
         metrics: &Arc<Metrics>,
     ) -> Destination {
         let resolution = Resolution {
@@ -306,110 +345,19 @@ impl Inbound {
         };
         Destination {
             labels,
-            refused,
-            authz,
+            authz: Some(gate),
             prepared: Arc::default(),
             resolution: watch::channel(Some(Arc::new(resolution))).1,
             balancer: Arc::default(),
-            pool: self.pool.clone(),
+            pool: Arc::new(Pool::default()),
             tls: None,
             metrics: metrics.clone(),
             counters: Default::default(),
         }
     }
-
-    /// What the port's policy says about the client with `identity` at `peer`,
-    /// connected to `port`: counted either way, a refusal logged.
-    fn admit(
-        &self,
-        policy: Option<&InboundPolicy>,
-        identity: Option<&str>,
-        peer: SocketAddr,
-        port: u16,
-        metrics: &Metrics,
-    ) -> Admission {
-        let Some(policy) = policy else {
-            // No policy at all (no discovery and no default): nothing to enforce.
-            return Admission {
-                labels: None,
-                verdict: Verdict::Allow,
-                refusal: None,
-            };
-        };
-        let client = authz::Client {
-            identity,
-            ip: peer.ip(),
-        };
-        let client_id = identity.unwrap_or(authz::UNAUTHENTICATED).to_string();
-        let server = port.to_string();
-        let mode = Mode::of(policy.audit);
-        match authz::authorize(policy, client) {
-            Decision::Allowed { authorization } => {
-                let labels = AuthzLabels {
-                    server,
-                    authorization: authorization.to_string(),
-                    client_id,
-                    mode,
-                };
-                metrics.tcp_authz(Verdict::Allow, &labels);
-                Admission {
-                    labels: Some(labels),
-                    verdict: Verdict::Allow,
-                    refusal: None,
-                }
-            }
-            Decision::Denied(denial) => {
-                let labels = AuthzLabels {
-                    server,
-                    authorization: denial.policy(),
-                    client_id,
-                    mode,
-                };
-                metrics.tcp_authz(Verdict::Deny, &labels);
-                let refusal = Refusal {
-                    server: port,
-                    client: identity.map(str::to_string),
-                    denial,
-                };
-                self.log_refusal(&refusal, peer, mode);
-                Admission {
-                    labels: Some(labels),
-                    verdict: Verdict::Deny,
-                    // Audit mode: a would-be denial, let through.
-                    refusal: (mode == Mode::Enforce).then(|| Arc::new(refusal)),
-                }
-            }
-        }
-    }
-
-    /// Logs `refusal` of the client at `peer` (in audit mode, as a would-be denial):
-    /// at info if it is the first of its port and client for [`DENIAL_LOG_EVERY`],
-    /// else at debug.
-    fn log_refusal(&self, refusal: &Refusal, peer: SocketAddr, mode: Mode) {
-        let client = refusal.client_name();
-        let (server, policy) = (refusal.server, refusal.denial.policy());
-        let reason = refusal.denial.reason();
-        let what = match mode {
-            Mode::Enforce => DENIED,
-            Mode::Audit => WOULD_BE_DENIED,
-        };
-        if self
-            .denials
-            .first_in_a_while(server, client, Instant::now())
-        {
-            tracing::info!(
-                %peer, server, client, policy, reason,
-                "{what} (this client's further refusals at this port within {}s are logged \
-                 at debug)",
-                DENIAL_LOG_EVERY.as_secs()
-            );
-        } else {
-            tracing::debug!(%peer, server, client, policy, reason, "{what}");
-        }
-    }
 }
 
-/// What the port's policy said about a connection's client: what the connection is
+/// What a port's policy says about a client: what the connection or request is
 /// served and counted with.
 #[derive(Clone, Debug)]
 struct Admission {
@@ -421,23 +369,233 @@ struct Admission {
     verdict: Verdict,
     /// Why the client is refused; `None`: it may go on.
     refusal: Option<Arc<Refusal>>,
+    /// Why the policy denies the client, refused or (in audit mode) not.
+    denied: Option<Arc<Refusal>>,
 }
 
-impl Admission {
-    /// The `inbound_http_authz_*` counter each of the connection's requests is
-    /// counted in: allowed, or denied.
-    fn http_counter(&self, metrics: &Metrics) -> Option<Counter> {
-        let labels = self.labels.as_ref()?;
-        Some(metrics.http_authz(self.verdict, labels))
+/// The decision of `policy` on the client with `identity` at `peer`, connected to
+/// `port`. A policy in audit mode refuses no one; a port without a known policy
+/// refuses everyone.
+fn judge(policy: &PortPolicy, identity: Option<&str>, peer: SocketAddr, port: u16) -> Admission {
+    let client_id = identity.unwrap_or(authz::UNAUTHENTICATED).to_string();
+    let refused = |denial, mode| {
+        let labels = AuthzLabels {
+            server: port.to_string(),
+            authorization: authz::Denial::policy(&denial),
+            client_id: client_id.clone(),
+            mode,
+        };
+        let denied = Arc::new(Refusal {
+            server: port,
+            client: identity.map(str::to_string),
+            denial,
+        });
+        Admission {
+            labels: Some(labels),
+            verdict: Verdict::Deny,
+            // Audit mode: a would-be refusal, let through.
+            refusal: (mode == Mode::Enforce).then(|| denied.clone()),
+            denied: Some(denied),
+        }
+    };
+    let policy = match policy {
+        PortPolicy::Unenforced => {
+            return Admission {
+                labels: None,
+                verdict: Verdict::Allow,
+                refusal: None,
+                denied: None,
+            };
+        }
+        PortPolicy::Unknown => return refused(authz::Denial::PolicyUnknown, Mode::Enforce),
+        PortPolicy::Known(policy) => policy,
+    };
+    let client = authz::Client {
+        identity,
+        ip: peer.ip(),
+    };
+    let mode = Mode::of(policy.audit);
+    match authz::authorize(policy, client) {
+        Decision::Allowed { authorization } => Admission {
+            labels: Some(AuthzLabels {
+                server: port.to_string(),
+                authorization: authorization.to_string(),
+                client_id,
+                mode,
+            }),
+            verdict: Verdict::Allow,
+            refusal: None,
+            denied: None,
+        },
+        Decision::Denied(denial) => refused(denial, mode),
     }
 }
 
-/// The application a connection goes to, and what the port's policy said about the
-/// client.
-#[derive(Clone, Debug)]
+/// Waits until `port`'s policy is known, at most `timeout`: the policy then, known
+/// or not.
+async fn wait_for_policy(
+    mut policies: watch::Receiver<InboundPolicies>,
+    port: u16,
+    timeout: Duration,
+) -> PortPolicy {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let policy = policies.borrow_and_update().policy(port);
+        if policy != PortPolicy::Unknown {
+            return policy;
+        }
+        match tokio::time::timeout_at(deadline, policies.changed()).await {
+            Ok(Ok(())) => {}
+            // Out of time, or no policy will ever come.
+            Ok(Err(_)) | Err(_) => return PortPolicy::Unknown,
+        }
+    }
+}
+
+/// One connection's client at one port, judged by the port's policy as it is now:
+/// when the connection opens, at each of its HTTP requests, and at each change of
+/// policy while it is relayed as bytes.
+#[derive(Debug)]
+pub struct Gate {
+    policies: watch::Receiver<InboundPolicies>,
+    port: u16,
+    identity: Option<String>,
+    peer: SocketAddr,
+    metrics: Arc<Metrics>,
+    denials: Arc<DenialLog>,
+    /// The last policy a request was judged by, and the decision with its
+    /// `inbound_http_authz_*` counter: judged again only when the policy changes.
+    last: Mutex<Option<Judged>>,
+}
+
+/// A policy, and what it said about a gate's client: the counter of its requests,
+/// and the refusal, if it refuses the client.
+type Judged = (PortPolicy, Option<Counter>, Option<Arc<Refusal>>);
+
+impl Gate {
+    /// Judges the connection by `policy` (the one it waited for): counted, a refusal
+    /// logged.
+    fn admit(&self, policy: &PortPolicy) -> Admission {
+        let admission = self.judge(policy);
+        if let Some(labels) = &admission.labels {
+            self.metrics.tcp_authz(admission.verdict, labels);
+        }
+        admission
+    }
+
+    /// [`judge`] for this connection's client, its refusal logged.
+    fn judge(&self, policy: &PortPolicy) -> Admission {
+        let admission = judge(policy, self.identity.as_deref(), self.peer, self.port);
+        if let (Some(labels), Some(denied)) = (&admission.labels, &admission.denied) {
+            log_refusal(&self.denials, denied, self.peer, labels.mode);
+        }
+        admission
+    }
+
+    /// Judges one HTTP request by the port's policy now, and counts it in the
+    /// client's `inbound_http_authz_*`: `Err` with why when it is refused. In audit
+    /// mode a would-be refusal is counted and let through.
+    pub fn request(&self) -> Result<(), Arc<Refusal>> {
+        let policy = self.policies.borrow().policy(self.port);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = match &*last {
+            Some((judged, _, _)) => !same_policy(judged, &policy),
+            None => true,
+        };
+        if fresh {
+            let admission = self.judge(&policy);
+            let counter = admission
+                .labels
+                .as_ref()
+                .map(|labels| self.metrics.http_authz(admission.verdict, labels));
+            *last = Some((policy, counter, admission.refusal));
+        }
+        let Some((_, counter, refusal)) = &*last else {
+            return Ok(());
+        };
+        if let Some(counter) = counter {
+            counter.inc();
+        }
+        match refusal {
+            Some(refusal) => Err(refusal.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the port's policy now refuses the client (nothing counted).
+    pub fn refuses(&self) -> bool {
+        let policy = self.policies.borrow().policy(self.port);
+        judge(&policy, self.identity.as_deref(), self.peer, self.port)
+            .refusal
+            .is_some()
+    }
+
+    /// Resolves once a change of the port's policy refuses this connection's client
+    /// (enforced; never while the proxy holds no policy for it any more): counted in
+    /// `inbound_tcp_authz_revoked_total` and logged.
+    async fn revoked(&self) {
+        let mut policies = self.policies.clone();
+        policies.mark_unchanged();
+        while policies.changed().await.is_ok() {
+            let policy = policies.borrow_and_update().policy(self.port);
+            let admission = judge(&policy, self.identity.as_deref(), self.peer, self.port);
+            let (Some(labels), Some(refusal)) = (&admission.labels, &admission.refusal) else {
+                continue;
+            };
+            self.metrics.tcp_authz_revoked(labels);
+            tracing::info!(
+                peer = %self.peer,
+                server = self.port,
+                client = refusal.client_name(),
+                policy = labels.authorization,
+                reason = refusal.denial.reason(),
+                "connection closed: the inbound policy no longer allows its client"
+            );
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Whether `a` and `b` are the same policy (the same update applied), cheaply.
+fn same_policy(a: &PortPolicy, b: &PortPolicy) -> bool {
+    match (a, b) {
+        (PortPolicy::Known(a), PortPolicy::Known(b)) => Arc::ptr_eq(a, b),
+        (a, b) => a == b,
+    }
+}
+
+/// Logs `refusal` of the client at `peer` (in audit mode, as a would-be denial):
+/// at info if it is the first of its port and client for [`DENIAL_LOG_EVERY`] in
+/// `denials`, else at debug.
+fn log_refusal(denials: &DenialLog, refusal: &Refusal, peer: SocketAddr, mode: Mode) {
+    let client = refusal.client_name();
+    let (server, policy) = (refusal.server, refusal.denial.policy());
+    let reason = refusal.denial.reason();
+    let what = match (mode, &refusal.denial) {
+        (Mode::Audit, _) => WOULD_BE_DENIED,
+        (Mode::Enforce, authz::Denial::PolicyUnknown) => POLICY_UNKNOWN,
+        (Mode::Enforce, _) => DENIED,
+    };
+    if denials.first_in_a_while(server, client, Instant::now()) {
+        tracing::info!(
+            %peer, server, client, policy, reason,
+            "{what} (this client's further refusals at this port within {}s are logged \
+             at debug)",
+            DENIAL_LOG_EVERY.as_secs()
+        );
+    } else {
+        tracing::debug!(%peer, server, client, policy, reason, "{what}");
+    }
+}
+
+/// The application a connection goes to, what the port's policy said about the
+/// client when it connected, and what judges it from then on.
+#[derive(Debug)]
 struct App {
     addr: SocketAddr,
     admission: Admission,
+    gate: Arc<Gate>,
 }
 
 /// When a refusal of each (port, client) was last logged at info.

@@ -5,7 +5,8 @@
 //! from the operator ([`control`]), forwards the pod's captured TCP connections —
 //! balanced over the destination's endpoints, mTLS between meshed pods, inbound
 //! policy enforced — and runs its admin server; `/ready` turns true once it holds a
-//! valid certificate. This file only wires the parts together.
+//! valid certificate and the inbound policy of every port. This file only wires the
+//! parts together.
 //!
 //! The rooms, following the data:
 //! - [`accept`]: the listeners, and each connection's original destination;
@@ -84,6 +85,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 inbound_ports: config.inbound_ports.clone(),
                 idle: config.outbound_idle_timeout,
                 max_resolutions: 256,
+                readiness: readiness.clone(),
             },
             credentials_rx,
         )),
@@ -125,7 +127,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
             .with_inbound_settings(inbound::InboundSettings {
                 detect_timeout: config.detect_timeout,
                 opaque_ports: config.inbound_opaque_ports.clone(),
-                default_policy: Some(config.default_inbound_policy.into()),
                 to_loopback: config.inbound_to_loopback,
                 ..inbound::InboundSettings::default()
             });

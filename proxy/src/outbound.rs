@@ -189,7 +189,6 @@ impl Outbound {
                 balancer,
                 prepared,
                 labels,
-                refused: None,
                 authz: None,
                 resolution: rx,
                 pool: self.pool.clone(),

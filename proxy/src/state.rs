@@ -28,11 +28,15 @@ pub struct State {
     pub probes: crate::probe::Prober,
 }
 
-/// What the proxy still needs before it is ready. Today that is its identity; the
-/// configuration from the operator's discovery streams joins it when they land.
+/// What the proxy still needs before it is ready: its identity, and (when discovery
+/// runs) the inbound policies of every port, so that no client is refused for want of
+/// a policy once the pod is Ready.
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
     identity: Arc<AtomicBool>,
+    /// The inbound policy streams whose first update has not been applied: declared
+    /// ports, and 0 (every other port).
+    missing_policies: Arc<Mutex<Vec<u16>>>,
 }
 
 impl Readiness {
@@ -41,13 +45,32 @@ impl Readiness {
         self.identity.store(ok, Ordering::Release);
     }
 
+    /// Records which inbound policy streams have not delivered their policy yet.
+    pub fn set_missing_policies(&self, ports: Vec<u16>) {
+        *self
+            .missing_policies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = ports;
+    }
+
     /// `Ok` when ready, else what is missing.
     pub fn check(&self) -> Result<(), String> {
-        if self.identity.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err("no identity certificate yet".to_string())
+        if !self.identity.load(Ordering::Acquire) {
+            return Err("no identity certificate yet".to_string());
         }
+        let missing = self
+            .missing_policies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let ports: Vec<String> = missing.iter().map(u16::to_string).collect();
+        Err(format!(
+            "the inbound policies of ports {} are not applied yet (0: every port the pod \
+             does not declare)",
+            ports.join(", ")
+        ))
     }
 }
 
@@ -63,6 +86,8 @@ pub struct AppliedConfig {
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     pub(crate) inbound: BTreeMap<u16, InboundPolicy>,
+    /// The policies port 0's update carries for the ports ServerAuthorizations select.
+    pub(crate) selected: BTreeMap<u16, InboundPolicy>,
     pub(crate) outbound: BTreeMap<String, Resolution>,
     /// Streams currently open to the operator.
     pub(crate) streams: usize,
@@ -85,26 +110,41 @@ impl AppliedConfig {
     /// What is applied, as `/config` shows it.
     pub fn to_json(&self) -> Value {
         let applied = self.lock();
+        let policy = |p: &InboundPolicy| {
+            let rules: Vec<Value> = p
+                .authorizations
+                .iter()
+                .map(|a| {
+                    json!({
+                        "name": a.name,
+                        "identities": a.identities,
+                        "unauthenticated": a.unauthenticated,
+                        "networks": a.networks.iter().map(|n| json!({"cidr": n.cidr, "except": n.except})).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({
+                "protocol": p.protocol,
+                "authorizations": rules,
+                "audit": p.audit,
+                "version": p.version.as_str(),
+            })
+        };
         let inbound: serde_json::Map<String, Value> = applied
             .inbound
             .iter()
             .map(|(port, p)| {
-                let rules: Vec<Value> = p
-                    .authorizations
-                    .iter()
-                    .map(|a| {
-                        json!({
-                            "name": a.name,
-                            "identities": a.identities,
-                            "unauthenticated": a.unauthenticated,
-                            "networks": a.networks.iter().map(|n| json!({"cidr": n.cidr, "except": n.except})).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                (
-                    port.to_string(),
-                    json!({"protocol": p.protocol, "authorizations": rules, "version": p.version.as_str()}),
-                )
+                let mut json = policy(p);
+                if *port == 0 {
+                    // The ports ServerAuthorizations select, which port 0's update carries.
+                    json["ports"] = applied
+                        .selected
+                        .iter()
+                        .map(|(port, p)| (port.to_string(), policy(p)))
+                        .collect::<serde_json::Map<String, Value>>()
+                        .into();
+                }
+                (port.to_string(), json)
             })
             .collect();
         let outbound: serde_json::Map<String, Value> = applied
@@ -169,6 +209,22 @@ impl AppliedConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_only_once_every_inbound_policy_is_applied() {
+        let r = Readiness::default();
+        r.set_identity(true);
+        r.set_missing_policies(vec![0, 8080]);
+        assert_eq!(
+            r.check().unwrap_err(),
+            "the inbound policies of ports 0, 8080 are not applied yet (0: every port the \
+             pod does not declare)"
+        );
+        r.set_missing_policies(vec![8080]);
+        assert!(r.check().is_err());
+        r.set_missing_policies(Vec::new());
+        assert!(r.check().is_ok());
+    }
 
     #[test]
     fn ready_only_with_an_identity() {

@@ -243,15 +243,16 @@ async fn the_inbound_policy_decides_who_gets_in() {
         CLIENT_ID.to_string(),
     );
 
-    *server.policies.0.lock().unwrap() =
-        Some(allow(&["spiffe://cluster.local/ns/shop/sa/admin"], false));
+    server
+        .policies
+        .set(allow(&["spiffe://cluster.local/ns/shop/sa/admin"], false));
     // Not an allowed identity: closed, and counted with who was refused where, by
     // what.
     refused(client.addr, "hello").await;
     let deny = "inbound_tcp_authz_deny_total";
     assert_eq!(count(deny, judged(test.clone(), meshed.clone())), 1.0);
 
-    *server.policies.0.lock().unwrap() = Some(allow(&[CLIENT_ID], false));
+    server.policies.set(allow(&[CLIENT_ID], false));
     assert_eq!(exchange(client.addr, "hello").await, "web:hello");
     let allowed = "inbound_tcp_authz_allow_total";
     assert_eq!(count(allowed, judged(test.clone(), meshed.clone())), 1.0);
@@ -264,7 +265,7 @@ async fn the_inbound_policy_decides_who_gets_in() {
         1.0
     );
     // ...until unauthenticated clients are allowed.
-    *server.policies.0.lock().unwrap() = Some(allow(&[], true));
+    server.policies.set(allow(&[], true));
     assert_eq!(exchange(server.addr, "hello").await, "web:hello");
     assert_eq!(count(allowed, judged(test, unauthenticated.clone())), 1.0);
     assert!(has_sample(
@@ -274,7 +275,7 @@ async fn the_inbound_policy_decides_who_gets_in() {
     ));
 
     // Under the deny default (a policy without rules), everyone is refused by it.
-    *server.policies.0.lock().unwrap() = Some(Default::default());
+    server.policies.set(Default::default());
     refused(client.addr, "hello").await;
     refused(server.addr, "hello").await;
     let default_deny = "default:deny".to_string();
@@ -298,8 +299,9 @@ async fn an_opaque_port_closes_a_refused_client_even_one_that_speaks_http() {
         ..endpoint(server.addr, SERVER_ID)
     };
     client.resolver.set(SERVICE, known(vec![opaque], "2"));
-    *server.policies.0.lock().unwrap() =
-        Some(allow(&["spiffe://cluster.local/ns/shop/sa/admin"], false));
+    server
+        .policies
+        .set(allow(&["spiffe://cluster.local/ns/shop/sa/admin"], false));
     // An HTTP request, but the port is opaque: no 403, the connection is closed,
     // meshed or not.
     let request = "GET / HTTP/1.1\r\nhost: web\r\n\r\n";
@@ -523,7 +525,7 @@ async fn garbage_and_foreign_tls_cost_one_connection_only() {
     let ca = Ca::new();
     let app = app("web", None).await;
     let server = server(&ca, SERVER_ID, app, InboundSettings::default()).await;
-    *server.policies.0.lock().unwrap() = Some(allow(&[], true));
+    server.policies.set(allow(&[], true));
 
     // A ClientHello naming this proxy but with garbage after it, then one offering
     // only an ALPN protocol proxies do not speak: each refused and counted.

@@ -585,7 +585,7 @@ async fn a_refused_client_gets_403_naming_the_port_the_policy_and_itself(version
     let ca = Ca::new();
     let app = http_app("web", Duration::ZERO, version).await;
     let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
-    *server.policies.0.lock().unwrap() = Some(allow(&[ADMIN], false));
+    server.policies.set(allow(&[ADMIN], false));
     let port = app.port().to_string();
 
     // Meshed, but not an identity the port allows.
@@ -670,7 +670,7 @@ async fn an_admitted_client_is_counted_by_the_rule_that_admitted_it(version: Ver
     let ca = Ca::new();
     let app = http_app("web", Duration::ZERO, version).await;
     let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
-    *server.policies.0.lock().unwrap() = Some(allow(&[CLIENT_ID], false));
+    server.policies.set(allow(&[CLIENT_ID], false));
     let mut http = HttpClient::connect(client.addr, version).await;
     for _ in 0..3 {
         assert_eq!(http.call("GET", Vec::new()).await, (200, "web:0".into()));
@@ -697,6 +697,32 @@ async fn an_admitted_client_is_counted_by_the_rule_that_admitted_it(version: Ver
     ] {
         assert_eq!(sample_sum(&text, denials, &[]), 0.0, "{text}");
     }
+}
+
+async fn each_request_is_judged_by_the_policy_in_force_when_it_arrives(version: Version) {
+    let ca = Ca::new();
+    let app = http_app("web", Duration::ZERO, version).await;
+    let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
+    server.policies.set(allow(&[ADMIN], false));
+    // One kept-alive client connection throughout.
+    let mut http = HttpClient::connect(client.addr, version).await;
+    let (status, headers, _) = get(&mut http).await;
+    assert_eq!(status, 403);
+    assert!(headers.contains_key("weft-authz"), "{headers:?}");
+    // Access granted: its next request is served.
+    server.policies.set(allow(&[CLIENT_ID], false));
+    for _ in 0..2 {
+        assert_eq!(http.call("GET", Vec::new()).await.0, 200);
+    }
+    // Removed: its next request is refused, naming the policy now in force.
+    server.policies.set(allow(&[ADMIN], false));
+    let (status, headers, _) = get(&mut http).await;
+    assert_eq!(status, 403);
+    let authz = headers["weft-authz"].to_str().unwrap();
+    assert!(authz.contains("policy=serverauthorization/test"), "{authz}");
+    // And back.
+    server.policies.set(allow(&[CLIENT_ID], false));
+    assert_eq!(http.call("GET", Vec::new()).await.0, 200);
 }
 
 /// An application for ServiceProfile routes: `/flaky` fails (503) every other time,
@@ -972,6 +998,7 @@ for_both_versions!(
     the_server_proxy_serves_each_request_and_counts_it_with_the_client_identity,
     a_refused_client_gets_403_naming_the_port_the_policy_and_itself,
     an_admitted_client_is_counted_by_the_rule_that_admitted_it,
+    each_request_is_judged_by_the_policy_in_force_when_it_arrives,
     profile_routes_time_out_retry_and_are_counted,
     a_client_that_resets_mid_stream_costs_only_its_own_request,
     a_request_is_offered_to_three_endpoints_at_most_then_answered_502,
@@ -1230,7 +1257,7 @@ async fn a_refused_grpc_call_is_permission_denied_saying_why() {
     let ca = Ca::new();
     let app = grpc_app().await;
     let (server, client) = meshed_pair(&ca, app, InboundSettings::default()).await;
-    *server.policies.0.lock().unwrap() = Some(allow(&[ADMIN], false));
+    server.policies.set(allow(&[ADMIN], false));
     let port = app.port();
     let why = format!(
         "Weft denied the request: no authorization of port {port} \

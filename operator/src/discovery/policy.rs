@@ -27,6 +27,10 @@ pub struct Policy {
     pub protocol: String,
     /// Who may connect; empty denies everyone.
     pub authorizations: Vec<Authorization>,
+    /// Only in port 0's policy: the policy of every port of the pod a
+    /// ServerAuthorization selects (declared or not), so that the proxy judges each
+    /// by its own policy rather than by the default ([`super::inbound`]).
+    pub ports: BTreeMap<u16, Policy>,
     /// A hash of the above.
     pub version: String,
 }
@@ -110,6 +114,7 @@ pub fn compute<'a>(
     versioned(Policy {
         protocol,
         authorizations,
+        ports: BTreeMap::new(),
         version: String::new(),
     })
 }

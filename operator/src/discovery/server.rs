@@ -449,27 +449,41 @@ where
 fn policy_to_proto(policy: &Policy) -> InboundPolicyUpdate {
     InboundPolicyUpdate {
         protocol: policy.protocol.clone(),
-        authorizations: policy
-            .authorizations
-            .iter()
-            .map(|a| Authorization {
-                name: a.name.clone(),
-                identities: a.identities.clone(),
-                unauthenticated: a.unauthenticated,
-                networks: a
-                    .networks
-                    .iter()
-                    .map(|n| Network {
-                        cidr: n.cidr.clone(),
-                        except: n.except.clone(),
-                    })
-                    .collect(),
-            })
-            .collect(),
+        authorizations: authorizations_to_proto(policy),
         config_version: policy.version.clone(),
         // Audit mode arrives with the operator's side of it.
         audit: false,
+        ports: policy
+            .ports
+            .iter()
+            .map(|(port, selected)| api::PortPolicy {
+                port: u32::from(*port),
+                protocol: selected.protocol.clone(),
+                authorizations: authorizations_to_proto(selected),
+                audit: false,
+            })
+            .collect(),
     }
+}
+
+fn authorizations_to_proto(policy: &Policy) -> Vec<Authorization> {
+    policy
+        .authorizations
+        .iter()
+        .map(|a| Authorization {
+            name: a.name.clone(),
+            identities: a.identities.clone(),
+            unauthenticated: a.unauthenticated,
+            networks: a
+                .networks
+                .iter()
+                .map(|n| Network {
+                    cidr: n.cidr.clone(),
+                    except: n.except.clone(),
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 fn to_proto(resolved: &Resolved) -> Resolution {

@@ -260,3 +260,74 @@ fn audit_mode_is_carried_from_the_update() {
     assert!(InboundPolicy::from(update).audit);
     assert!(!InboundPolicy::from(InboundPolicyUpdate::default()).audit);
 }
+
+fn named(name: &str) -> InboundPolicy {
+    InboundPolicy {
+        protocol: name.into(),
+        ..InboundPolicy::default()
+    }
+}
+
+#[test]
+fn a_declared_port_is_judged_by_its_own_policy_and_no_other() {
+    let mut policies = InboundPolicies::awaiting(&[8080]);
+    assert_eq!(policies.missing(), [0, 8080]);
+    assert_eq!(policies.policy(8080), PortPolicy::Unknown);
+    assert_eq!(policies.policy(9000), PortPolicy::Unknown);
+    policies.apply(0, named("default"), BTreeMap::new());
+    // Port 0's default does not stand in for a declared port's own policy.
+    assert_eq!(policies.policy(8080), PortPolicy::Unknown);
+    assert_eq!(policies.missing(), [8080]);
+    policies.apply(8080, named("own"), BTreeMap::new());
+    assert_eq!(
+        policies.policy(8080),
+        PortPolicy::Known(Arc::new(named("own")))
+    );
+    assert!(policies.missing().is_empty());
+}
+
+#[test]
+fn an_undeclared_port_a_server_authorization_selects_has_its_policy_from_port_0() {
+    let mut policies = InboundPolicies::awaiting(&[]);
+    let update = InboundPolicyUpdate {
+        protocol: "detect".into(),
+        config_version: "v0".into(),
+        ports: vec![v1::PortPolicy {
+            port: 9100,
+            protocol: "opaque".into(),
+            authorizations: vec![rule("serverauthorization/metrics", &[WEB], false, &[])],
+            audit: true,
+        }],
+        ..InboundPolicyUpdate::default()
+    };
+    let selected = selected_ports(&update);
+    policies.apply(0, update.into(), selected);
+    let PortPolicy::Known(selected) = policies.policy(9100) else {
+        panic!("unknown")
+    };
+    assert_eq!(selected.protocol, "opaque");
+    assert!(selected.audit);
+    assert_eq!(selected.authorizations[0].identities, [WEB]);
+    assert_eq!(selected.version.as_str(), "v0");
+    // Any other port: the default.
+    let PortPolicy::Known(other) = policies.policy(9101) else {
+        panic!("unknown")
+    };
+    assert_eq!(other.protocol, "detect");
+    // The next update replaces them all: a port no longer selected takes the default.
+    policies.apply(0, named("detect"), BTreeMap::new());
+    assert_eq!(
+        policies.policy(9100),
+        PortPolicy::Known(Arc::new(named("detect")))
+    );
+}
+
+#[test]
+fn nothing_is_enforced_only_without_discovery() {
+    assert_eq!(
+        InboundPolicies::unenforced().policy(80),
+        PortPolicy::Unenforced
+    );
+    assert!(InboundPolicies::unenforced().missing().is_empty());
+    assert_eq!(InboundPolicies::default().policy(80), PortPolicy::Unknown);
+}

@@ -2,10 +2,12 @@
 //! acknowledges, and shows on `/config`.
 //!
 //! - **Inbound**: at start, one InboundPolicy stream for each port the pod declares and
-//!   one for port 0 (the policy of every other port). A connection to another port
-//!   opens that port's stream on first use (a ServerAuthorization may name an
-//!   undeclared port by number), up to [`MAX_ON_DEMAND_PORTS`]; until it answers, the
-//!   port follows port 0's policy.
+//!   one for port 0, whose updates carry the default of every other port and the
+//!   policy of each port a ServerAuthorization selects (a ServerAuthorization may name
+//!   an undeclared port by number). Together they are the pod's
+//!   [`InboundPolicies`], which every inbound connection and request is judged by; a
+//!   port whose stream has not answered has no policy yet (see [`crate::inbound`]),
+//!   and `/ready` waits for every one of them.
 //! - **Outbound**: a Resolve stream per destination, opened on its first use, kept
 //!   while it is used, and dropped after [`Settings::idle`] without use. At most
 //!   [`Settings::max_resolutions`] are held; beyond that a new destination is not
@@ -38,13 +40,10 @@ use weft_proxy_api::{
 
 use super::identity::Credentials;
 use crate::{
-    authz::InboundPolicy,
+    authz::{self, InboundPolicies, InboundPolicy},
     config::ControlAddr,
-    state::{Applied, AppliedConfig},
+    state::{Applied, AppliedConfig, Readiness},
 };
-
-/// The most undeclared ports whose policy is streamed on demand.
-pub const MAX_ON_DEMAND_PORTS: usize = 64;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait between two attempts to reach the operator, jitter included.
@@ -92,6 +91,8 @@ pub struct Settings {
     pub idle: Duration,
     /// The most destinations resolved at once.
     pub max_resolutions: usize,
+    /// Where discovery records which inbound policies are still missing.
+    pub readiness: Readiness,
 }
 
 /// A handle on discovery. Cheap to clone.
@@ -114,8 +115,8 @@ struct Inner {
     connecting: tokio::sync::Mutex<()>,
     applied: AppliedConfig,
     outbound: Mutex<HashMap<String, Outbound>>,
-    /// Undeclared ports whose policy stream was opened on demand.
-    on_demand: Mutex<std::collections::BTreeSet<u16>>,
+    /// The pod's inbound policies, as applied.
+    policies: watch::Sender<InboundPolicies>,
 }
 
 struct Outbound {
@@ -128,6 +129,8 @@ impl Discovery {
     /// Starts the inbound streams and the idle sweep.
     pub fn start(settings: Settings, credentials: watch::Receiver<Option<Credentials>>) -> Self {
         let applied = AppliedConfig::new(&settings.pod);
+        let policies = InboundPolicies::awaiting(&settings.inbound_ports);
+        settings.readiness.set_missing_policies(policies.missing());
         let discovery = Self {
             inner: Arc::new(Inner {
                 settings,
@@ -136,7 +139,7 @@ impl Discovery {
                 connecting: tokio::sync::Mutex::new(()),
                 applied,
                 outbound: Mutex::default(),
-                on_demand: Mutex::default(),
+                policies: watch::channel(policies).0,
             }),
         };
         let ports = std::iter::once(0).chain(discovery.inner.settings.inbound_ports.clone());
@@ -174,33 +177,9 @@ impl Discovery {
         Some(rx)
     }
 
-    /// The applied policy of inbound `port`: its own, else the pod's policy for ports
-    /// it does not declare; `None` before the operator answered.
-    pub fn inbound_policy(&self, port: u16) -> Option<InboundPolicy> {
-        {
-            let applied = self.inner.applied.lock();
-            if let Some(policy) = applied.inbound.get(&port) {
-                return Some(policy.clone());
-            }
-        }
-        self.stream_port_on_demand(port);
-        self.inner.applied.lock().inbound.get(&0).cloned()
-    }
-
-    /// Opens the policy stream of an undeclared `port`, once, within the bound.
-    fn stream_port_on_demand(&self, port: u16) {
-        if port == 0 || self.inner.settings.inbound_ports.contains(&port) {
-            return;
-        }
-        let mut on_demand = lock(&self.inner.on_demand);
-        if on_demand.contains(&port) || on_demand.len() >= MAX_ON_DEMAND_PORTS {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        on_demand.insert(port);
-        runtime.spawn(self.clone().inbound(port));
+    /// The pod's inbound policies, followed: every update applied shows in it.
+    pub fn inbound_policies(&self) -> watch::Receiver<InboundPolicies> {
+        self.inner.policies.subscribe()
     }
 
     /// What is applied, as `/config` shows it.
@@ -226,9 +205,20 @@ impl Discovery {
             },
             |applied, update: InboundPolicyUpdate| {
                 // The proxy's own policy from here on.
+                let selected = authz::selected_ports(&update);
                 let policy = InboundPolicy::from(update);
                 let version = policy.version.clone();
-                applied.inbound.insert(port, policy);
+                applied.inbound.insert(port, policy.clone());
+                if port == 0 {
+                    applied.selected = selected.clone();
+                }
+                self.inner.policies.send_modify(|policies| {
+                    policies.apply(port, policy, selected);
+                    self.inner
+                        .settings
+                        .readiness
+                        .set_missing_policies(policies.missing());
+                });
                 version
             },
         )

@@ -3,8 +3,9 @@
 //! applied, sent on a pooled connection to the chosen endpoint (mTLS to a meshed one),
 //! and counted; an upgrade joined as TCP once the endpoint accepts it.
 //!
-//! Inbound, a client the port's policy refused gets every request answered by the
-//! proxy, saying why ([`Refusal`]): 403 with a `weft-authz` header
+//! Inbound, each request is judged by the port's policy in force when it arrives
+//! ([`Gate`]); a request the policy refuses is answered by the proxy, saying why
+//! ([`Refusal`]): 403 with a `weft-authz` header
 //! (`denied; server=<port>; policy=<rules or default:deny>; client=<SPIFFE id or
 //! unauthenticated>`) and the same in a line of `text/plain`; a gRPC request (a
 //! `content-type` of `application/grpc…`) gets a trailers-only 200 with
@@ -21,7 +22,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper_util::rt::TokioIo;
-use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use weft_proxy_api::v1::{Endpoint, Resolution};
 
@@ -32,6 +32,7 @@ use super::{
 };
 use crate::{
     authz::Refusal,
+    inbound::Gate,
     balance::{Balancer, Prepared, PreparedCache, label_endpoint},
     metrics::{Direction, HttpCounters, Metrics, RouteLabels, TcpLabels},
     profile::Budget,
@@ -57,12 +58,10 @@ pub struct Destination {
     /// outbound, its direction and authority (each endpoint adds its own); inbound,
     /// also the client's identity and `tls`.
     pub labels: TcpLabels,
-    /// Every request is answered by the proxy with why: the port's policy does not
-    /// let the client in.
-    pub refused: Option<Arc<Refusal>>,
-    /// Inbound: the `inbound_http_authz_*` counter of the client, each request counted
-    /// in it; `None` where no policy applies.
-    pub authz: Option<Counter>,
+    /// Inbound: what judges each request by the port's policy (and counts it in the
+    /// client's `inbound_http_authz_*`); a refused request is answered by the proxy
+    /// with why. `None` outbound.
+    pub authz: Option<Arc<Gate>>,
     /// The resolution prepared for requests, shared by the destination's connections.
     pub prepared: Arc<PreparedCache>,
     pub resolution: watch::Receiver<Option<Arc<Resolution>>>,
@@ -88,13 +87,10 @@ type EndpointSlots = Vec<Option<Arc<HttpCounters>>>;
 impl Destination {
     pub(super) async fn proxy(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        if let Some(authz) = &self.authz {
-            authz.inc();
-        }
-        if let Some(refusal) = &self.refused {
+        if let Some(Err(refusal)) = self.authz.as_ref().map(|gate| gate.request()) {
             let counters = self.own_counters();
             counters.request();
-            return self.refuse(&counters, started, refusal, is_grpc(request.headers()));
+            return self.refuse(&counters, started, &refusal, is_grpc(request.headers()));
         }
         let prepared = self.prepared();
         let routes = &prepared.routes;

@@ -4,13 +4,17 @@
 //!
 //! The client is a peer proxy, whose requests were already parsed, balanced and
 //! routed on their way out, or an unmeshed client on a port whose policy lets it in;
-//! the policy is decided once for the connection, so nothing here depends on a
-//! request's contents but its metrics. Re-originating each request (as the outbound
+//! each request is judged by the port's policy in force when its head arrives (not
+//! by its contents), so nothing here depends on a request's contents but its
+//! metrics and that judgement. Re-originating each request (as the outbound
 //! side must, to balance it) would cost the inbound hop two HTTP codecs, a pool and
 //! two tasks per connection; relaying costs one task, and its latency is that of a
 //! TCP relay.
 //!
 //! What the proxy still does per message:
+//! - each request is judged by the port's policy when its head has arrived whole
+//!   ([`Gate::request`]); one the policy now refuses is answered 403 with its
+//!   `weft-authz` header, in its turn, and the connection closed;
 //! - each request is counted (`request_total`) when its head has arrived whole, and
 //!   its response (`response_total`, `response_latency_ms`) when the response head
 //!   has; interim (1xx) responses are passed on and not counted;
@@ -40,7 +44,6 @@ use std::{
     time::Instant,
 };
 
-use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
@@ -48,21 +51,24 @@ use tokio::{
 };
 
 use super::framing::{self, Body, Next, Reader, RequestHead, ResponseHead, Step};
-use crate::metrics::{Direction, HttpCounters, Metrics, TcpLabels};
+use crate::{
+    authz::Refusal,
+    inbound::Gate,
+    metrics::{Direction, HttpCounters, Metrics, TcpLabels},
+};
 
 /// Bytes read at a time in each direction; a head larger than this grows its buffer,
 /// up to [`framing::MAX_HEAD`].
 const BUFFER: usize = 16 * 1024;
 
 /// Relays the HTTP/1 connection `client` to the application at `app`, counting its
-/// messages with `labels` (and each request in `authz`, the client's
-/// `inbound_http_authz_allow_total`, when the port has a policy); drained once
-/// `shutdown` turns true.
-pub async fn serve<C>(
+/// messages with `labels`, each request judged and counted by `authz` (the port's
+/// policy, when it has one); drained once `shutdown` turns true.
+pub(crate) async fn serve<C>(
     client: C,
     app: SocketAddr,
     labels: &TcpLabels,
-    authz: Option<Counter>,
+    authz: Option<Arc<Gate>>,
     metrics: &Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) where
@@ -79,7 +85,8 @@ pub async fn serve<C>(
         closing: false,
         draining: false,
         stopping: Box::pin(stopping(shutdown)),
-        counters: metrics.http_counters(labels).with_authz(authz),
+        counters: metrics.http_counters(labels),
+        authz,
         metrics: metrics.clone(),
     };
     relay.run(app).await;
@@ -103,6 +110,8 @@ enum End {
     AppClosed,
     /// Answer the client with this status of the proxy's own, then close.
     Reply(u16),
+    /// Answer the client's last request with its refusal, then close.
+    Refuse(Arc<Refusal>),
     /// Something broke mid-message: drop both connections.
     Abort,
 }
@@ -251,6 +260,8 @@ struct Relay<C> {
     draining: bool,
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
     counters: HttpCounters,
+    /// What judges each request by the port's policy.
+    authz: Option<Arc<Gate>>,
     metrics: Arc<Metrics>,
 }
 
@@ -279,6 +290,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
                 End::Close => break,
                 End::Reply(status) => {
                     self.reply(status).await;
+                    return;
+                }
+                End::Refuse(refusal) => {
+                    self.refuse(&refusal).await;
                     return;
                 }
                 End::Abort => return,
@@ -319,6 +334,25 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
         };
         let answer =
             format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        if self.client.write_all(answer.as_bytes()).await.is_ok() {
+            self.responses.moved += answer.len() as u64;
+            let _ = self.client.shutdown().await;
+        }
+    }
+
+    /// Answers the client's request, which the port's policy refused, with 403 and
+    /// why (as [`super::client`] answers a refused client), and closes the connection.
+    async fn refuse(&mut self, refusal: &Refusal) {
+        self.counters.latency(std::time::Duration::ZERO);
+        self.counters.response(&self.metrics, 403, false);
+        let body = refusal.message() + "\n";
+        let answer = format!(
+            "HTTP/1.1 403 Forbidden\r\n{}: {}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            super::client::AUTHZ_HEADER,
+            refusal.header(),
+            body.len(),
+        );
         if self.client.write_all(answer.as_bytes()).await.is_ok() {
             self.responses.moved += answer.len() as u64;
             let _ = self.client.shutdown().await;
@@ -388,6 +422,24 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Relay<C> {
                         if self.draining {
                             // Not started: the connection closes once quiet.
                             return Poll::Pending;
+                        }
+                        if let Some(gate) = &self.authz {
+                            let busy = !self.pending.is_empty() || !self.responses.idle();
+                            if busy && gate.refuses() {
+                                // Refused in its turn, once the requests before it are
+                                // answered: the refusal ends the connection.
+                                return Poll::Pending;
+                            }
+                            if let Err(refusal) = gate.request() {
+                                self.counters.request();
+                                // (Busy: the policy changed just now; no answer can
+                                // be put between the responses in flight.)
+                                return Poll::Ready(if busy {
+                                    End::Abort
+                                } else {
+                                    End::Refuse(refusal)
+                                });
+                            }
                         }
                         self.counters.request();
                         half.reader.body(head.body);

@@ -19,7 +19,7 @@ use rcgen::{
 use tokio::sync::watch;
 use weft_proxy::{
     accept::Forwarder,
-    authz::InboundPolicy,
+    authz::{InboundPolicies, InboundPolicy},
     identity::Credentials,
     inbound::{InboundSettings, Policies},
     metrics::{Direction, Metrics},
@@ -114,13 +114,26 @@ impl Resolve for FakeResolver {
     }
 }
 
-/// One policy for every port.
-#[derive(Default)]
-pub struct FakePolicies(pub Mutex<Option<InboundPolicyUpdate>>);
+/// One policy for every port; nothing enforced until one is set.
+pub struct FakePolicies(pub watch::Sender<InboundPolicies>);
+
+impl Default for FakePolicies {
+    fn default() -> Self {
+        Self(watch::channel(InboundPolicies::unenforced()).0)
+    }
+}
+
+impl FakePolicies {
+    /// `policy` on every port from now on.
+    pub fn set(&self, policy: InboundPolicyUpdate) {
+        self.0
+            .send_replace(InboundPolicies::every_port(InboundPolicy::from(policy)));
+    }
+}
 
 impl Policies for FakePolicies {
-    fn inbound_policy(&self, _port: u16) -> Option<InboundPolicy> {
-        self.0.lock().unwrap().clone().map(InboundPolicy::from)
+    fn inbound_policies(&self) -> watch::Receiver<InboundPolicies> {
+        self.0.subscribe()
     }
 }
 

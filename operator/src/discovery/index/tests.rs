@@ -472,10 +472,17 @@ fn a_server_authorization_selects_a_port_by_its_name() {
         assert_eq!(policy.protocol, "detect");
     }
     assert!(!admin.has_changed().unwrap(), "9000 is not named http");
-    assert!(
-        !undeclared.has_changed().unwrap(),
-        "port 0 is always the default"
-    );
+    {
+        // Port 0 keeps the default, and carries the selected port's policy.
+        let undeclared = undeclared.borrow_and_update();
+        assert_eq!(rule_names(&undeclared), ["default:all-unauthenticated"]);
+        let selected: Vec<u16> = undeclared.ports.keys().copied().collect();
+        assert_eq!(selected, [8080]);
+        assert_eq!(
+            rule_names(&undeclared.ports[&8080]),
+            ["serverauthorization/web-http"]
+        );
+    }
 
     // The same port by number, in another namespace: no effect.
     idx.apply_authorization(
@@ -738,4 +745,52 @@ fn a_traffic_split_shares_the_traffic_by_weight_and_follows_its_backends() {
         "90:10 between the backends, spread evenly inside each"
     );
     assert_eq!(resolution.service, Some(Key::new("shop", "web")));
+}
+
+#[test]
+fn port_0_carries_the_policy_of_every_port_a_server_authorization_selects() {
+    let mut idx = index();
+    let web = Key::new("shop", "web-1");
+    idx.apply_pod(&web_pod("web-1", json!({}), json!({})));
+    let mut undeclared = idx.subscribe_policy(&web, 0).unwrap();
+    let before = undeclared.borrow_and_update().version.clone();
+    assert!(undeclared.borrow().ports.is_empty());
+
+    // A port the pod does not declare, by number.
+    idx.apply_authorization(
+        Key::new("shop", "metrics"),
+        None,
+        &authorization(json!(9100), json!({"matchLabels": {"app": "web"}})),
+    );
+    {
+        let policy = undeclared.borrow_and_update();
+        assert_eq!(rule_names(&policy), ["default:all-unauthenticated"]);
+        let selected: Vec<u16> = policy.ports.keys().copied().collect();
+        assert_eq!(selected, [9100]);
+        let metrics = &policy.ports[&9100];
+        assert_eq!(rule_names(metrics), ["serverauthorization/metrics"]);
+        assert_eq!(
+            metrics.authorizations[0].identities,
+            ["spiffe://cluster.local/ns/shop/sa/checkout"]
+        );
+        assert_ne!(policy.version, before, "a new version for the proxy to apply");
+    }
+    // Another pod's, or another namespace's: not this pod's port.
+    idx.apply_authorization(
+        Key::new("shop", "other"),
+        None,
+        &authorization(json!(9200), json!({"matchLabels": {"app": "books"}})),
+    );
+    idx.apply_authorization(
+        Key::new("other", "metrics"),
+        None,
+        &authorization(json!(9300), json!({})),
+    );
+    let selected: Vec<u16> = undeclared.borrow_and_update().ports.keys().copied().collect();
+    assert_eq!(selected, [9100]);
+    // Gone: the port takes the default again.
+    idx.delete_authorization(&Key::new("shop", "metrics"));
+    let policy = undeclared.borrow_and_update();
+    assert!(policy.ports.is_empty());
+    assert_eq!(policy.version, before);
 }
