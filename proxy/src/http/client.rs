@@ -28,12 +28,12 @@ use weft_proxy_api::v1::{Endpoint, Resolution};
 use super::{
     Body, Pool, Version,
     body::{GrpcClassified, grpc_failed, is_grpc, status_only},
-    pool::{Sender, handshake},
+    pool::{Key, Sender, handshake},
 };
 use crate::{
     authz::Refusal,
-    inbound::Gate,
     balance::{Balancer, Prepared, PreparedCache, label_endpoint},
+    inbound::Gate,
     metrics::{Direction, HttpCounters, Metrics, RouteLabels, TcpLabels},
     profile::Budget,
     tls::{ALPN_HTTP, Tls},
@@ -165,7 +165,14 @@ impl Destination {
             let identity = Some(endpoint.identity.as_str())
                 .filter(|i| !i.is_empty() && self.labels.direction == Some(Direction::Outbound));
 
-            let sender = match self.pool.checkout(addr, version) {
+            // A kept connection serves only what it was made for: plaintext is never
+            // reused for an endpoint that now has an identity, nor the other way round.
+            let key = Key {
+                addr,
+                identity: identity.map(str::to_string),
+                tls: identity.is_some() && self.tls.is_some(),
+            };
+            let sender = match self.pool.checkout(&key, version) {
                 Some(sender) => Some(sender),
                 None => self.connect(addr, identity, version).await,
             };
@@ -206,7 +213,7 @@ impl Destination {
                     tokio::spawn(join_upgraded(client_upgrade, server_upgrade));
                 }
             } else {
-                self.pool.checkin(addr, sender);
+                self.pool.checkin(key, sender);
             }
             let status = response.status().as_u16();
             counters.latency(started.elapsed());
