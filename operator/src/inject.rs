@@ -314,6 +314,15 @@ fn proxy_env(
         .unwrap_or_else(|| {
             crate::discovery::policy::default_policy_name(mesh.default_inbound_policy).to_string()
         });
+    // The proxy's own default is only what it falls back on before the operator's
+    // policy for a port arrives, and a fallback never lets a client through that the
+    // policy might refuse: `audit` (which only the operator's policy carries) falls back
+    // on `deny`, its rules.
+    let policy = if policy.trim() == "audit" {
+        "deny".to_string()
+    } else {
+        policy
+    };
     let log = annotations
         .get(annotations::LOG_LEVEL)
         .cloned()

@@ -104,8 +104,11 @@ pub struct MeshSpec {
 
     /// The inbound policy of a pod port that no ServerAuthorization selects:
     /// `all-unauthenticated` (anyone), `all-authenticated` (any mesh identity),
-    /// `cluster-authenticated` (mesh identities and the cluster's pod network), or `deny`.
-    /// A pod can override it with the `config.weft.dev/default-inbound-policy` annotation.
+    /// `cluster-authenticated` (mesh identities and the cluster's pod network), `deny`,
+    /// or `audit`: like `deny`, no rule allows anyone, but in audit mode, so every client
+    /// is let through and counted and logged as a would-be denial (a way to see what
+    /// `deny` would refuse before turning it on). A pod can override it with the
+    /// `config.weft.dev/default-inbound-policy` annotation.
     #[serde(default)]
     pub default_inbound_policy: DefaultInboundPolicy,
 
@@ -313,6 +316,9 @@ pub enum DefaultInboundPolicy {
     AllAuthenticated,
     ClusterAuthenticated,
     Deny,
+    /// `deny`'s rules (none) in audit mode: everyone is let through, as a would-be
+    /// denial.
+    Audit,
 }
 
 /// The registration of the injection webhook.

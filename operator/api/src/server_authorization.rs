@@ -3,6 +3,9 @@
 //! A server is a port of the pods a label selector picks. Once any ServerAuthorization
 //! selects a pod port, only clients some authorization allows get through; a port no
 //! authorization selects uses the default inbound policy (Mesh, or pod annotation).
+//!
+//! A ServerAuthorization in `mode: Audit` lets a policy be tried before it is enforced:
+//! see [`AuthorizationMode`].
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
@@ -33,6 +36,7 @@ pub mod conditions {
     category = "weft",
     doc = "Allows clients to reach a server: a port of the pods a selector picks.",
     printcolumn(name = "Port", type_ = "string", json_path = ".spec.server.port"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
     printcolumn(name = "Pods", type_ = "integer", json_path = ".status.matchedPods"),
     printcolumn(
         name = "Accepted",
@@ -51,6 +55,27 @@ pub struct ServerAuthorizationSpec {
     pub server: ServerSelector,
     /// The clients allowed to reach it.
     pub client: ClientSpec,
+
+    /// `Enforce` (the default): a client no authorization of the port allows is denied.
+    /// `Audit`: such a client is let through, and counted (the proxy's
+    /// `inbound_{tcp,http}_authz_deny_total{mode="audit"}`) and logged as a would-be
+    /// denial, so a policy can be rolled out and watched before it is enforced. A port
+    /// that at least one `Audit` ServerAuthorization selects is in audit mode as a
+    /// whole: nothing on it is denied until every ServerAuthorization selecting it
+    /// enforces.
+    #[serde(default)]
+    pub mode: AuthorizationMode,
+}
+
+/// Whether an authorization's port denies the clients it does not allow (`Enforce`) or
+/// only reports them (`Audit`).
+#[derive(
+    schemars::JsonSchema, Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
+pub enum AuthorizationMode {
+    #[default]
+    Enforce,
+    Audit,
 }
 
 /// A server: a port of the pods a label selector picks, in this namespace.

@@ -8,6 +8,12 @@
 //! policy: the pod's `config.weft.dev/default-inbound-policy` annotation, else the
 //! Mesh's.
 //!
+//! Audit mode: a port is in audit mode (its proxy lets a client no rule allows through,
+//! as a would-be denial) when at least one ServerAuthorization selecting it has `mode:
+//! Audit`, or, with none selecting it, when its default policy is `audit`. So a policy
+//! being rolled out is enforced on a port only once all its ServerAuthorizations say
+//! `Enforce`.
+//!
 //! The protocol is the one a selecting ServerAuthorization declares (the first by
 //! name, when several do), else `opaque` for the Mesh's and the pod's opaque ports,
 //! else `detect`.
@@ -16,8 +22,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use weft_api::{
-    ServerAuthorizationSpec, ServerPort, mesh::DefaultInboundPolicy,
-    server_authorization::ServerProtocol,
+    ServerAuthorizationSpec, ServerPort,
+    mesh::DefaultInboundPolicy,
+    server_authorization::{AuthorizationMode, ServerProtocol},
 };
 
 /// The policy of one pod port, as streamed to its proxy.
@@ -27,6 +34,8 @@ pub struct Policy {
     pub protocol: String,
     /// Who may connect; empty denies everyone.
     pub authorizations: Vec<Authorization>,
+    /// Audit mode: a client no rule allows is let through, as a would-be denial.
+    pub audit: bool,
     /// Only in port 0's policy: the policy of every port of the pod a
     /// ServerAuthorization selects (declared or not), so that the proxy judges each
     /// by its own policy rather than by the default ([`super::inbound`]).
@@ -103,8 +112,16 @@ pub fn compute<'a>(
     let protocol = declared
         .unwrap_or(if opaque { "opaque" } else { "detect" })
         .to_string();
+    let default = pod.default_policy.unwrap_or(mesh.default_policy);
+    let audit = if selecting.is_empty() {
+        default == DefaultInboundPolicy::Audit
+    } else {
+        selecting
+            .iter()
+            .any(|(_, spec)| spec.mode == AuthorizationMode::Audit)
+    };
     let authorizations = if selecting.is_empty() {
-        default_authorizations(pod.default_policy.unwrap_or(mesh.default_policy))
+        default_authorizations(default)
     } else {
         selecting
             .iter()
@@ -114,6 +131,7 @@ pub fn compute<'a>(
     versioned(Policy {
         protocol,
         authorizations,
+        audit,
         ports: BTreeMap::new(),
         version: String::new(),
     })
@@ -180,6 +198,7 @@ pub fn default_policy_name(policy: DefaultInboundPolicy) -> &'static str {
         DefaultInboundPolicy::AllAuthenticated => "all-authenticated",
         DefaultInboundPolicy::ClusterAuthenticated => "cluster-authenticated",
         DefaultInboundPolicy::Deny => "deny",
+        DefaultInboundPolicy::Audit => "audit",
     }
 }
 
@@ -190,12 +209,14 @@ pub fn parse_default_policy(name: &str) -> Option<DefaultInboundPolicy> {
         DefaultInboundPolicy::AllAuthenticated,
         DefaultInboundPolicy::ClusterAuthenticated,
         DefaultInboundPolicy::Deny,
+        DefaultInboundPolicy::Audit,
     ]
     .into_iter()
     .find(|p| default_policy_name(*p) == name.trim())
 }
 
-/// The rules a default policy stands for. `cluster-authenticated` allows any mesh
+/// The rules a default policy stands for (`audit` stands for `deny`'s, none, in audit
+/// mode). `cluster-authenticated` allows any mesh
 /// identity, like `all-authenticated`: mesh identities are only issued inside the
 /// cluster, and the Mesh names no cluster networks to narrow it further.
 fn default_authorizations(policy: DefaultInboundPolicy) -> Vec<Authorization> {
@@ -213,7 +234,7 @@ fn default_authorizations(policy: DefaultInboundPolicy) -> Vec<Authorization> {
         DefaultInboundPolicy::AllAuthenticated | DefaultInboundPolicy::ClusterAuthenticated => {
             rule(false)
         }
-        DefaultInboundPolicy::Deny => Vec::new(),
+        DefaultInboundPolicy::Deny | DefaultInboundPolicy::Audit => Vec::new(),
     }
 }
 
@@ -258,7 +279,141 @@ fn authorization(
 }
 
 fn versioned(mut policy: Policy) -> Policy {
-    let text = format!("{}|{:?}", policy.protocol, policy.authorizations);
+    let mut text = format!("{}|{:?}", policy.protocol, policy.authorizations);
+    // Only in audit mode, so an enforced policy keeps the version it had before audit
+    // mode existed.
+    if policy.audit {
+        text.push_str("|audit");
+    }
     policy.version = crate::short_hash(text.as_bytes());
     policy
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn authorization(mode: &str, service_account: &str) -> ServerAuthorizationSpec {
+        serde_json::from_value(json!({
+            "server": {"podSelector": {}, "port": 8080},
+            "client": {"meshTLS": {"serviceAccounts": [{"name": service_account}]}},
+            "mode": mode,
+        }))
+        .unwrap()
+    }
+
+    fn policy(
+        port: u16,
+        authorizations: &[(&str, ServerAuthorizationSpec)],
+        pod_default: Option<DefaultInboundPolicy>,
+        mesh_default: DefaultInboundPolicy,
+    ) -> Policy {
+        let (labels, opaque) = (BTreeMap::new(), BTreeSet::new());
+        compute(
+            &PodPolicyInputs {
+                namespace: "shop",
+                labels: &labels,
+                ports: &[(Some("http".into()), 8080)],
+                opaque_ports: &opaque,
+                default_policy: pod_default,
+            },
+            port,
+            authorizations.iter().map(|(n, s)| (*n, s)),
+            &MeshPolicyInputs {
+                trust_domain: "cluster.local",
+                default_policy: mesh_default,
+                opaque_ports: &opaque,
+            },
+        )
+    }
+
+    #[test]
+    fn a_port_is_in_audit_mode_while_any_of_its_authorizations_audits() {
+        let mesh = DefaultInboundPolicy::AllUnauthenticated;
+        let enforce = policy(8080, &[("a", authorization("Enforce", "a"))], None, mesh);
+        assert!(!enforce.audit);
+
+        let audit = policy(
+            8080,
+            &[
+                ("a", authorization("Enforce", "a")),
+                ("b", authorization("Audit", "b")),
+            ],
+            None,
+            mesh,
+        );
+        assert!(
+            audit.audit,
+            "one Audit authorization puts the port in audit mode"
+        );
+        assert_eq!(
+            audit.authorizations.len(),
+            2,
+            "the rules are kept as they are"
+        );
+        assert_ne!(audit.version, enforce.version);
+
+        let unset: ServerAuthorizationSpec = serde_json::from_value(json!({
+            "server": {"podSelector": {}, "port": 8080},
+            "client": {"unauthenticated": true},
+        }))
+        .unwrap();
+        assert_eq!(unset.mode, AuthorizationMode::Enforce);
+        assert!(!policy(8080, &[("a", unset)], None, mesh).audit);
+
+        // Another port, and the port-0 default, are not in audit mode.
+        assert!(!policy(9090, &[("b", authorization("Audit", "b"))], None, mesh).audit);
+        assert!(!policy(0, &[("b", authorization("Audit", "b"))], None, mesh).audit);
+    }
+
+    #[test]
+    fn the_audit_default_policy_allows_no_one_in_audit_mode() {
+        assert_eq!(
+            parse_default_policy("audit"),
+            Some(DefaultInboundPolicy::Audit)
+        );
+        assert_eq!(default_policy_name(DefaultInboundPolicy::Audit), "audit");
+
+        let audit = policy(8080, &[], None, DefaultInboundPolicy::Audit);
+        assert!(audit.audit);
+        assert!(audit.authorizations.is_empty(), "deny's rules: none");
+        let deny = policy(8080, &[], None, DefaultInboundPolicy::Deny);
+        assert!(!deny.audit);
+        assert_ne!(audit.version, deny.version);
+        assert!(policy(0, &[], None, DefaultInboundPolicy::Audit).audit);
+
+        // The pod's annotation wins over the Mesh, both ways.
+        assert!(
+            policy(
+                8080,
+                &[],
+                Some(DefaultInboundPolicy::Audit),
+                DefaultInboundPolicy::AllUnauthenticated
+            )
+            .audit
+        );
+        assert!(
+            !policy(
+                8080,
+                &[],
+                Some(DefaultInboundPolicy::Deny),
+                DefaultInboundPolicy::Audit
+            )
+            .audit
+        );
+        // A ServerAuthorization that enforces overrides an audit default.
+        assert!(
+            !policy(
+                8080,
+                &[("a", authorization("Enforce", "a"))],
+                None,
+                DefaultInboundPolicy::Audit
+            )
+            .audit
+        );
+    }
 }

@@ -451,8 +451,7 @@ fn policy_to_proto(policy: &Policy) -> InboundPolicyUpdate {
         protocol: policy.protocol.clone(),
         authorizations: authorizations_to_proto(policy),
         config_version: policy.version.clone(),
-        // Audit mode arrives with the operator's side of it.
-        audit: false,
+        audit: policy.audit,
         ports: policy
             .ports
             .iter()
@@ -460,7 +459,7 @@ fn policy_to_proto(policy: &Policy) -> InboundPolicyUpdate {
                 port: u32::from(*port),
                 protocol: selected.protocol.clone(),
                 authorizations: authorizations_to_proto(selected),
-                audit: false,
+                audit: selected.audit,
             })
             .collect(),
     }
