@@ -1,7 +1,10 @@
 //! Connections to endpoints, kept for the next request: HTTP/1 ones one request at a
 //! time (at most [`MAX_IDLE_PER_ENDPOINT`] idle per endpoint, a connection still busy
 //! with a response skipped, never shared), HTTP/2 one per endpoint with its requests
-//! multiplexed on it.
+//! multiplexed on it. The outbound side keeps one pool for all of the pod's
+//! connections; the inbound side one per client connection, dropped with it, so that
+//! no client's streams share an HTTP/2 connection (and its flow-control window) with
+//! another client's.
 //!
 //! A kept connection is found by its [`Key`]: the endpoint's address, the identity the
 //! endpoint was expected to prove, and whether the connection is mTLS. A connection
@@ -10,7 +13,7 @@
 //! none: what discovery says about the endpoint when the request is sent decides.
 //!
 //! A kept connection lives at most [`MAX_AGE`] and is closed once it has gone unused
-//! for [`IDLE_TIMEOUT`] (as hyper's and Linkerd's pools do, 90 s), so that a
+//! for [`IDLE_TIMEOUT`] (90 s, hyper's pool's default), so that a
 //! connection the server authorized under a policy since changed does not carry
 //! requests forever, and connections to endpoints gone quiet are let go. Neither
 //! cuts a request short: a connection past either limit is no longer handed out nor
@@ -44,8 +47,8 @@ use super::{Body, Version};
 pub const MAX_IDLE_PER_ENDPOINT: usize = 32;
 /// The most endpoints whose connections are kept.
 const MAX_POOLED_ENDPOINTS: usize = 1024;
-/// How long a kept connection may go without a request before it is closed (hyper's
-/// pool and Linkerd's use the same).
+/// How long a kept connection may go without a request before it is closed (the
+/// default of hyper's pool).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long after it was opened a connection stops taking new requests, however busy:
 /// the server authorizes a connection when it is made, so this bounds how long a
