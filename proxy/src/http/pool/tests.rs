@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 
 use http::Response;
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use tokio::task::JoinHandle;
 
@@ -190,6 +190,66 @@ async fn http1_a_busy_connection_takes_no_new_request_past_its_maximum_age() {
 #[tokio::test(start_paused = true)]
 async fn http2_a_busy_connection_takes_no_new_request_past_its_maximum_age() {
     a_busy_connection_takes_no_new_request_past_its_maximum_age(Version::Http2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_in_flight_on_a_connection_let_go_for_its_age_still_ends() {
+    for version in [Version::Http1, Version::Http2] {
+        // The server sends the head and a first part, the rest when the test says.
+        let (rest, parts) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let parts = Mutex::new(Some(parts));
+        let service = hyper::service::service_fn(move |_| {
+            let parts = parts.lock().unwrap().take().expect("one request");
+            let body = http_body_util::StreamBody::new(futures::stream::unfold(
+                parts,
+                |mut parts| async move {
+                    let part = parts.recv().await?;
+                    Some((Ok::<_, Infallible>(hyper::body::Frame::data(part)), parts))
+                },
+            ));
+            async move { Ok::<_, Infallible>(Response::new(body)) }
+        });
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let served = tokio::spawn(async move {
+            let io = TokioIo::new(server);
+            let _ = match version {
+                Version::Http1 => {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                }
+                Version::Http2 => {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await
+                }
+            };
+        });
+        let mut sender = handshake(client, version).await.expect("a handshake");
+        let mut request = Request::get("http://web.shop/")
+            .body(Body::empty())
+            .unwrap();
+        if version == Version::Http2 {
+            *request.version_mut() = http::Version::HTTP_2;
+        }
+        rest.send(Bytes::from_static(b"first ")).await.unwrap();
+        let response = sender.send(request).await.unwrap();
+
+        // Its connection turns too old while the body is on its way: let go.
+        let pool = Pool::default();
+        tokio::time::advance(MAX_AGE).await;
+        pool.checkin(key(None, false), sender);
+        assert!(
+            still_open(&served).await,
+            "{version:?}: a response was cut short"
+        );
+        rest.send(Bytes::from_static(b"and last")).await.unwrap();
+        drop(rest);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "first and last", "{version:?}");
+        // Then it closes.
+        assert!(!still_open(&served).await, "{version:?}: not closed after");
+    }
 }
 
 #[tokio::test(start_paused = true)]
