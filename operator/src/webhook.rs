@@ -285,7 +285,10 @@ impl Injector {
                         true,
                     );
                 }
-                warn(allow, format!("Weft proxy not injected: {message}"))
+                // The pod says why it is not meshed, for MeshStatus to list it.
+                let patch = crate::inject::not_meshed_patch(&pod, reason, &sanitized(&message));
+                let response = allow.clone().with_patch(patch).unwrap_or(allow);
+                warn(response, format!("Weft proxy not injected: {message}"))
             }
             Decision::NotRequested | Decision::AlreadyInjected => allow,
         }

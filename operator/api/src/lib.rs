@@ -58,6 +58,12 @@ pub mod annotations {
     /// Annotation the injector puts on every pod it meshed: the version (a hash) of the
     /// Mesh configuration the pod was injected with.
     pub const CONFIG_VERSION: &str = "weft.dev/config-version";
+    /// Annotation the injector puts on a pod it was asked to mesh and did not: why
+    /// (`ProxyUid`, `HostNetwork`, `Disabled`, `TrustBundleNotWefts`,
+    /// `InvalidAnnotation`, `NotInjected`...). MeshStatus lists such pods with it.
+    pub const NOT_MESHED: &str = "weft.dev/not-meshed";
+    /// Beside [`NOT_MESHED`]: the details, as in the pod's `InjectionSkipped` Event.
+    pub const NOT_MESHED_MESSAGE: &str = "weft.dev/not-meshed-message";
     /// Inbound ports never captured, comma-separated (`8081,9000`). Added to the Mesh's.
     pub const SKIP_INBOUND_PORTS: &str = "config.weft.dev/skip-inbound-ports";
     /// Outbound ports never captured, comma-separated. Added to the Mesh's.

@@ -137,6 +137,32 @@ pub struct WorkloadState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["port".into()]))]
     pub inbound_ports: Vec<InboundPortState>,
+
+    /// Pods of the workload that are not meshed, and why: at most 20, by name
+    /// (`pods.total - pods.meshed` counts them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
+    pub unmeshed_pods: Vec<UnmeshedPod>,
+}
+
+/// A pod the mesh does not cover, and why.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnmeshedPod {
+    /// The pod's name.
+    pub name: String,
+    /// Why it is not meshed: `ProxyUid` (a container runs as the proxy's user),
+    /// `HostNetwork`, `IPv6` (an address family the capture rules do not cover),
+    /// `TrustBundleNotWefts`, `Disabled` (`weft.dev/inject: disabled`),
+    /// `InvalidAnnotation`, `NotInjected` (it looks meshed, by a label or a container's
+    /// name, but does not run the proxy the injector gives), or `NoProxy` (another pod
+    /// of the workload is meshed and this one has no proxy: created before injection
+    /// was asked for, or while the webhook was away).
+    pub reason: String,
+    /// The details.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// Pod counts of a workload.

@@ -13,8 +13,15 @@ use super::policy;
 pub struct PodInfo {
     pub uid: String,
     pub service_account: String,
-    /// Whether the injector gave it a proxy.
+    /// Whether it runs the proxy the injector gives ([`crate::inject::injected`]), on
+    /// IPv4 only: what a label or a container's name says does not count.
     pub meshed: bool,
+    /// Why it is not meshed, when it should be or looks it: the injector's reason
+    /// (its `weft.dev/not-meshed` annotation), `NotInjected` for a pod that looks
+    /// meshed (the label, a container named `weft-proxy`) and is not, `IPv6` for an
+    /// injected pod with an IPv6 address. `None` for a meshed pod and for a pod that
+    /// never asked.
+    pub not_meshed: Option<NotMeshed>,
     /// Whether its Ready condition is true.
     pub ready: bool,
     /// Whether it is being deleted.
@@ -34,6 +41,13 @@ pub struct PodInfo {
     /// Ports its proxy does not capture (its admin port, skipped inbound ports): no
     /// proxy terminates mTLS there, so clients reach them in plaintext.
     pub uncaptured_ports: BTreeSet<u16>,
+}
+
+/// Why a pod is not meshed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotMeshed {
+    pub reason: String,
+    pub message: String,
 }
 
 /// The workload a pod belongs to.
@@ -57,9 +71,7 @@ impl Workload {
 
 pub(super) fn pod_info(pod: &Pod) -> PodInfo {
     let labels = pod.metadata.labels.as_ref();
-    let meshed = labels
-        .and_then(|l| l.get(weft_api::annotations::INJECTED))
-        .is_some_and(|v| v == "true");
+    let (meshed, not_meshed) = meshed(pod);
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let workload = match crate::controller_of(&pod.metadata) {
         Some(o) => {
@@ -107,6 +119,7 @@ pub(super) fn pod_info(pod: &Pod) -> PodInfo {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into()),
         meshed,
+        not_meshed,
         ready,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         workload,
@@ -127,6 +140,93 @@ pub(super) fn pod_info(pod: &Pod) -> PodInfo {
                 .collect()
         },
     }
+}
+
+/// Whether `pod` is meshed, and why not when it should be or looks it.
+fn meshed(pod: &Pod) -> (bool, Option<NotMeshed>) {
+    let not = |reason: &str, message: String| {
+        (
+            false,
+            Some(NotMeshed {
+                reason: reason.into(),
+                message,
+            }),
+        )
+    };
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let spec = pod.spec.as_ref();
+    let has_proxy_container = spec.is_some_and(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(&s.containers)
+            .any(|c| c.name == crate::inject::PROXY_CONTAINER)
+    });
+    let labelled = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(weft_api::annotations::INJECTED))
+        .is_some_and(|v| v == "true");
+    if has_proxy_container || labelled {
+        return match crate::inject::injected(pod, namespace) {
+            Ok(()) => {
+                let ipv6: Vec<String> = pod
+                    .status
+                    .iter()
+                    .flat_map(|s| s.pod_ips.iter().flatten())
+                    .filter(|ip| ip.ip.contains(':'))
+                    .map(|ip| ip.ip.clone())
+                    .collect();
+                if ipv6.is_empty() {
+                    (true, None)
+                } else {
+                    not(
+                        "IPv6",
+                        format!(
+                            "the pod has IPv6 addresses ({}), which the capture rules (IPv4 \
+                             only) do not cover",
+                            ipv6.join(", ")
+                        ),
+                    )
+                }
+            }
+            Err(why) => not(
+                "NotInjected",
+                format!(
+                    "it looks meshed ({}) but does not run the proxy the injector gives: {why}",
+                    if labelled {
+                        "labelled weft.dev/injected=true"
+                    } else {
+                        "a container named weft-proxy"
+                    }
+                ),
+            ),
+        };
+    }
+    let annotations = pod.metadata.annotations.as_ref();
+    match annotations.and_then(|a| a.get(weft_api::annotations::NOT_MESHED)) {
+        // Anyone who can create the pod can write these: kept short.
+        Some(reason) => not(
+            &bounded(reason, 64),
+            bounded(
+                annotations
+                    .and_then(|a| a.get(weft_api::annotations::NOT_MESHED_MESSAGE))
+                    .map_or("", String::as_str),
+                1000,
+            ),
+        ),
+        None => (false, None),
+    }
+}
+
+/// `text` cut to at most `bytes` bytes, at a character boundary.
+fn bounded(text: &str, bytes: usize) -> String {
+    let mut end = text.len().min(bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 /// The ports the pod's injected proxy leaves alone, read from its environment.

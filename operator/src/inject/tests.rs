@@ -432,3 +432,95 @@ fn the_config_version_follows_the_mesh() {
     assert_eq!(version(&a), version(&b));
     assert_ne!(version(&a), version(&c));
 }
+
+#[test]
+fn what_the_injector_gives_is_meshed_and_look_alikes_are_not() {
+    for native in [true, false] {
+        let m = mesh(json!({"proxy": {"nativeSidecar": native}}));
+        let doc = injected(app(), &enabled(), &m);
+        assert_eq!(super::injected(&pod(doc.clone()), "shop"), Ok(()));
+
+        // Its identity belongs to its own namespace and ServiceAccount.
+        let why = super::injected(&pod(doc.clone()), "other").unwrap_err();
+        assert!(why.contains("WEFT_PROXY_IDENTITY"), "{why}");
+        let mut other_sa = doc.clone();
+        other_sa["spec"]["serviceAccountName"] = json!("admin");
+        assert!(super::injected(&pod(other_sa), "shop").is_err());
+
+        // An application container running as the proxy's user, added by hand.
+        let mut as_proxy = doc.clone();
+        let app_index = if native { 0 } else { 1 };
+        as_proxy["spec"]["containers"][app_index]["securityContext"] = json!({"runAsUser": 2102});
+        let why = super::injected(&pod(as_proxy), "shop").unwrap_err();
+        assert!(why.contains("runs as the proxy's user"), "{why}");
+
+        // No capture step.
+        let mut no_init = doc.clone();
+        no_init["spec"]["initContainers"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|c| c["name"] != "weft-init");
+        let why = super::injected(&pod(no_init), "shop").unwrap_err();
+        assert!(why.contains("no weft-init"), "{why}");
+    }
+
+    // A label, or a container of one's own that is named like the proxy.
+    let mut labelled = app();
+    labelled["metadata"]["labels"]["weft.dev/injected"] = json!("true");
+    assert!(super::injected(&pod(labelled), "shop").is_err());
+    let mut named = app();
+    named["spec"]["containers"][0]["name"] = json!("weft-proxy");
+    let why = super::injected(&pod(named.clone()), "shop").unwrap_err();
+    assert!(why.contains("no weft-init"), "{why}");
+
+    // The injector does not take such a pod for an injected one.
+    let Decision::Skip { reason, message } = decide(
+        &pod(named),
+        "shop",
+        &enabled(),
+        &mesh(json!({})),
+        &settings(),
+    ) else {
+        panic!("a look-alike is skipped")
+    };
+    assert_eq!(reason, SkipReason::NotInjected);
+    assert!(message.contains("own weft-proxy container"), "{message}");
+}
+
+#[test]
+fn a_skipped_pod_is_annotated_with_why() {
+    for pod_json in [app(), with_annotations(app(), &[("a", "b")])] {
+        let patch = not_meshed_patch(&pod(pod_json.clone()), SkipReason::HostNetwork, "why");
+        let mut doc = pod_json;
+        json_patch::patch(&mut doc, &patch).unwrap();
+        assert_eq!(
+            doc["metadata"]["annotations"]["weft.dev/not-meshed"],
+            "HostNetwork"
+        );
+        assert_eq!(
+            doc["metadata"]["annotations"]["weft.dev/not-meshed-message"],
+            "why"
+        );
+    }
+}
+
+#[test]
+fn the_audit_default_policy_reaches_the_proxy_as_its_fallback_deny() {
+    let doc = injected(
+        app(),
+        &enabled(),
+        &mesh(json!({"defaultInboundPolicy": "audit"})),
+    );
+    let proxy = &doc["spec"]["initContainers"][1];
+    assert_eq!(
+        env(proxy, "WEFT_PROXY_DEFAULT_INBOUND_POLICY").as_deref(),
+        Some("deny")
+    );
+    let annotated = with_annotations(app(), &[(annotations::DEFAULT_INBOUND_POLICY, "audit")]);
+    let doc = injected(annotated, &enabled(), &mesh(json!({})));
+    let proxy = &doc["spec"]["initContainers"][1];
+    assert_eq!(
+        env(proxy, "WEFT_PROXY_DEFAULT_INBOUND_POLICY").as_deref(),
+        Some("deny")
+    );
+}

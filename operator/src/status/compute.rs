@@ -10,11 +10,15 @@ use weft_api::{
     WorkloadState,
     condition::{ConditionStatus, condition},
     mesh_status::{
-        InboundPortState, PodCounts, ProxyCounts, Summary, WorkloadKind, WorkloadRef, conditions,
+        InboundPortState, PodCounts, ProxyCounts, Summary, UnmeshedPod, WorkloadKind, WorkloadRef,
+        conditions,
     },
 };
 
 use crate::discovery::{index::Index, key::Key, pods::Workload, proxies::Proxies};
+
+/// The most unmeshed pods a MeshStatus names (`pods.total - pods.meshed` counts all).
+pub const UNMESHED_LISTED: usize = 20;
 
 /// One workload's MeshStatus, as computed.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,7 +84,12 @@ pub fn compute(
             .iter()
             .filter_map(|p| index.pod(p).map(|i| (p, i)))
             .collect();
-        if !infos.iter().any(|(_, i)| i.meshed) {
+        // A workload with a meshed pod, or with a pod that asked to be or looks meshed
+        // and is not (so that what the mesh does not cover shows).
+        if !infos
+            .iter()
+            .any(|(_, i)| i.meshed || i.not_meshed.is_some())
+        {
             continue;
         }
         let total = infos.len() as i32;
@@ -103,16 +112,44 @@ pub fn compute(
         let first: Option<&Key> = infos.iter().find(|(_, i)| i.meshed).map(|(p, _)| *p);
         let (inbound_ports, config_version) =
             first.map(|p| inbound_ports(index, p)).unwrap_or_default();
+        let unmeshed: Vec<UnmeshedPod> = infos
+            .iter()
+            .filter(|(_, i)| !i.meshed)
+            .map(|(p, i)| match &i.not_meshed {
+                Some(why) => UnmeshedPod {
+                    name: p.name.clone(),
+                    reason: why.reason.clone(),
+                    message: why.message.clone(),
+                },
+                None => UnmeshedPod {
+                    name: p.name.clone(),
+                    reason: "NoProxy".into(),
+                    message: "it runs no proxy: it was created before injection was asked \
+                              for, or while the injector was away; recreate it to mesh it"
+                        .into(),
+                },
+            })
+            .collect();
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for pod in &unmeshed {
+            *reasons.entry(pod.reason.as_str()).or_default() += 1;
+        }
+        let mut meshed_message = format!("{meshed} of {total} pods run a proxy");
+        if !reasons.is_empty() {
+            let counts: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+            meshed_message.push_str(&format!("; not meshed: {}", counts.join(", ")));
+        }
         let conditions = vec![
             condition(
                 conditions::MESHED,
                 ConditionStatus::from(meshed == total),
-                if meshed == total {
-                    "AllPodsMeshed"
-                } else {
-                    "PodsWithoutProxy"
+                match reasons.keys().copied().collect::<Vec<_>>()[..] {
+                    [] => "AllPodsMeshed",
+                    // A reason from a pod's annotation is used only when it is one.
+                    [only] if is_reason(only) => only,
+                    _ => "PodsWithoutProxy",
                 },
-                format!("{meshed} of {total} pods run a proxy"),
+                meshed_message,
                 None,
                 now,
             ),
@@ -152,6 +189,7 @@ pub fn compute(
             certificate_expiry: expiry,
             config_version: Some(config_version).filter(|v| !v.is_empty()),
             inbound_ports,
+            unmeshed_pods: unmeshed.into_iter().take(UNMESHED_LISTED).collect(),
         };
         desired.insert(
             key,
@@ -205,6 +243,13 @@ fn inbound_ports(index: &Index, pod: &Key) -> (Vec<InboundPortState>, String) {
     (ports, crate::short_hash(versions.as_bytes()))
 }
 
+/// Whether `reason` is a condition reason the API server accepts (CamelCase).
+fn is_reason(reason: &str) -> bool {
+    reason.len() <= 64
+        && reason.starts_with(|c: char| c.is_ascii_alphabetic())
+        && reason.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
 fn kind_of(kind: &str) -> Option<WorkloadKind> {
     Some(match kind {
         "Deployment" => WorkloadKind::Deployment,
@@ -235,8 +280,7 @@ mod tests {
         let mut pod: Pod = serde_json::from_value(json!({
             "metadata": {
                 "namespace": "shop", "name": name,
-                "labels": {"app": "web", "pod-template-hash": "5985cc664",
-                           "weft.dev/injected": meshed.to_string()},
+                "labels": {"app": "web", "pod-template-hash": "5985cc664"},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                     "name": "web-5985cc664", "uid": "rs", "controller": true}],
             },
@@ -246,10 +290,118 @@ mod tests {
             "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
         }))
         .unwrap();
+        if meshed {
+            pod = crate::inject::as_injected(pod);
+        }
         if terminating {
             pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
         }
         pod
+    }
+
+    fn not_meshed(mut pod: Pod, reason: &str) -> Pod {
+        pod.metadata.annotations = Some(
+            [
+                ("weft.dev/not-meshed".to_string(), reason.to_string()),
+                (
+                    "weft.dev/not-meshed-message".to_string(),
+                    format!("because {reason}"),
+                ),
+            ]
+            .into(),
+        );
+        pod
+    }
+
+    fn meshed_condition(state: &WorkloadState) -> (String, String, String) {
+        let c = state
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::MESHED)
+            .unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn pods_that_should_be_meshed_and_are_not_are_listed_with_why() {
+        let mut index = Index::new("cluster.local", "cluster.local");
+        let proxies = Proxies::default();
+        // No meshed pod at all, but the injector said why: the workload shows.
+        index.replace_pods(&[
+            not_meshed(pod("web-1", false, true, false), "HostNetwork"),
+            not_meshed(pod("web-2", false, true, false), "HostNetwork"),
+        ]);
+        let (desired, totals) = compute(&index, &proxies, Timestamp::now());
+        assert_eq!(totals.meshed_pods, 0);
+        let state = &desired[&Key::new("shop", "web")].state;
+        assert_eq!(state.summary.meshed, "0/2");
+        assert_eq!(state.identity, None, "no identity for unmeshed pods");
+        let names: Vec<_> = state
+            .unmeshed_pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.reason.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("web-1", "HostNetwork", "because HostNetwork"),
+                ("web-2", "HostNetwork", "because HostNetwork")
+            ]
+        );
+        let (status, reason, message) = meshed_condition(state);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "HostNetwork"));
+        assert!(message.contains("HostNetwork: 2"), "{message}");
+
+        // Mixed reasons, a pod without a proxy and no reason, and one that merely
+        // claims to be meshed.
+        let mut claims = pod("web-4", false, true, false);
+        claims
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("weft.dev/injected".into(), "true".into());
+        index.replace_pods(&[
+            pod("web-0", true, true, false),
+            not_meshed(pod("web-1", false, true, false), "ProxyUid"),
+            pod("web-3", false, true, false),
+            claims,
+            // A reason that is not a condition reason is listed, never a condition's.
+            not_meshed(pod("web-5", false, true, false), "not a reason!"),
+        ]);
+        let (desired, totals) = compute(&index, &proxies, Timestamp::now());
+        assert_eq!(totals.meshed_pods, 1);
+        let state = &desired[&Key::new("shop", "web")].state;
+        assert_eq!(state.summary.meshed, "1/5");
+        let reasons: Vec<_> = state
+            .unmeshed_pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("web-1", "ProxyUid"),
+                ("web-3", "NoProxy"),
+                ("web-4", "NotInjected"),
+                ("web-5", "not a reason!")
+            ]
+        );
+        let (_, reason, _) = meshed_condition(state);
+        assert_eq!(reason, "PodsWithoutProxy");
+
+        // At most UNMESHED_LISTED are named; the counts say how many there are.
+        let many: Vec<Pod> = (0..30)
+            .map(|i| not_meshed(pod(&format!("web-{i:02}"), false, true, false), "ProxyUid"))
+            .collect();
+        index.replace_pods(&many);
+        let (desired, _) = compute(&index, &proxies, Timestamp::now());
+        let state = &desired[&Key::new("shop", "web")].state;
+        assert_eq!(state.unmeshed_pods.len(), UNMESHED_LISTED);
+        assert_eq!((state.pods.total, state.pods.meshed), (30, 0));
+
+        // Pods that never asked and claim nothing: no MeshStatus.
+        index.replace_pods(&[pod("web-1", false, true, false)]);
+        assert!(compute(&index, &proxies, Timestamp::now()).0.is_empty());
     }
 
     #[test]

@@ -242,14 +242,18 @@ mod tests {
     fn a_server_authorization_counts_the_meshed_pods_and_ports_it_selects() {
         let mut index = Index::new("cluster.local", "cluster.local");
         let pod = |name: &str, app: &str, meshed: bool| -> Pod {
-            serde_json::from_value(json!({
-                "metadata": {"namespace": "shop", "name": name,
-                             "labels": {"app": app, "weft.dev/injected": meshed.to_string()}},
+            let pod = serde_json::from_value(json!({
+                "metadata": {"namespace": "shop", "name": name, "labels": {"app": app}},
                 "spec": {"containers": [{"name": "app", "ports": [
                     {"name": "http", "containerPort": 8080}, {"name": "admin", "containerPort": 9000},
                 ]}]},
             }))
-            .unwrap()
+            .unwrap();
+            if meshed {
+                crate::inject::as_injected(pod)
+            } else {
+                pod
+            }
         };
         index.replace_pods(&[
             pod("web-1", "web", true),

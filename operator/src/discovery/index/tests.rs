@@ -50,11 +50,8 @@ fn slice(
 }
 
 fn pod(ns: &str, name: &str, sa: &str, meshed: bool) -> Pod {
-    let mut labels = json!({"app": "web", "pod-template-hash": "5985cc664"});
-    if meshed {
-        labels["weft.dev/injected"] = json!("true");
-    }
-    serde_json::from_value(json!({
+    let labels = json!({"app": "web", "pod-template-hash": "5985cc664"});
+    let pod: Pod = serde_json::from_value(json!({
         "metadata": {
             "namespace": ns, "name": name, "labels": labels,
             "ownerReferences": [{
@@ -64,7 +61,12 @@ fn pod(ns: &str, name: &str, sa: &str, meshed: bool) -> Pod {
         },
         "spec": {"serviceAccountName": sa, "containers": []},
     }))
-    .unwrap()
+    .unwrap();
+    if meshed {
+        crate::inject::as_injected(pod)
+    } else {
+        pod
+    }
 }
 
 fn index() -> Index {
@@ -406,7 +408,7 @@ fn namespaces_with_meshed_pods_are_known() {
 
 /// A meshed pod of `web` with container ports `http` 8080 and `admin` 9000.
 fn web_pod(name: &str, labels: serde_json::Value, annotations: serde_json::Value) -> Pod {
-    let mut pod = pod("shop", name, "web", true);
+    let mut pod = pod("shop", name, "web", false);
     let extra: BTreeMap<String, String> = serde_json::from_value(labels).unwrap();
     pod.metadata.labels.get_or_insert_default().extend(extra);
     pod.metadata.annotations = serde_json::from_value(annotations).unwrap();
@@ -419,7 +421,7 @@ fn web_pod(name: &str, labels: serde_json::Value, annotations: serde_json::Value
         ]}],
     }))
     .unwrap();
-    pod
+    crate::inject::as_injected(pod)
 }
 
 fn authorization(port: serde_json::Value, selector: serde_json::Value) -> ServerAuthorizationSpec {
@@ -748,6 +750,104 @@ fn a_traffic_split_shares_the_traffic_by_weight_and_follows_its_backends() {
 }
 
 #[test]
+fn a_pod_is_meshed_by_what_the_injector_gave_it_not_by_what_it_says() {
+    let mut idx = index();
+    let ip = |p: &mut Pod, ip: &str| {
+        p.status = Some(serde_json::from_value(json!({"podIPs": [{"ip": ip}]})).unwrap());
+    };
+    let mut real = pod("shop", "real", "web", true);
+    ip(&mut real, "198.18.0.20");
+    // Claims: the label, or a container of its own named like the proxy.
+    let mut labelled = pod("shop", "labelled", "web", false);
+    labelled
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("weft.dev/injected".into(), "true".into());
+    ip(&mut labelled, "198.18.0.21");
+    let mut named = pod("shop", "named", "web", false);
+    named.spec.as_mut().unwrap().containers = vec![
+        serde_json::from_value(json!({"name": "weft-proxy", "image": "evil", "env": [
+            {"name": "WEFT_PROXY_IDENTITY", "value": "spiffe://cluster.local/ns/shop/sa/web"},
+        ]}))
+        .unwrap(),
+    ];
+    ip(&mut named, "198.18.0.22");
+    // Injected, but the pod has an IPv6 address the capture rules do not cover.
+    let mut dual = pod("shop", "dual", "web", true);
+    dual.status = Some(
+        serde_json::from_value(json!({"podIPs": [{"ip": "198.18.0.23"}, {"ip": "fd00::23"}]}))
+            .unwrap(),
+    );
+    // Skipped by the injector, which said why.
+    let mut skipped = pod("shop", "skipped", "web", false);
+    skipped.metadata.annotations = Some(
+        [
+            ("weft.dev/not-meshed".to_string(), "ProxyUid".to_string()),
+            (
+                "weft.dev/not-meshed-message".to_string(),
+                "app runs as 2102".to_string(),
+            ),
+        ]
+        .into(),
+    );
+    for p in [&real, &labelled, &named, &dual, &skipped] {
+        idx.apply_pod(p);
+    }
+    let info = |name: &str| idx.pod(&Key::new("shop", name)).unwrap().clone();
+    assert!(info("real").meshed && info("real").not_meshed.is_none());
+    for (name, reason) in [
+        ("labelled", "NotInjected"),
+        ("named", "NotInjected"),
+        ("dual", "IPv6"),
+        ("skipped", "ProxyUid"),
+    ] {
+        let info = info(name);
+        assert!(!info.meshed, "{name} is not meshed");
+        assert_eq!(info.not_meshed.as_ref().unwrap().reason, reason, "{name}");
+    }
+    assert!(
+        info("labelled")
+            .not_meshed
+            .unwrap()
+            .message
+            .contains("no weft-proxy")
+    );
+    assert!(
+        info("named")
+            .not_meshed
+            .unwrap()
+            .message
+            .contains("no weft-init")
+    );
+    assert_eq!(
+        info("skipped").not_meshed.unwrap().message,
+        "app runs as 2102"
+    );
+
+    // Only the real one is handed out with an identity.
+    for (address, identity) in [
+        ("198.18.0.20", Some("spiffe://cluster.local/ns/shop/sa/web")),
+        ("198.18.0.21", None),
+        ("198.18.0.22", None),
+    ] {
+        let target = parse_authority(&format!("{address}:8080"), "cluster.local").unwrap();
+        let rx = idx.subscribe(&target);
+        let resolution = rx.borrow();
+        assert_eq!(
+            resolution.endpoints[0].identity.as_deref(),
+            identity,
+            "{address}"
+        );
+    }
+    assert_eq!(
+        idx.namespaces_with_meshed_pods().len(),
+        1,
+        "the real pod's namespace"
+    );
+}
+
+#[test]
 fn port_0_carries_the_policy_of_every_port_a_server_authorization_selects() {
     let mut idx = index();
     let web = Key::new("shop", "web-1");
@@ -773,7 +873,10 @@ fn port_0_carries_the_policy_of_every_port_a_server_authorization_selects() {
             metrics.authorizations[0].identities,
             ["spiffe://cluster.local/ns/shop/sa/checkout"]
         );
-        assert_ne!(policy.version, before, "a new version for the proxy to apply");
+        assert_ne!(
+            policy.version, before,
+            "a new version for the proxy to apply"
+        );
     }
     // Another pod's, or another namespace's: not this pod's port.
     idx.apply_authorization(
@@ -786,7 +889,12 @@ fn port_0_carries_the_policy_of_every_port_a_server_authorization_selects() {
         None,
         &authorization(json!(9300), json!({})),
     );
-    let selected: Vec<u16> = undeclared.borrow_and_update().ports.keys().copied().collect();
+    let selected: Vec<u16> = undeclared
+        .borrow_and_update()
+        .ports
+        .keys()
+        .copied()
+        .collect();
     assert_eq!(selected, [9100]);
     // Gone: the port takes the default again.
     idx.delete_authorization(&Key::new("shop", "metrics"));
