@@ -13,6 +13,11 @@
 //! replaces whole on every run; the jumps into them are added only when missing. So a
 //! rerun gives the same rules, never duplicates. [`plan`] is the pure part: it turns the
 //! current `iptables-save -t nat` output and the configuration into the restore script.
+//!
+//! The rules are IPv4 only. A pod with an IPv6 address other than loopback and
+//! link-local (a dual-stack or IPv6 cluster) would send and receive IPv6 traffic past
+//! the proxy, so `init` refuses it, loudly ([`InitError::Ipv6`]): its init container
+//! fails with the addresses named, and the pod does not start. Nothing is written then.
 
 use std::fmt::Write as _;
 
@@ -64,6 +69,36 @@ pub enum InitError {
         command: &'static str,
         stderr: String,
     },
+    #[error(
+        "the pod has IPv6 addresses ({}), and Weft's capture rules are IPv4 only: its IPv6 \
+         traffic would bypass the proxy, so it is not meshed (annotate it weft.dev/inject: \
+         disabled to run it without the mesh)",
+        .0.join(", ")
+    )]
+    Ipv6(Vec<String>),
+}
+
+/// Where the kernel lists the network namespace's IPv6 addresses (absent when IPv6 is
+/// off).
+const IF_INET6: &str = "/proc/net/if_inet6";
+
+/// The addresses in `if_inet6` (the text of `/proc/net/if_inet6`) that traffic could
+/// reach the pod on or leave from past IPv4 capture: every scope but host (loopback,
+/// `0x10`) and link (`0x20`), so global and unique-local ones.
+pub fn uncaptured_ipv6(if_inet6: &str) -> Vec<String> {
+    if_inet6
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (address, scope) = (fields.first()?, fields.get(3)?);
+            let scope = u8::from_str_radix(scope, 16).ok()?;
+            if scope == 0x10 || scope == 0x20 {
+                return None;
+            }
+            let bits = u128::from_str_radix(address, 16).ok()?;
+            Some(std::net::Ipv6Addr::from(bits).to_string())
+        })
+        .collect()
 }
 
 /// Writes the capture rules into the current network namespace and returns the script
@@ -73,6 +108,10 @@ pub fn apply(capture: &Capture) -> Result<String, InitError> {
         io::Write,
         process::{Command, Stdio},
     };
+    let ipv6 = uncaptured_ipv6(&std::fs::read_to_string(IF_INET6).unwrap_or_default());
+    if !ipv6.is_empty() {
+        return Err(InitError::Ipv6(ipv6));
+    }
     let save = Command::new("iptables-save")
         .args(["-t", "nat"])
         .output()

@@ -85,3 +85,33 @@ fn many_skipped_ports_are_split_into_multiport_lists_of_fifteen() {
     assert!(lists.iter().all(|l| l.split(',').count() <= 15));
     assert_eq!(port_lists(&[5, 5, 1]), vec!["1,5".to_string()]);
 }
+
+#[test]
+fn ipv6_addresses_beyond_loopback_and_link_local_are_refused() {
+    let if_inet6 = "\
+00000000000000000000000000000001 01 80 10 80       lo
+fe80000000000000a8c6fffffe4c5d6e 02 40 20 80     eth0
+fd001234000000000000000000000005 02 40 00 00     eth0
+20010db8000000000000000000000007 02 40 00 00     eth0
+";
+    assert_eq!(
+        uncaptured_ipv6(if_inet6),
+        ["fd00:1234::5", "2001:db8::7"],
+        "unique-local and global addresses, not loopback or link-local"
+    );
+    assert!(
+        uncaptured_ipv6("").is_empty(),
+        "IPv6 off: nothing to refuse"
+    );
+    assert!(
+        uncaptured_ipv6(
+            "00000000000000000000000000000001 01 80 10 80 lo\nfe800000000000000000000000000001 02 40 20 80 eth0\n"
+        )
+        .is_empty()
+    );
+    let refused = InitError::Ipv6(uncaptured_ipv6(if_inet6)).to_string();
+    assert!(
+        refused.contains("fd00:1234::5, 2001:db8::7") && refused.contains("IPv4 only"),
+        "{refused}"
+    );
+}
