@@ -263,6 +263,7 @@ async fn a_kept_alive_client_is_refused_at_its_next_request_once_removed_and_ser
         let mut curl = Command::new(kubectl_path())
             .args([
                 "exec",
+                "-t",
                 "-n",
                 &ns,
                 "friend",
@@ -291,7 +292,7 @@ async fn a_kept_alive_client_is_refused_at_its_next_request_once_removed_and_ser
             let lines = lines.clone();
             move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
+                    lines.lock().unwrap().push(line.trim().to_string());
                 }
             }
         });
