@@ -12,6 +12,7 @@
 
 pub mod admin;
 mod config;
+pub mod denials;
 pub mod discovery;
 pub mod identity;
 pub mod inject;

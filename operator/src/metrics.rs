@@ -6,6 +6,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+mod process;
+
 /// Labels of reconcile metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
@@ -31,6 +33,8 @@ pub struct ResultLabel {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The process's memory, read when `/metrics` is.
+    memory: process::Memory,
     reconciles: Family<ReconcileLabels, Counter>,
     reconcile_seconds: Family<ControllerLabel, Histogram>,
     certificates_issued: Counter,
@@ -69,7 +73,10 @@ pub struct ControllerLabel {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("weft_operator");
+        // The process's own metrics keep their usual names; the operator's are prefixed.
+        let mut root = Registry::default();
+        let memory = process::Memory::register(&mut root);
+        let registry = root.sub_registry_with_prefix("weft_operator");
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register(
             "reconciles",
@@ -171,7 +178,8 @@ impl Metrics {
             certify.cache_entries.clone(),
         );
         Self {
-            registry,
+            registry: root,
+            memory,
             reconciles,
             reconcile_seconds,
             certificates_issued,
@@ -282,6 +290,7 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
+        self.memory.update();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -1,4 +1,5 @@
-//! The proxy API server (port 8090): gRPC over TLS 1.3.
+//! The proxy API server (port 8090): gRPC over TLS 1.3. It serves Certify (the
+//! bootstrap), Destination, and Denials (the proxies' denial reports, [`crate::denials`]).
 //!
 //! The serving certificate is issued by the operator from the current authority, for
 //! its own SPIFFE id and the Service's DNS names, so proxies verify it against the trust
@@ -6,7 +7,8 @@
 //!
 //! Each service decodes request messages only up to what its largest legitimate request
 //! needs, with margin ([`MAX_CERTIFY_REQUEST_BYTES`],
-//! [`MAX_REQUEST_BYTES`](crate::discovery::server::MAX_REQUEST_BYTES) for Destination),
+//! [`MAX_REQUEST_BYTES`](crate::discovery::server::MAX_REQUEST_BYTES) for Destination,
+//! [`MAX_REPORT_BYTES`](crate::denials::MAX_REPORT_BYTES) for Denials),
 //! far below tonic's default of 4 MiB: tonic refuses a longer message from its length
 //! prefix with OUT_OF_RANGE, before buffering it. A connection may have at most
 //! [`MAX_CONCURRENT_STREAMS`] HTTP/2 streams in flight.
@@ -20,9 +22,13 @@ use std::{
 use rustls::ServerConfig;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
-use weft_proxy_api::v1::{destination_server::DestinationServer, identity_server::IdentityServer};
+use weft_proxy_api::v1::{
+    denials_server::DenialsServer, destination_server::DestinationServer,
+    identity_server::IdentityServer,
+};
 
 use crate::{
+    denials::DenialsService,
     discovery::server::DestinationService,
     identity::{
         CurrentAuthority,
@@ -122,6 +128,10 @@ pub fn serve_on<R: TokenReviewer>(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .add_service(
             IdentityServer::new(certify).max_decoding_message_size(MAX_CERTIFY_REQUEST_BYTES),
+        )
+        .add_service(
+            DenialsServer::new(DenialsService::new(destination.clone()))
+                .max_decoding_message_size(crate::denials::MAX_REPORT_BYTES),
         )
         .add_service(
             DestinationServer::new(destination)

@@ -20,6 +20,7 @@
 //! the publishing ([`publish`]: kube reads and writes, coalescing) is apart from it.
 
 pub mod compute;
+pub mod denials;
 pub mod publish;
 pub mod resources;
 pub mod settle;

@@ -5,6 +5,7 @@
 //!   expires; it makes the proxy ready and gives the data plane its mTLS credentials.
 //! - [`discovery`]: the Destination streams (inbound policies, outbound resolutions),
 //!   applied and acknowledged, over one mutual-TLS channel made with that certificate.
+//! - [`report`]: the inbound denials, reported over the same channel for MeshStatus.
 //!
 //! Both retry with jittered backoff while the operator is away and keep what they
 //! have meanwhile. They write what they hold into [`crate::state`] for the admin
@@ -13,3 +14,4 @@
 
 pub mod discovery;
 pub mod identity;
+pub mod report;

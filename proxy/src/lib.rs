@@ -17,7 +17,8 @@
 //! - [`balance`]: endpoint selection; [`http`]: server, client, pool, bodies, and
 //!   the inbound HTTP/1 relay with its framing;
 //! - [`authz`] and [`profile`]: policy and route logic on the proxy's own types;
-//! - [`control`]: the control-plane client ([`identity`], [`discovery`]);
+//! - [`control`]: the control-plane client ([`identity`], [`discovery`], the denial
+//!   report);
 //! - [`state`]: what the admin server reads; [`admin`]; [`metrics`];
 //! - [`config`], [`telemetry`], [`init`] (the capture rules).
 //!
@@ -96,6 +97,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
             None
         }
     };
+    if let (Some(discovery), Some(pod)) = (&discovery, &config.pod_name) {
+        let denials = metrics.denials().clone();
+        tokio::spawn(control::report::run(discovery.clone(), pod.clone(), denials));
+    }
     if let Some(identity) = config.identity.clone() {
         let settings = identity::Settings {
             identity,

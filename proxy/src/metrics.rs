@@ -196,6 +196,8 @@ pub struct Metrics {
     tcp: Tcp,
     tcp_label_sets: Mutex<HashSet<TcpLabels>>,
     authz: Authz,
+    /// Each refusal's port, client and time, for the denial report.
+    denials: crate::control::report::Denials,
     tls_errors: Family<TcpLabels, Counter>,
     detect_errors: Counter,
     resolve_failures: Family<ReasonLabels, Counter>,
@@ -359,6 +361,7 @@ impl Metrics {
             latency,
             tcp_label_sets: Mutex::default(),
             authz,
+            denials: crate::control::report::Denials::default(),
             tls_errors,
             detect_errors,
             resolve_failures,
@@ -419,6 +422,11 @@ impl Metrics {
             .connect_errors
             .get_or_create(&TcpLabels::new(direction))
             .inc();
+    }
+
+    /// Each refusal's port, client and time, for the denial report.
+    pub fn denials(&self) -> &crate::control::report::Denials {
+        &self.denials
     }
 
     /// Records a failed TLS handshake between proxies.

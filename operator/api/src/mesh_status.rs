@@ -129,6 +129,14 @@ pub struct WorkloadState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_expiry: Option<Time>,
 
+    /// The inbound denials its proxies reported, per port, summed over its pods
+    /// (the most recent first, at most 20 ports): what the inbound policy refused,
+    /// and the last client it refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["port".into()]))]
+    pub recent_denials: Vec<RecentDenials>,
+
     /// The configuration version the operator currently computes for the workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_version: Option<String>,
@@ -221,4 +229,20 @@ pub struct InboundPortState {
     pub protocol: String,
     /// The policy that applies: a ServerAuthorization's name, or `default:<policy>`.
     pub policy: String,
+}
+
+/// The denials at one inbound port of a workload.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentDenials {
+    /// The port number.
+    pub port: Port,
+    /// Connections and HTTP requests the port's policy refused since the workload's
+    /// proxies started (the sum of their `inbound_tcp_authz_deny_total` and
+    /// `inbound_http_authz_deny_total` for the port).
+    pub count: i64,
+    /// The last client refused: its SPIFFE id, or `unauthenticated`.
+    pub last_client: String,
+    /// When the last refusal happened.
+    pub last_time: Time,
 }

@@ -44,7 +44,7 @@ use std::{
 use tokio::sync::watch;
 
 use super::key::Key;
-use crate::identity::SpiffeId;
+use crate::{denials::DenialReports, identity::SpiffeId};
 
 /// The longest config version an acknowledgement may carry, in bytes. Versions are
 /// 12 hex digits ([`weft_proxy_api::ConfigVersion::of`]); the rest is margin.
@@ -158,6 +158,8 @@ pub struct Proxies {
     inner: Arc<Mutex<Inner>>,
     changed: Arc<watch::Sender<u64>>,
     limits: StreamLimits,
+    /// The latest denial report of each pod ([`crate::denials`]).
+    denials: DenialReports,
 }
 
 impl Default for Proxies {
@@ -175,9 +177,11 @@ impl std::fmt::Debug for Proxies {
 impl Proxies {
     /// A registry that admits streams within `limits`.
     pub fn with_limits(limits: StreamLimits) -> Self {
+        let changed = Arc::new(watch::channel(0).0);
         Self {
             inner: Arc::default(),
-            changed: Arc::new(watch::channel(0).0),
+            denials: DenialReports::new(changed.clone()),
+            changed,
             limits,
         }
     }
@@ -305,8 +309,13 @@ impl Proxies {
             .unwrap_or_default()
     }
 
-    /// A receiver that wakes on every stream opened or closed and every
-    /// acknowledgement.
+    /// The latest denial report of each pod.
+    pub fn denials(&self) -> &DenialReports {
+        &self.denials
+    }
+
+    /// A receiver that wakes on every stream opened or closed, every
+    /// acknowledgement and every denial report that changed something.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }

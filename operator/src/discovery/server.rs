@@ -99,7 +99,8 @@ impl DestinationService {
         self.stopping.send_replace(true);
     }
 
-    fn refuse(&self, reason: &'static str, status: Status) -> Status {
+    /// Counts a refusal for `reason`, and gives `status` back.
+    pub(crate) fn refuse(&self, reason: &'static str, status: Status) -> Status {
         self.metrics.destination_refused(reason);
         status
     }
@@ -154,6 +155,27 @@ impl DestinationService {
             )),
             Some(_) => Ok(key),
         }
+    }
+
+    /// The caller's own pod `name`, checked as the pod of every Destination call is:
+    /// for the proxy API's other calls ([`crate::denials`]).
+    pub(crate) fn callers_pod<T>(&self, request: &Request<T>, name: &str) -> Result<Key, Status> {
+        let caller = self.caller(request)?;
+        let index = self
+            .index
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
+        self.own_pod(&caller, name, &index)
+    }
+
+    /// The index the service answers from.
+    pub(crate) fn index(&self) -> &Arc<Mutex<Index>> {
+        &self.index
+    }
+
+    /// The connected proxies and what they reported.
+    pub(crate) fn proxies(&self) -> &Proxies {
+        &self.proxies
     }
 
     /// Admits one more stream of `caller` for `pod` within the [`Proxies`] limits.

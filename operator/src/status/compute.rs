@@ -187,6 +187,7 @@ pub fn compute(
             },
             identity: first.and_then(|p| index.identity_of(p)),
             certificate_expiry: expiry,
+            recent_denials: super::denials::recent_denials(proxies.denials(), &pods),
             config_version: Some(config_version).filter(|v| !v.is_empty()),
             inbound_ports,
             unmeshed_pods: unmeshed.into_iter().take(UNMESHED_LISTED).collect(),

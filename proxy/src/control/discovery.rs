@@ -303,7 +303,7 @@ impl Discovery {
     }
 
     /// The shared channel, connecting it (with backoff) when there is none.
-    async fn channel(&self) -> (u64, Channel) {
+    pub(super) async fn channel(&self) -> (u64, Channel) {
         let mut backoff = Backoff::new();
         loop {
             if let (generation, Some(channel)) = &*lock(&self.inner.channel) {
