@@ -265,14 +265,19 @@ mod tests {
         assert!(err.to_string().contains("--log-format"), "{err}");
         let err = Args::try_parse_from(["weft-operator", "--max-streams-per-pod=0"]).unwrap_err();
         assert!(err.to_string().contains("--max-streams-per-pod"), "{err}");
-        for bad in ["--certify-rate=0", "--certify-rate=-1", "--certify-rate=inf"] {
+        for bad in [
+            "--certify-rate=0",
+            "--certify-rate=-1",
+            "--certify-rate=inf",
+        ] {
             let err = Args::try_parse_from(["weft-operator", bad]).unwrap_err();
             assert!(err.to_string().contains("--certify-rate"), "{err}");
         }
         let err = Args::try_parse_from(["weft-operator", "--certify-burst-per-service-account=0"])
             .unwrap_err();
         assert!(
-            err.to_string().contains("--certify-burst-per-service-account"),
+            err.to_string()
+                .contains("--certify-burst-per-service-account"),
             "{err}"
         );
     }

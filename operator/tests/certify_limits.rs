@@ -65,8 +65,14 @@ async fn a_service_account_over_its_rate_is_limited_and_another_is_not() {
         );
     }
     certify(&channel, &id("admin"), "shop/admin").await.unwrap();
-    has(&api, r#"weft_operator_certify_requests_total{result="issued"} 4"#);
-    has(&api, r#"weft_operator_certify_requests_total{result="limited"} 5"#);
+    has(
+        &api,
+        r#"weft_operator_certify_requests_total{result="issued"} 4"#,
+    );
+    has(
+        &api,
+        r#"weft_operator_certify_requests_total{result="limited"} 5"#,
+    );
     has(
         &api,
         r#"weft_operator_certify_refusals_total{reason="service_account_rate_limit"} 5"#,
@@ -116,7 +122,10 @@ async fn new_tokens_from_one_address_are_reviewed_within_its_budget() {
 async fn a_refusal_quotes_the_clients_text_bounded_and_escaped() {
     let api = proxy_api_with(Limits::default()).await.ready().await;
     let channel = channel(&api).await;
-    let identity = format!("spiffe://cluster.local/ns/shop/sa/{}\r\n", "w".repeat(30_000));
+    let identity = format!(
+        "spiffe://cluster.local/ns/shop/sa/{}\r\n",
+        "w".repeat(30_000)
+    );
     let err = IdentityClient::new(channel.clone())
         .certify(CertifyRequest {
             identity: identity.clone(),
@@ -138,7 +147,10 @@ async fn a_refusal_quotes_the_clients_text_bounded_and_escaped() {
         &api,
         r#"weft_operator_certify_refusals_total{reason="bad_identity"} 1"#,
     );
-    has(&api, r#"weft_operator_certify_requests_total{result="refused"} 1"#);
+    has(
+        &api,
+        r#"weft_operator_certify_requests_total{result="refused"} 1"#,
+    );
     // The server carries on.
     certify(&channel, &id("web"), "shop/web").await.unwrap();
 }

@@ -258,7 +258,10 @@ mod tests {
             cache.insert(later, owner("web"), Some(UNIX + 3600), t0, UNIX),
             MAX_ACCEPTED_TTL
         );
-        assert_eq!(cache.insert(none, owner("web"), None, t0, UNIX), MAX_ACCEPTED_TTL);
+        assert_eq!(
+            cache.insert(none, owner("web"), None, t0, UNIX),
+            MAX_ACCEPTED_TTL
+        );
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert_eq!(cache.get(&soon, at(4)), Some(owner("web")));
         assert_eq!(cache.get(&soon, at(5)), None);
@@ -284,11 +287,17 @@ mod tests {
             cache.insert(bad, rejected(), Some(UNIX + 3600), t0, UNIX),
             REFUSED_TTL
         );
-        assert_eq!(cache.get(&bad, t0 + Duration::from_secs(9)), Some(rejected()));
+        assert_eq!(
+            cache.get(&bad, t0 + Duration::from_secs(9)),
+            Some(rejected())
+        );
         assert_eq!(cache.get(&bad, t0 + REFUSED_TTL), None);
         let not_sa = TokenHash::of("alice");
         let alice = Err(ReviewError::NotAServiceAccount("alice".into()));
-        assert_eq!(cache.insert(not_sa, alice.clone(), None, t0, UNIX), REFUSED_TTL);
+        assert_eq!(
+            cache.insert(not_sa, alice.clone(), None, t0, UNIX),
+            REFUSED_TTL
+        );
         assert_eq!(cache.get(&not_sa, t0), Some(alice));
         let flaky = TokenHash::of("flaky");
         let unavailable = Err(ReviewError::Unavailable("timeout".into()));
@@ -334,7 +343,10 @@ mod tests {
                      c2ln";
         assert_eq!(jwt_expiry(token), Some(1_800_000_123));
         // No exp, not a JWT, not base64url, not JSON, exp not a number: none.
-        assert_eq!(jwt_expiry("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"), None);
+        assert_eq!(
+            jwt_expiry("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"),
+            None
+        );
         assert_eq!(jwt_expiry("not-a-jwt"), None);
         assert_eq!(jwt_expiry("a.!!!.c"), None);
         assert_eq!(jwt_expiry("a.bm90IGpzb24.c"), None);

@@ -161,7 +161,9 @@ pub enum Limited {
     },
     #[error("this operator is over its Certify rate limit ({rate}); retry later")]
     Global { rate: String },
-    #[error("Certify calls from {peer} are over their TokenReview rate limit ({rate}); retry later")]
+    #[error(
+        "Certify calls from {peer} are over their TokenReview rate limit ({rate}); retry later"
+    )]
     PeerReviews { peer: IpAddr, rate: String },
     #[error("this operator is over its TokenReview rate limit ({rate}); retry later")]
     Reviews { rate: String },
@@ -343,7 +345,10 @@ mod tests {
         assert!(refused.to_string().contains("198.18.0.10"), "{refused}");
         limiter.review(b, t0).unwrap();
         // Three in total (burst 3): c is refused by the global bucket.
-        assert_eq!(limiter.review(c, t0).unwrap_err().reason(), "review_rate_limit");
+        assert_eq!(
+            limiter.review(c, t0).unwrap_err().reason(),
+            "review_rate_limit"
+        );
         // Half a second later the global bucket has one more (2/s); c takes it.
         limiter.review(c, ms(t0, 500)).unwrap();
     }

@@ -21,7 +21,11 @@ use crate::identity::{
 
 /// Tokens are `token-<namespace>-<serviceaccount>`; anything else is rejected. Counts
 /// its reviews; each takes `delay` (forever for `None`).
-struct FakeReviewer(HashMap<String, TokenOwner>, Arc<AtomicUsize>, Option<Duration>);
+struct FakeReviewer(
+    HashMap<String, TokenOwner>,
+    Arc<AtomicUsize>,
+    Option<Duration>,
+);
 
 impl FakeReviewer {
     fn new() -> Self {
@@ -470,7 +474,10 @@ async fn a_review_past_its_timeout_is_unavailable_and_not_remembered() {
 #[tokio::test]
 async fn refusals_quote_client_text_escaped_and_cut() {
     let (svc, _, _) = limited_service(Limits::default(), FakeReviewer::new());
-    let long = format!("spiffe://cluster.local/ns/shop/sa/{}\n\u{1b}[31m", "x".repeat(5000));
+    let long = format!(
+        "spiffe://cluster.local/ns/shop/sa/{}\n\u{1b}[31m",
+        "x".repeat(5000)
+    );
     let err = svc
         .certify(request(&long, "token-shop-web", csr(WEB)))
         .await
