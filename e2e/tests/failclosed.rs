@@ -263,7 +263,6 @@ async fn a_kept_alive_client_is_refused_at_its_next_request_once_removed_and_ser
         let mut curl = Command::new(kubectl_path())
             .args([
                 "exec",
-                "-t",
                 "-n",
                 &ns,
                 "friend",
@@ -275,19 +274,20 @@ async fn a_kept_alive_client_is_refused_at_its_next_request_once_removed_and_ser
                 "-o",
                 "/dev/null",
                 "-w",
-                "%{http_code} %{num_connects}\n",
+                // To stderr, which curl does not buffer: each line as it happens.
+                "%{stderr}%{http_code} %{num_connects}\n",
                 "--rate",
                 "5/s",
                 "-m",
                 "300",
             ])
             .arg(format!("{url}?[1-600]"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("kubectl runs");
         let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let stdout = curl.stdout.take().expect("piped");
+        let stdout = curl.stderr.take().expect("piped");
         std::thread::spawn({
             let lines = lines.clone();
             move || {

@@ -75,6 +75,7 @@ async fn run_clients(spec: &str) -> Result<(), Box<dyn std::error::Error>> {
                     inbound_ports: Vec::new(),
                     idle: Duration::from_secs(3600),
                     max_resolutions: 256,
+                    readiness: weft_proxy::state::Readiness::default(),
                 },
                 rx.clone(),
             )

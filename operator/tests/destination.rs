@@ -10,6 +10,7 @@ use tonic::Code;
 use weft_operator::discovery::index::Key;
 use weft_operator::discovery::proxies::{Proxies, StreamLimits};
 use weft_operator::identity::test_util::{TestProxyApi, csr, proxy_api};
+use weft_proxy::authz::PortPolicy;
 use weft_proxy::config::ControlAddr;
 use weft_proxy_api::v1::{
     AckRequest, CertifyRequest, InboundPolicyRequest, ResolveRequest,
@@ -348,6 +349,7 @@ async fn proxy_discovery(
             inbound_ports: vec![8080],
             idle,
             max_resolutions: 16,
+            readiness: weft_proxy::state::Readiness::default(),
         },
         rx,
     )
@@ -415,7 +417,9 @@ async fn a_proxy_keeps_its_config_while_the_operator_is_away_and_resumes_without
     })
     .await;
     assert_eq!(
-        resolution.borrow().as_ref().map(|r| r.endpoints.len()),
+        resolution
+            .as_ref()
+            .and_then(|r| r.borrow().as_ref().map(|r| r.endpoints.len())),
         Some(2)
     );
     eventually("the restarted operator to see the proxy in sync", || {
@@ -457,7 +461,7 @@ async fn an_unused_destination_is_dropped_on_both_sides() {
 }
 
 #[tokio::test]
-async fn an_undeclared_port_named_by_a_server_authorization_gets_its_policy_on_first_use() {
+async fn an_undeclared_port_named_by_a_server_authorization_comes_with_the_pods_policy() {
     let server = start().await;
     feed_pod(&server, "web-1", "web");
     server
@@ -475,21 +479,19 @@ async fn an_undeclared_port_named_by_a_server_authorization_gets_its_policy_on_f
             .expect("a ServerAuthorization"),
         );
     let discovery = proxy_discovery(&server, std::time::Duration::from_secs(60)).await;
-    eventually("the policy of undeclared ports", || {
-        discovery.inbound_policy(0).is_some()
-    })
-    .await;
-    // The pod does not declare 9999: its first use follows the undeclared ports'
-    // policy, and opens the port's own stream...
-    let first = discovery.inbound_policy(9999).expect("a policy");
-    assert_eq!(first.authorizations[0].name, "default:all-unauthenticated");
-    // ...which brings the ServerAuthorization that names it.
+    // The pod does not declare 9999: port 0's policy carries it, with the
+    // ServerAuthorization that names it, before any connection to it; another
+    // undeclared port follows the default.
+    let policies = discovery.inbound_policies();
+    let named = |port: u16| match policies.borrow().policy(port) {
+        PortPolicy::Known(p) => p.authorizations.first().map(|a| a.name.clone()),
+        _ => None,
+    };
     eventually("port 9999's own policy", || {
-        discovery
-            .inbound_policy(9999)
-            .is_some_and(|p| p.authorizations[0].name == "serverauthorization/web-admin")
+        named(9999).as_deref() == Some("serverauthorization/web-admin")
     })
     .await;
+    assert_eq!(named(9998).as_deref(), Some("default:all-unauthenticated"));
 }
 
 /// Opens the inbound policy stream of `pod`'s `port` and reads its first update.

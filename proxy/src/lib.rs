@@ -99,7 +99,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     if let (Some(discovery), Some(pod)) = (&discovery, &config.pod_name) {
         let denials = metrics.denials().clone();
-        tokio::spawn(control::report::run(discovery.clone(), pod.clone(), denials));
+        tokio::spawn(control::report::run(
+            discovery.clone(),
+            pod.clone(),
+            denials,
+        ));
     }
     if let Some(identity) = config.identity.clone() {
         let settings = identity::Settings {
