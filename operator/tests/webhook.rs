@@ -10,6 +10,25 @@ fn answer_of(body: &[u8]) -> Value {
     review["response"].clone()
 }
 
+/// The pod is left unmeshed: the patch only annotates it `weft.dev/not-meshed` with
+/// `reason` (and its message), and adds no container.
+fn assert_only_not_meshed(response: &Value, reason: &str) {
+    let bytes: Vec<u8> = serde_json::from_value(response["patch"].clone())
+        .unwrap_or_else(|e| panic!("a patch: {e}: {response}"));
+    let patch: Value = serde_json::from_slice(&bytes).expect("a JSON patch");
+    let ops = patch.as_array().expect("a list of operations");
+    assert!(
+        ops.iter().all(|op| op["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/metadata/annotations/weft.dev~1not-meshed"))),
+        "{patch}"
+    );
+    assert!(
+        ops.iter().any(|op| op["value"] == reason),
+        "no not-meshed annotation with {reason}: {patch}"
+    );
+}
+
 #[tokio::test]
 async fn a_pod_in_a_meshed_namespace_is_patched() {
     let hook = webhook().await;
@@ -154,7 +173,7 @@ async fn conflicting_annotations_leave_the_pod_unmeshed_with_a_warning() {
         assert_eq!(status, 200);
         let response = answer_of(&answer);
         assert_eq!(response["allowed"], true);
-        assert!(response.get("patch").is_none(), "{response}");
+        assert_only_not_meshed(&response, "InvalidAnnotation");
         let warning = response["warnings"][0].as_str().unwrap();
         assert!(
             warning.contains(annotation) && warning.contains(value),
@@ -177,7 +196,7 @@ async fn a_namespace_holding_a_bundle_weft_does_not_own_gets_no_proxies() {
     assert_eq!(status, 200);
     let response = answer_of(&answer);
     assert_eq!(response["allowed"], true);
-    assert!(response.get("patch").is_none(), "{response}");
+    assert_only_not_meshed(&response, "TrustBundleNotWefts");
     let warning = response["warnings"][0].as_str().unwrap_or_default();
     assert!(
         warning.contains("ConfigMap tenant/weft-trust-bundle is not Weft's"),

@@ -480,6 +480,10 @@ impl Gate {
         if let Some(labels) = &admission.labels {
             self.metrics.tcp_authz(admission.verdict, labels);
         }
+        if let Some(refusal) = &admission.refusal {
+            // Reported to the operator, for the MeshStatus's recent denials.
+            self.metrics.denials().record(refusal);
+        }
         admission
     }
 
@@ -517,7 +521,10 @@ impl Gate {
             counter.inc();
         }
         match refusal {
-            Some(refusal) => Err(refusal.clone()),
+            Some(refusal) => {
+                self.metrics.denials().record(refusal);
+                Err(refusal.clone())
+            }
             None => Ok(()),
         }
     }

@@ -88,7 +88,6 @@ impl Destination {
     pub(super) async fn proxy(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         if let Some(Err(refusal)) = self.authz.as_ref().map(|gate| gate.request()) {
-            self.metrics.denials().record(&refusal);
             let counters = self.own_counters();
             counters.request();
             return self.refuse(&counters, started, &refusal, is_grpc(request.headers()));
