@@ -1,5 +1,12 @@
+use std::time::Instant;
+
+use super::gate::{DENIAL_LOG_PAIRS, judge};
 use super::*;
 use crate::authz::InboundPolicy;
+use crate::{
+    authz,
+    metrics::{Mode, Verdict},
+};
 
 #[test]
 fn a_refusal_is_logged_at_info_once_per_port_and_client_in_ten_seconds() {
