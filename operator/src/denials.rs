@@ -1,4 +1,5 @@
-//! The Denials service of the proxy API: each proxy reports what its inbound policy
+//! What the Denials service of the proxy API keeps (its server is
+//! `proxy_api::denials`): each proxy reports what its inbound policy
 //! refused, per port, and the operator keeps the latest report of each pod
 //! ([`DenialReports`]) for MeshStatus's `recentDenials` ([`crate::status::denials`]).
 //!
@@ -21,12 +22,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
-use tonic::{Request, Response, Status};
-use weft_proxy_api::v1::{DenialReport, DenialReportResponse, denials_server::Denials};
+use weft_proxy_api::v1::DenialReport;
 
-use crate::discovery::{key::Key, server::DestinationService};
+use crate::discovery::key::Key;
 
 /// The most ports a report may name: a proxy reports at most this many.
 pub const MAX_PORTS: usize = 64;
@@ -144,38 +143,6 @@ pub fn checked(report: &DenialReport, now: i64) -> Result<Vec<PortDenials>, BadR
         );
     }
     Ok(ports.into_values().collect())
-}
-
-/// The Denials service: checks each report and keeps it in the [`DenialReports`] of
-/// the Destination service's [`Proxies`](crate::discovery::proxies::Proxies).
-#[derive(Clone, Debug)]
-pub struct DenialsService {
-    destination: DestinationService,
-}
-
-impl DenialsService {
-    pub fn new(destination: DestinationService) -> Self {
-        Self { destination }
-    }
-}
-
-#[tonic::async_trait]
-impl Denials for DenialsService {
-    async fn report(
-        &self,
-        request: Request<DenialReport>,
-    ) -> Result<Response<DenialReportResponse>, Status> {
-        let destination = &self.destination;
-        let pod = destination.callers_pod(&request, &request.get_ref().pod)?;
-        let ports = checked(request.get_ref(), Timestamp::now().as_second()).map_err(|e| {
-            destination.refuse("BadDenialReport", Status::invalid_argument(e.to_string()))
-        })?;
-        let index = destination.index();
-        destination.proxies().denials().replace(pod, ports, |key| {
-            index.lock().map(|i| i.pod(key).is_some()).unwrap_or(true)
-        });
-        Ok(Response::new(DenialReportResponse {}))
-    }
 }
 
 #[cfg(test)]

@@ -27,8 +27,10 @@ use weft_proxy_api::v1::{
     identity_server::IdentityServer,
 };
 
+mod denials;
+
+use self::denials::DenialsService;
 use crate::{
-    denials::DenialsService,
     discovery::server::DestinationService,
     identity::{
         CurrentAuthority,

@@ -33,6 +33,7 @@ pub mod authz;
 pub mod balance;
 pub mod config;
 pub mod control;
+pub mod denials;
 pub mod detect;
 pub mod http;
 pub mod inbound;

@@ -197,7 +197,7 @@ pub struct Metrics {
     tcp_label_sets: Mutex<HashSet<TcpLabels>>,
     authz: Authz,
     /// Each refusal's port, client and time, for the denial report.
-    denials: crate::control::report::Denials,
+    denials: crate::denials::Denials,
     tls_errors: Family<TcpLabels, Counter>,
     detect_errors: Counter,
     resolve_failures: Family<ReasonLabels, Counter>,
@@ -361,7 +361,7 @@ impl Metrics {
             latency,
             tcp_label_sets: Mutex::default(),
             authz,
-            denials: crate::control::report::Denials::default(),
+            denials: crate::denials::Denials::default(),
             tls_errors,
             detect_errors,
             resolve_failures,
@@ -425,7 +425,7 @@ impl Metrics {
     }
 
     /// Each refusal's port, client and time, for the denial report.
-    pub fn denials(&self) -> &crate::control::report::Denials {
+    pub fn denials(&self) -> &crate::denials::Denials {
         &self.denials
     }
 
@@ -493,9 +493,8 @@ impl Metrics {
     }
 
     /// Records an outbound connection closed because its destination could not be
-    /// resolved.
-    pub fn resolve_failed(&self, failure: crate::outbound::ResolveFailure) {
-        let reason = failure.as_str();
+    /// resolved, for `reason` (`timeout`, `limit`).
+    pub fn resolve_failed(&self, reason: &'static str) {
         self.resolve_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();

@@ -158,7 +158,7 @@ impl Outbound {
             }
             Resolved::Failed(failure) => {
                 // Could be a meshed pod: never plaintext on a guess.
-                metrics.resolve_failed(failure);
+                metrics.resolve_failed(failure.as_str());
                 self.log_failure(&authority, peer, failure);
                 return;
             }
