@@ -6,8 +6,12 @@
 //! - a freshly started proxy whose operator cannot answer refuses a client the default
 //!   would allow (403, `policy=unknown`), counted, and its pod is not Ready; once the
 //!   operator answers, the client is served and the pod Ready;
-//! - a busy kept-alive client removed from a ServerAuthorization gets 403 for its next
-//!   request within seconds, and 200 again once it is added back.
+//! - a busy client removed from a ServerAuthorization gets 403 for its next request
+//!   within seconds (nothing else in between: no error, no hang), and 200 again once it
+//!   is added back. The test app (busybox httpd) closes each connection after its
+//!   answer, so here every request comes on a new connection from the client; that a
+//!   request on a kept-alive connection is judged by the policy in force when it arrives
+//!   is shown in-process, over HTTP/1 and HTTP/2 (`proxy/tests/http.rs`).
 
 use std::{
     io::{BufRead, BufReader},
@@ -247,7 +251,7 @@ async fn a_restarted_proxy_refuses_clients_until_its_policy_arrives_and_is_not_r
 }
 
 #[tokio::test]
-async fn a_kept_alive_client_is_refused_at_its_next_request_once_removed_and_served_once_added() {
+async fn a_busy_client_is_refused_at_its_next_request_once_removed_and_served_once_added() {
     with_temp_ns("failclosed-revoke", |client, ns| async move {
         mesh_namespace(&client, &ns).await;
         apply(&server_pod(&ns, "web"));
@@ -258,8 +262,8 @@ async fn a_kept_alive_client_is_refused_at_its_next_request_once_removed_and_ser
         apply(&authorization(&ns, "web-http", 8080, &["friend", "admin"]));
         until_status(&ns, "friend", &url, "200").await;
 
-        // One curl, one connection, five requests a second for two minutes: each line
-        // the status and whether curl had to connect for it.
+        // One curl, five requests a second for two minutes: each line the status and
+        // whether curl had to connect for it.
         let mut curl = Command::new(kubectl_path())
             .args([
                 "exec",
@@ -329,7 +333,16 @@ async fn a_kept_alive_client_is_refused_at_its_next_request_once_removed_and_ser
         )
         .await;
         let took = started.elapsed();
-        assert_eq!(line, "403 0", "refused on its kept-alive connection");
+        let around: Vec<String> =
+            lines.lock().unwrap()[removed_at.saturating_sub(2)..=refused_at].to_vec();
+        assert!(
+            line.starts_with("403 ")
+                && lines.lock().unwrap()[removed_at..refused_at]
+                    .iter()
+                    .all(|l| l.starts_with("200 ")),
+            "want 200s, then 403 for the next request refused; the lines around the \
+             removal: {around:?}"
+        );
         assert!(
             took < Duration::from_secs(15),
             "refused only after {took:?}"
