@@ -626,3 +626,28 @@ pub fn pod_ip(ns: &str, pod: &str) -> String {
     .trim()
     .to_string()
 }
+
+/// The operator's `/metrics`, every replica's text together (through the API server's
+/// pod proxy).
+pub fn operator_metrics() -> String {
+    let pods = kubectl_ok(&[
+        "get",
+        "pods",
+        "-n",
+        "weft-system",
+        "-l",
+        "app.kubernetes.io/name=weft-operator",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    pods.split_whitespace()
+        .map(|pod| {
+            kubectl_ok(&[
+                "get",
+                "--raw",
+                &format!("/api/v1/namespaces/weft-system/pods/{pod}:9990/proxy/metrics"),
+            ])
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

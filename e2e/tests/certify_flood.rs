@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use tonic::Code;
-use weft_e2e::{kubectl_ok, kubectl_stdin, mesh_namespace, metric_sum, with_temp_ns};
+use weft_e2e::{
+    kubectl_ok, kubectl_stdin, mesh_namespace, metric_sum, operator_metrics, with_temp_ns,
+};
 
 use proxy_api::{certify, connect, key_and_csr, token, workload_certificate};
 
@@ -25,31 +27,6 @@ const FLOOD: usize = 5_000;
 const CONCURRENCY: usize = 16;
 /// The longest the flood may take: failing beyond it, the limits are not what bounds it.
 const FLOOD_TIME: Duration = Duration::from_secs(90);
-
-/// The operator's `/metrics`, every replica's text together (through the API server's
-/// pod proxy).
-fn operator_metrics() -> String {
-    let pods = kubectl_ok(&[
-        "get",
-        "pods",
-        "-n",
-        "weft-system",
-        "-l",
-        "app.kubernetes.io/name=weft-operator",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
-    pods.split_whitespace()
-        .map(|pod| {
-            kubectl_ok(&[
-                "get",
-                "--raw",
-                &format!("/api/v1/namespaces/weft-system/pods/{pod}:9990/proxy/metrics"),
-            ])
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 fn limited_total(text: &str) -> f64 {
     metric_sum(
