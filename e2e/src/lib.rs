@@ -457,6 +457,26 @@ pub async fn mesh_namespace(client: &Client, ns: &str) -> String {
 /// cuts that pod's proxy off from the control plane.
 pub const CONTROL_PORT: &str = "8090";
 
+/// Inserts (`op` `-I`) or deletes (`-D`) the rule in network namespace `netns` that
+/// cuts its pod off from the operator's proxy API, answering the proxy's packets with
+/// `action` (`["DROP"]`, or `["REJECT", "--reject-with", "tcp-reset"]`).
+#[track_caller]
+pub fn control_rule(netns: &Path, op: &str, action: &[&str]) {
+    let mut args = vec![
+        "iptables",
+        "-w",
+        op,
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        CONTROL_PORT,
+        "-j",
+    ];
+    args.extend(action);
+    in_netns(netns, &args);
+}
+
 /// The network namespace (a file to `nsenter --net=`) of the pod with address `ip`.
 pub fn pod_netns(ip: &str) -> PathBuf {
     let dir = Path::new("/run/weft-cluster/containerd/state/io.containerd.grpc.v1.cri/netns");

@@ -21,7 +21,7 @@ use std::{
 };
 
 use weft_e2e::{
-    CONTROL_PORT, eventually, http_status, in_netns, kubectl, kubectl_path, kubectl_stdin,
+    control_rule, eventually, http_status, in_netns, kubectl, kubectl_path, kubectl_stdin,
     mesh_namespace, metric_sum, pod_ip, pod_netns, testapp_pod, wait_ready, with_temp_ns,
 };
 
@@ -169,12 +169,7 @@ async fn a_restarted_proxy_refuses_clients_until_its_policy_arrives_and_is_not_r
 
         // The proxy's operator goes silent, and the proxy starts again.
         let netns = pod_netns(&web);
-        let rule = ["OUTPUT", "-p", "tcp", "--dport", CONTROL_PORT, "-j", "DROP"];
-        let iptables = |op: &str| {
-            let mut args = vec!["iptables", "-w", op];
-            args.extend(rule);
-            in_netns(&netns, &args);
-        };
+        let iptables = |op: &str| control_rule(&netns, op, &["DROP"]);
         iptables("-I");
         let restarts = |ns: &str| {
             kubectl(&[

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use weft_e2e::{
-    CONTROL_PORT, eventually, http_status, in_netns, kubectl_stdin, mesh_namespace, metric_sum,
-    pod_ip, pod_netns, proxy_metrics, testapp_pod, wait_ready, with_temp_ns,
+    control_rule, eventually, http_status, kubectl_stdin, mesh_namespace, metric_sum, pod_ip,
+    pod_netns, proxy_metrics, testapp_pod, wait_ready, with_temp_ns,
 };
 
 #[tokio::test]
@@ -35,22 +35,8 @@ async fn a_new_destination_is_not_sent_in_plaintext_while_discovery_is_away() {
 
         // Discovery goes away for the caller's proxy alone.
         let netns = pod_netns(&pod_ip(&ns, "caller"));
-        let rule = [
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            CONTROL_PORT,
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ];
-        let iptables = |op: &str| {
-            let mut args = vec!["iptables", "-w", op];
-            args.extend(rule);
-            in_netns(&netns, &args);
-        };
+        let iptables =
+            |op: &str| control_rule(&netns, op, &["REJECT", "--reject-with", "tcp-reset"]);
         iptables("-I");
 
         // A destination never seen: its answer cannot come.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weft_e2e::{
-    CONTROL_PORT, eventually, in_netns, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace,
-    pod_netns, web_service, with_temp_ns,
+    control_rule, eventually, kubectl, kubectl_ok, kubectl_stdin, mesh_namespace, pod_netns,
+    web_service, with_temp_ns,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -62,22 +62,8 @@ async fn in_sync_counts_only_the_proxies_that_acknowledged_their_configuration()
             "jsonpath={.items[0].status.podIP}",
         ]);
         let netns = pod_netns(ip.trim());
-        let rule = [
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            CONTROL_PORT,
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ];
-        let iptables = |op: &str| {
-            let mut args = vec!["iptables", "-w", op];
-            args.extend(rule);
-            in_netns(&netns, &args);
-        };
+        let iptables =
+            |op: &str| control_rule(&netns, op, &["REJECT", "--reject-with", "tcp-reset"]);
         iptables("-I");
 
         // A new configuration for both proxies: a ServerAuthorization on their port.
